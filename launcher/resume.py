@@ -1,0 +1,80 @@
+"""Choose where a restarted attempt resumes: the newest checkpoint that every host holds complete.
+
+Hosts share no filesystem: each host's checkpoint folder is scanned on that host
+(`python -m refinenet.manifest scan DIR --verify`, see docs/workload-contract.md) and the scans
+are intersected here. Pure functions, no I/O.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One complete checkpoint on one host, as its manifest describes it."""
+
+    path: str
+    epoch: int
+    step: int
+    global_step: int
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def key(self) -> Tuple[int, int, str]:
+        return (self.global_step, self.epoch, self.name)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a new attempt starts from, with its path on each host."""
+
+    name: str
+    epoch: int
+    step: int
+    global_step: int
+    paths: Mapping[str, str]
+
+    def describe(self) -> str:
+        return f"{self.name} (epoch {self.epoch}, global step {self.global_step})"
+
+
+class ScanError(ValueError):
+    """A host's scan output could not be read."""
+
+
+def parse_scan(output: str) -> Tuple[CheckpointInfo, ...]:
+    """Parse the JSON list printed by `refinenet.manifest scan`."""
+    try:
+        records = json.loads(output)
+        return tuple(CheckpointInfo(path=str(r["checkpoint"]), epoch=int(r["epoch"]), step=int(r["step"]),
+                                    global_step=int(r["global_step"])) for r in records)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ScanError(f"unreadable checkpoint scan: {exc}: {output[:200]!r}") from exc
+
+
+def choose_resume(scans: Mapping[str, Sequence[CheckpointInfo]]) -> Optional[ResumePoint]:
+    """Newest checkpoint complete on every host (by global step), or None when there is none."""
+    if not scans:
+        return None
+    by_host: Dict[str, Dict[Tuple[int, int, str], CheckpointInfo]] = {
+        host: {c.key: c for c in infos} for host, infos in scans.items()}
+    common = set.intersection(*(set(d) for d in by_host.values()))
+    if not common:
+        return None
+    key = max(common)
+    first = next(iter(by_host.values()))[key]
+    return ResumePoint(name=first.name, epoch=first.epoch, step=first.step, global_step=first.global_step,
+                       paths={host: d[key].path for host, d in by_host.items()})
+
+
+def skipped_newer(scans: Mapping[str, Sequence[CheckpointInfo]], chosen: Optional[ResumePoint]) -> Dict[str, list]:
+    """Checkpoints newer than the chosen one that some host lacks: what the log should explain."""
+    floor = chosen.global_step if chosen else -1
+    return {host: sorted(c.name for c in infos if c.global_step > floor)
+            for host, infos in scans.items() if any(c.global_step > floor for c in infos)}
