@@ -1,7 +1,7 @@
 """Locate the shipped templates and cluster configs, installed or in a source checkout."""
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
@@ -9,10 +9,13 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
 
 def _resource_dir(package: str, checkout_name: str) -> Path:
     try:
-        return Path(str(importlib.resources.files(package)))
+        spec = importlib.util.find_spec(package)
     except ModuleNotFoundError:
-        # Editable installs do not map the top-level folders into the package: use the checkout.
-        return _CHECKOUT_ROOT / checkout_name
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    # Editable installs do not map the top-level folders into the package: use the checkout.
+    return _CHECKOUT_ROOT / checkout_name
 
 
 def templates_dir() -> Path:

@@ -1,0 +1,445 @@
+"""Render a `LaunchPlan` from a cluster spec and its placement, through the Jinja templates.
+
+Shell templates run with `StrictUndefined` and a `finalize` hook that refuses any value not
+passed through a quoting filter (`shquote`, `envname`, `comment`), so a template cannot put a raw
+user value on a command line by mistake; the rank table template refuses values not JSON-encoded.
+Command lines are rendered once per host and shared by that host's ranks; only env differs.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import posixpath
+import re
+import shlex
+from types import MappingProxyType
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jinja2
+
+from launcher.errors import BadInput, ClusterFileError
+from launcher.placement import RankSlot
+from launcher.plan import FileSpec, LaunchPlan, ProcessSpec
+from launcher.resources import templates_dir
+from launcher.spec import STAGES, TRAIN_STAGES, ClusterSpec, HostSpec, OptionValue, uses_rank_table
+
+__all__ = ["render_plan", "render_rank_table", "render_hostfile", "workload_argv", "stage_output_dir",
+           "host_job_dir", "TemplateValueError", "JOB_ID"]
+
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOSTFILE_WORD = re.compile(r"[A-Za-z0-9._:-]+")
+RANK_TABLE = "rank_table.json"
+HOSTFILE = "hostfile"
+SCHEDULER_MODULE = "refinenet.scheduler"
+STAGE_MODULES = {"r1": "refinenet.train", "r2": "refinenet.train", "eval": "refinenet.evaluate",
+                 "export": "refinenet.export"}
+
+
+class TemplateValueError(jinja2.TemplateError):
+    """A template tried to output a value that did not go through its quoting filter."""
+
+
+class _Safe(str):
+    """Text already made safe for the template's language (a quoted shell word, JSON, a comment)."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _quote_text(text: str) -> _Safe:
+    return _Safe(shlex.quote(text))
+
+
+def _shquote(value: Any) -> _Safe:
+    return _quote_text(str(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _envname(value: Any) -> _Safe:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise TemplateValueError(f"{value!r} is not an environment variable name")
+    return _Safe(value)
+
+
+def export_lines(env: Mapping[str, str], indent: str = "") -> _Safe:
+    """`export NAME=VALUE` lines (names checked, values shell-quoted) for the env file and host scripts.
+
+    Built here rather than in a template loop because it runs once per rank: 16k ranks would
+    otherwise spend most of the render time in per-line template calls.
+    """
+    return _Safe("\n".join(f"{indent}export {_envname(k)}={_quote_text(v)}" for k, v in env.items()))
+
+
+def _comment(value: Any) -> _Safe:
+    return _Safe(" ".join(str(value).splitlines()))
+
+
+def _json(value: Any) -> _Safe:
+    return _Safe(json.dumps(str(value)))
+
+
+def _require_safe(value: Any) -> Any:
+    if isinstance(value, _Safe):
+        return value
+    raise TemplateValueError(f"template outputs {value!r} without a quoting filter")
+
+
+def _hostfile_word(value: Any) -> Any:
+    text = str(value)
+    if not _HOSTFILE_WORD.fullmatch(text):
+        raise TemplateValueError(f"{text!r} cannot appear in a hostfile")
+    return text
+
+
+@functools.cache
+def _environment(kind: str, folder: str) -> jinja2.Environment:
+    finalize = {"shell": _require_safe, "json": _require_safe, "text": _hostfile_word}[kind]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), undefined=jinja2.StrictUndefined,
+                             autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=False, finalize=finalize)
+    env.filters.update(shquote=_shquote, envname=_envname, comment=_comment, json=_json)
+    return env
+
+
+@functools.cache
+def _template(name: str) -> jinja2.Template:
+    kind = "shell" if name.endswith(".sh.j2") else "json" if name.endswith(".json.j2") else "text"
+    return _environment(kind, str(templates_dir())).get_template(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts
+
+
+def render_rank_table(spec: ClusterSpec, slots: Sequence[RankSlot]) -> str:
+    """HCCL rank table v1.0 as hccl_tools.py/merge_hccl.py lay it out (json indent 4, all strings)."""
+    hosts = {h.name: h for h in spec.hosts}
+    servers: Dict[str, Dict[str, Any]] = {}
+    for s in slots:
+        if s.device_ip is None:
+            raise BadInput(f"rank {s.rank} on host {s.host}: no device IP for the rank table")
+        server = servers.setdefault(s.host, {"server_id": hosts[s.host].address, "devices": []})
+        server["devices"].append({"device_id": s.device_id, "device_ip": s.device_ip, "rank_id": s.rank})
+    return _template("rank_table.json.j2").render(servers=list(servers.values()))
+
+
+def render_hostfile(spec: ClusterSpec, slots: Sequence[RankSlot]) -> str:
+    """OpenMPI hostfile, `address slots=N` per host in rank order."""
+    hosts = {h.name: h for h in spec.hosts}
+    counts: Dict[str, int] = {}
+    for s in slots:
+        counts[s.host] = counts.get(s.host, 0) + 1
+    rows = [{"address": hosts[name].address, "slots": n} for name, n in counts.items()]
+    return _template("hostfile.j2").render(hosts=rows)
+
+
+def stage_output_dir(spec: ClusterSpec, host: HostSpec, stage: str) -> str:
+    """`<host workdir>/<job.output_dir>/<stage>` (an absolute output_dir is used as is)."""
+    return posixpath.normpath(posixpath.join(host.workdir, spec.job.output_dir, stage))
+
+
+def host_job_dir(host: HostSpec, job_id: str) -> str:
+    """Where the launcher keeps a job's files on a host (rank table, hostfile, logs of scripts)."""
+    return posixpath.join(host.workdir, ".refinenet", "jobs", job_id)
+
+
+def _stage_defaults(spec: ClusterSpec, host: HostSpec, stage: str) -> Dict[str, OptionValue]:
+    job = spec.job
+
+    def latest(of: str) -> str:
+        return "latest:" + posixpath.join(stage_output_dir(spec, host, of), "ckpt")
+
+    out = stage_output_dir(spec, host, stage)
+    if stage == "r1":
+        return {"stage": "r1", "device": spec.device, "data": job.data, "output-dir": out,
+                "pretrained": job.pretrained}
+    if stage == "r2":
+        return {"stage": "r2", "device": spec.device, "data": job.data, "output-dir": out,
+                "pretrained": latest("r1")}
+    if stage == "eval":
+        return {"device": spec.device, "data-lst": job.val_data, "ckpt": latest("r2"),
+                "output": posixpath.join(out, "eval.json")}
+    return {"device": spec.device, "ckpt": latest("r2"), "format": "MINDIR",
+            "output": posixpath.join(out, "refinenet")}
+
+
+_REQUIRED = {"r1": ("data", "job.data"), "r2": ("data", "job.data"), "eval": ("data-lst", "job.val_data")}
+
+
+def workload_argv(spec: ClusterSpec, host: HostSpec, stage: str, resume: Optional[str] = None
+                  ) -> Tuple[str, List[str]]:
+    """(module, arguments) of the stage's workload command on `host`.
+
+    Defaults from `job`, then `job.stage_overrides[stage]` (null or false drops an option, true
+    makes it a bare flag, a list gives several values), then `--resume`, then `job.extra_args`
+    for the training stages.
+    """
+    options = _stage_defaults(spec, host, stage)
+    options.update(spec.job.stage_overrides.get(stage, {}))
+    if resume is not None:
+        options["resume"] = resume
+    required = _REQUIRED.get(stage)
+    if required and options.get(required[0]) in (None, False, ""):
+        raise ClusterFileError(spec.source, required[1],
+                               f"required for stage {stage} "
+                               f"(or set job.stage_overrides.{stage}.{required[0]})")
+    args: List[str] = []
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        args.append(f"--{name}")
+        if value is True:
+            continue
+        if isinstance(value, tuple):
+            args.extend(str(v) for v in value)
+        else:
+            args.append(str(value))
+    if stage in TRAIN_STAGES:
+        args.extend(spec.job.extra_args)
+    return STAGE_MODULES[stage], args
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+class _Renderer:
+    """Builds one plan; holds what every backend needs (spec, hosts, placement, ids)."""
+
+    def __init__(self, spec: ClusterSpec, slots: Tuple[RankSlot, ...], stage: str, job_dir: str,
+                 job_id: str, attempt: int, resume: Optional[str]):
+        self.spec, self.slots, self.stage, self.job_dir = spec, slots, stage, job_dir
+        self.job_id, self.attempt, self.resume = job_id, attempt, resume
+        self.hosts = {h.name: h for h in spec.hosts}
+        self.by_host: Dict[str, List[RankSlot]] = {}
+        for s in slots:
+            self.by_host.setdefault(s.host, []).append(s)
+        self.master = self.hosts[spec.master.host]
+        self.port = int(spec.master.port)
+        self.world = len(slots)
+        self.processes: List[ProcessSpec] = []
+        self.files: List[FileSpec] = []
+        self.env_files: Dict[str, str] = {}
+        self._commands: Dict[str, str] = {}
+
+    # -- pieces
+
+    def host_dir(self, host: HostSpec) -> str:
+        return host_job_dir(host, self.job_id)
+
+    def attempt_dir(self, host: HostSpec) -> str:
+        return posixpath.join(self.host_dir(host), f"attempt_{self.attempt}")
+
+    def base_env(self, host: HostSpec) -> Dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1"}
+        if self.spec.device == "cpu":
+            env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        env.update(self.spec.env)
+        env.update(host.env)
+        env["REFINENET_JOB_ID"] = self.job_id
+        env["MS_TOPO_TIMEOUT"] = str(self.spec.timeouts.cluster_s)
+        env["MS_NODE_TIMEOUT"] = str(self.spec.timeouts.heartbeat_s)
+        return env
+
+    def sched_env(self) -> Dict[str, str]:
+        return {"MS_SCHED_HOST": self.spec.master.addr, "MS_SCHED_PORT": str(self.port),
+                "MS_WORKER_NUM": str(self.world)}
+
+    def visible_devices_env(self, host: HostSpec) -> Dict[str, str]:
+        ids = ",".join(str(d) for d in host.devices)
+        if self.spec.device == "gpu":
+            return {"CUDA_VISIBLE_DEVICES": ids}
+        if self.spec.device == "ascend" and host.devices != tuple(range(len(host.devices))):
+            return {"ASCEND_RT_VISIBLE_DEVICES": ids}
+        return {}
+
+    def workload_command(self, host: HostSpec) -> str:
+        if host.name not in self._commands:
+            module, args = workload_argv(self.spec, host, self.stage, self.resume)
+            self._commands[host.name] = _template("worker.sh.j2").render(
+                python=host.python, module=module, args=args)
+        return self._commands[host.name]
+
+    def add(self, name: str, host: HostSpec, role: str, ranks: Sequence[int], command: str,
+            env: Mapping[str, str], log_name: str) -> ProcessSpec:
+        proc = ProcessSpec(name=name, host=host.name, role=role, ranks=tuple(ranks), command=command,
+                           env=MappingProxyType(dict(env)), cwd=host.workdir, log_name=log_name)
+        self.processes.append(proc)
+        return proc
+
+    def env_file(self, file_name: str, what: str, host: str, env: Mapping[str, str],
+                 notes: Sequence[str] = ()) -> None:
+        self.env_files[file_name] = _template("env_file.sh.j2").render(
+            job_id=self.job_id, attempt=self.attempt, what=what, host=host, exports=export_lines(env),
+            notes=notes) + "\n"
+
+    def rank_env_file(self, slot: RankSlot, env: Mapping[str, str], notes: Sequence[str] = ()) -> None:
+        self.env_file(f"rank_{slot.rank}.env", f"environment of rank {slot.rank}", slot.host, env, notes)
+
+    def scheduler(self) -> None:
+        host = self.master
+        env = {**self.base_env(host), "MS_ROLE": "MS_SCHED", **self.sched_env()}
+        command = _template("worker.sh.j2").render(python=host.python, module=SCHEDULER_MODULE, args=[])
+        proc = self.add("scheduler", host, "scheduler", (), command, env, "scheduler.log")
+        self.env_file("scheduler.env", "environment of the scheduler", host.name, proc.env)
+
+    def copy_to_hosts(self, local_name: str, content: str, hosts: Sequence[HostSpec]) -> Dict[str, str]:
+        paths = {}
+        for host in hosts:
+            path = posixpath.join(self.host_dir(host), local_name)
+            self.files.append(FileSpec(host=host.name, path=path, content=content, mode=0o644,
+                                       local_name=local_name))
+            paths[host.name] = path
+        return paths
+
+    # -- backends
+
+    def single_process(self) -> None:
+        """eval/export: one plain process on rank 0's device, no cluster."""
+        slot = self.slots[0]
+        host = self.hosts[slot.host]
+        env = self.base_env(host)
+        env["LOCAL_RANK"] = "0"
+        if self.spec.device != "cpu":
+            env["DEVICE_ID"] = str(slot.device_id)
+        self.add(f"r{slot.rank}", host, "rank", (slot.rank,), self.workload_command(host), env,
+                 f"rank_{slot.rank}.log")
+        self.rank_env_file(slot, env)
+
+    def rank_table(self) -> None:
+        table = render_rank_table(self.spec, self.slots)
+        paths = self.copy_to_hosts(RANK_TABLE, table, [self.hosts[h] for h in self.by_host])
+        for slot in self.slots:
+            host = self.hosts[slot.host]
+            env = self.base_env(host)
+            env.update(RANK_TABLE_FILE=paths[host.name], RANK_ID=str(slot.rank),
+                       DEVICE_ID=str(slot.device_id), RANK_SIZE=str(self.world),
+                       LOCAL_RANK=str(slot.local_rank))
+            proc = self.add(f"r{slot.rank}", host, "rank", (slot.rank,), self.workload_command(host), env,
+                            f"rank_{slot.rank}.log")
+            self.rank_env_file(slot, proc.env)
+
+    def dynamic(self) -> None:
+        self.scheduler()
+        for slot in self.slots:
+            host = self.hosts[slot.host]
+            env = {**self.base_env(host), "MS_ROLE": "MS_WORKER", **self.sched_env(),
+                   "MS_NODE_ID": str(slot.rank), "LOCAL_RANK": str(slot.local_rank)}
+            if self.spec.device != "cpu":
+                env["DEVICE_ID"] = str(slot.device_id)
+            proc = self.add(f"r{slot.rank}", host, "rank", (slot.rank,), self.workload_command(host), env,
+                            f"rank_{slot.rank}.log")
+            self.rank_env_file(slot, proc.env)
+
+    def msrun(self) -> None:
+        table_paths: Dict[str, str] = {}
+        if uses_rank_table(self.spec.backend, self.spec.device):
+            table = render_rank_table(self.spec, self.slots)
+            table_paths = self.copy_to_hosts(RANK_TABLE, table, [self.hosts[h] for h in self.by_host])
+        for name, host_slots in self.by_host.items():
+            host = self.hosts[name]
+            module, args = workload_argv(self.spec, host, self.stage, self.resume)
+            python_dir = posixpath.dirname(host.python) if "/" in host.python else ""
+            task = "python3" if posixpath.basename(host.python).startswith("python3") else "python"
+            command = _template("msrun.sh.j2").render(
+                path_dir=python_dir, python=host.python, worker_num=self.world,
+                local_worker_num=len(host_slots), master_addr=self.spec.master.addr, master_port=self.port,
+                node_rank=host_slots[0].node_rank,
+                log_dir=posixpath.join(self.attempt_dir(host), "msrun_log"),
+                cluster_time_out=self.spec.timeouts.cluster_s, rank_table_file=table_paths.get(name, ""),
+                task=task, module=module, args=args)
+            env = {**self.base_env(host), **self.visible_devices_env(host)}
+            proc = self.add(f"msrun-{name}", host, "msrun", [s.rank for s in host_slots], command, env,
+                            f"msrun_{name}.log")
+            for slot in host_slots:
+                self.rank_env_file(slot, proc.env, notes=[
+                    f"started by msrun on {name}, which adds MS_ROLE=MS_WORKER MS_NODE_ID={slot.rank} "
+                    f"RANK_ID={slot.rank} DEVICE_ID={slot.local_rank} RANK_SIZE={self.world} "
+                    f"MS_WORKER_NUM={self.world} MS_SCHED_HOST={self.spec.master.addr} "
+                    f"MS_SCHED_PORT={self.port}"])
+
+    def mpirun(self) -> None:
+        head = self.master
+        self.scheduler()
+        hostfile = self.copy_to_hosts(HOSTFILE, render_hostfile(self.spec, self.slots), [head])[head.name]
+        env = {**self.base_env(head), "MS_SCHED_HOST": self.spec.master.addr, "MS_SCHED_PORT": str(self.port),
+               **self.visible_devices_env(head)}
+        module, args = workload_argv(self.spec, head, self.stage, self.resume)
+        as_root = os.geteuid() == 0 if head.ssh is None else head.ssh.user == "root"
+        command = _template("mpirun.sh.j2").render(
+            world_size=self.world, hostfile=hostfile,
+            output_dir=posixpath.join(self.attempt_dir(head), "mpirun_output"), workdir=head.workdir,
+            as_root=as_root, forward=list(env), python=head.python, module=module, args=args)
+        proc = self.add("mpirun", head, "mpirun", [s.rank for s in self.slots], command, env, "mpirun.log")
+        for slot in self.slots:
+            self.rank_env_file(slot, proc.env, notes=[
+                f"started by mpirun on {head.name} (forwarded with -x); the rank sees "
+                f"OMPI_COMM_WORLD_RANK={slot.rank} OMPI_COMM_WORLD_LOCAL_RANK={slot.local_rank} "
+                f"OMPI_COMM_WORLD_SIZE={self.world}, which the workload maps to MS_ROLE=MS_WORKER "
+                f"MS_NODE_ID={slot.rank} MS_WORKER_NUM={self.world}"])
+
+    # -- scripts
+
+    def scripts(self, order: Sequence[str]) -> Dict[str, str]:
+        out = {}
+        template = _template("host_script.sh.j2")
+        procs_by_host: Dict[str, List[Dict[str, Any]]] = {}
+        for p in self.processes:
+            procs_by_host.setdefault(p.host, []).append(
+                {"name": p.name, "role": p.role, "ranks": ",".join(map(str, p.ranks)), "cwd": p.cwd,
+                 "exports": export_lines(p.env, "  "), "command": _Safe(p.command), "log_name": p.log_name})
+        files_by_host: Dict[str, List[FileSpec]] = {}
+        for f in self.files:
+            files_by_host.setdefault(f.host, []).append(f)
+        for name in order:
+            host = self.hosts[name]
+            procs = procs_by_host.get(name, [])
+            files = files_by_host.get(name, [])
+            if not procs and not files:
+                continue
+            out[name] = template.render(
+                job_id=self.job_id, attempt=self.attempt, stage=self.stage, host=name, address=host.address,
+                log_dir=posixpath.join(self.attempt_dir(host), "logs"), files=files, processes=procs) + "\n"
+        return out
+
+
+def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_dir: str, *, job_id: str,
+                attempt: int = 0, resume: Optional[str] = None) -> LaunchPlan:
+    """Render every artifact of one attempt of `stage`; starts nothing, touches no file.
+
+    `resume` (an absolute checkpoint path on the hosts) becomes `--resume PATH` of the training
+    command. `eval` and `export` run one process on rank 0's host and device.
+    """
+    if stage not in STAGES:
+        raise BadInput(f"--stage: {stage!r} is not one of {', '.join(STAGES)}")
+    if not JOB_ID.fullmatch(job_id):
+        raise BadInput(f"--job-id: {job_id!r} is not a job id (letters, digits, '.', '_', '-')")
+    if spec.master.port == "auto":
+        raise BadInput("master.port is auto: pick a port before rendering (launcher.spec.with_master_port)")
+    if resume is not None:
+        if stage not in TRAIN_STAGES:
+            raise BadInput(f"resume: stage {stage} does not train, there is nothing to resume")
+        if not resume.startswith("/") and not resume.startswith("latest:/"):
+            raise BadInput(f"resume: {resume!r} is not an absolute checkpoint path")
+    if not slots:
+        raise BadInput("placement is empty: no ranks to launch")
+    if attempt < 0:
+        raise BadInput(f"attempt: {attempt} is negative")
+    slots = tuple(slots)
+    single = stage not in TRAIN_STAGES
+    run_slots = slots[:1] if single else slots
+    r = _Renderer(spec, run_slots, stage, os.fspath(job_dir), job_id, attempt, resume)
+    if single:
+        r.single_process()
+    else:
+        getattr(r, spec.backend)()
+    order = list(dict.fromkeys([spec.master.host, *r.by_host])) if spec.backend == "mpirun" and not single \
+        else list(r.by_host)
+    if not single and spec.backend == "dynamic" and spec.master.host not in order:
+        order.insert(0, spec.master.host)
+    return LaunchPlan(
+        job_id=job_id, cluster=spec.name, stage=stage, backend=spec.backend, device=spec.device,
+        attempt=attempt, resume=resume, job_dir=os.fspath(job_dir), master_addr=spec.master.addr,
+        master_port=r.port, master_host=spec.master.host, slots=run_slots, processes=tuple(r.processes),
+        files=tuple(r.files), host_dirs=MappingProxyType({n: r.host_dir(r.hosts[n]) for n in order}),
+        scripts=MappingProxyType(r.scripts(order)), env_files=MappingProxyType(r.env_files))
