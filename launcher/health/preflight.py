@@ -1,0 +1,127 @@
+"""The gate before a launch: every host reachable, its workdir writable, room for checkpoints, its
+devices healthy, and the master port free on the master host. Nothing is written or started.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+from launcher.errors import LauncherError
+from launcher.health.collect import PROBE_TIMEOUT_S, dir_checks, output_dir, parallel_map, read_devices
+from launcher.health.probes import read_host
+from launcher.health.report import NO_THRESHOLDS, HealthThresholds, Verdict, format_table
+from launcher.transport.base import HostError
+
+__all__ = ["PreflightCheck", "PreflightReport", "PreflightFailed", "run_preflight"]
+
+
+@dataclass(frozen=True)
+class PreflightCheck:
+    host: str
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+class PreflightFailed(LauncherError):
+    """The preflight gate refused the launch; names each failing host and cause. Exit code 2."""
+
+    def __init__(self, report: PreflightReport):
+        causes = "; ".join(f"{c.host}: {c.check}: {c.detail}" for c in report.failures)
+        super().__init__(f"preflight failed: {causes}")
+        self.report = report
+
+    @property
+    def hosts(self) -> List[str]:
+        return sorted({c.host for c in self.report.failures})
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    checks: Tuple[PreflightCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> Tuple[PreflightCheck, ...]:
+        return tuple(c for c in self.checks if not c.ok)
+
+    def render(self) -> str:
+        rows = [("HOST", "CHECK", "RESULT", "DETAIL")]
+        rows += [(c.host, c.check, "ok" if c.ok else "FAILED", c.detail) for c in self.checks]
+        verdict = "preflight passed" if self.ok else f"preflight FAILED ({len(self.failures)} problem(s))"
+        return "\n".join(format_table(rows) + [verdict])
+
+    def raise_for_failures(self) -> None:
+        if not self.ok:
+            raise PreflightFailed(self)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "checks": [c.__dict__ for c in self.checks]}
+
+
+def _host_checks(spec, host, transport, thresholds: HealthThresholds, timeout: float) -> List[PreflightCheck]:
+    def check(name: str, ok: bool, detail: str = "") -> PreflightCheck:
+        return PreflightCheck(host.name, name, ok, detail)
+
+    if transport is None:
+        return [check("reachable", False, "no connection to the host")]
+    try:
+        info = transport.probe(host.python)
+    except HostError as exc:
+        return [check("reachable", False, exc.cause)]
+    checks = [check("reachable", True, f"{info.hostname}, python {info.python_version}")]
+
+    master_port: Optional[int] = None
+    if host.name == spec.master.host and isinstance(spec.master.port, int):
+        master_port = spec.master.port
+    outdir = output_dir(spec, host)
+    try:
+        sample = read_host(transport, host.python, dirs=[host.workdir, outdir], port=master_port,
+                           timeout=timeout)
+    except HostError as exc:
+        checks.append(check("host sample", False, exc.cause))
+    else:
+        checks += [check(name, ok, detail) for name, ok, detail in
+                   dir_checks(sample, host.workdir, outdir, spec.health.min_free_disk_gb)]
+        if master_port is not None and sample.port is not None:
+            if sample.port.free:
+                checks.append(check("master port", True, f"port {master_port} is free"))
+            else:
+                checks.append(check("master port", False, f"port {master_port} cannot be bound on "
+                                                          f"{host.name}: {sample.port.error}"))
+
+    if spec.device != "cpu" and spec.health.check_devices:
+        try:
+            rows = read_devices(transport, host, spec.device, thresholds, timeout)
+        except HostError as exc:
+            checks.append(check("devices", False, exc.cause))
+        else:
+            def why(r) -> str:
+                return f"device {r.device}: {'; '.join(r.reasons)}"
+
+            bad = [why(r) for r in rows if r.verdict not in (Verdict.HEALTHY, Verdict.DEGRADED)]
+            warned = [why(r) for r in rows if r.verdict == Verdict.DEGRADED]
+            listed = ", ".join(str(r.device) for r in rows)
+            if bad:
+                checks.append(check("devices", False, "; ".join(bad)))
+            else:
+                checks.append(check("devices", True, f"{listed} healthy" +
+                                    (f" (degraded: {'; '.join(warned)})" if warned else "")))
+    return checks
+
+
+def run_preflight(spec, transports: Mapping[str, object], thresholds: HealthThresholds = NO_THRESHOLDS,
+                  *, unreachable: Optional[Mapping[str, str]] = None,
+                  timeout: float = PROBE_TIMEOUT_S) -> PreflightReport:
+    """Check every host of `spec` in parallel; `unreachable` names hosts whose transport failed to open."""
+    down = dict(unreachable or {})
+
+    def one(host) -> Sequence[PreflightCheck]:
+        if host.name in down:
+            return [PreflightCheck(host.name, "reachable", False, down[host.name])]
+        return _host_checks(spec, host, transports.get(host.name), thresholds, timeout)
+
+    return PreflightReport(tuple(c for checks in parallel_map(one, list(spec.hosts)) for c in checks))

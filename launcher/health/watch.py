@@ -1,0 +1,48 @@
+"""Health checks during one attempt, in the form the supervisor polls.
+
+Process exits are the transports' business (they know the exit status); this watch turns the
+monitor's device and host findings (an unhealthy device, a host that stopped answering its
+probes) into rank failures, and keeps `health.jsonl` sampled.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+from launcher.errors import RankFailure
+from launcher.health.monitor import HealthMonitor
+
+#: Monitor findings that fail an attempt; 'process' findings are left to the exit statuses.
+FAILING_KINDS = ("device", "probe")
+
+
+class AttemptHealthWatch:
+    """Wraps a running `HealthMonitor` for one attempt."""
+
+    def __init__(self, monitor: HealthMonitor, ranks_by_host: Dict[str, List[int]]):
+        self.monitor = monitor
+        self.ranks_by_host = ranks_by_host
+
+    def failures(self) -> Sequence[RankFailure]:
+        out = []
+        for f in self.monitor.check():
+            if f.kind not in FAILING_KINDS:
+                continue
+            ranks = self.ranks_by_host.get(f.host) or [None]
+            out.append(RankFailure(ranks[0], f.host, reason=f"unhealthy {f.kind}: {f.detail}"))
+        return out
+
+    def stop(self) -> None:
+        self.monitor.stop(timeout=5)
+
+
+def attempt_health_watch(spec, transports, plan, units, out_path) -> AttemptHealthWatch:
+    """Start sampling the hosts of `plan` (rank pids from the started `units`) into `out_path`."""
+    pids: Dict[str, List[int]] = {}
+    ranks: Dict[str, List[int]] = {}
+    for u in units:
+        if u.spec.role in ("rank", "msrun", "mpirun") and not u.companion:
+            pids.setdefault(u.spec.host, []).append(u.proc.pid)
+            ranks.setdefault(u.spec.host, []).extend(u.spec.ranks)
+    hosts = {h: transports[h] for h in plan.hosts}
+    monitor = HealthMonitor(spec, hosts, pids, out_path).start()
+    return AttemptHealthWatch(monitor, ranks)
