@@ -14,7 +14,7 @@ import posixpath
 import re
 import shlex
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jinja2
 
@@ -207,7 +207,7 @@ class _Renderer:
     """Builds one plan; holds what every backend needs (spec, hosts, placement, ids)."""
 
     def __init__(self, spec: ClusterSpec, slots: Tuple[RankSlot, ...], stage: str, job_dir: str,
-                 job_id: str, attempt: int, resume: Optional[str]):
+                 job_id: str, attempt: int, resume: Union[str, Mapping[str, str], None]):
         self.spec, self.slots, self.stage, self.job_dir = spec, slots, stage, job_dir
         self.job_id, self.attempt, self.resume = job_id, attempt, resume
         self.hosts = {h.name: h for h in spec.hosts}
@@ -223,6 +223,12 @@ class _Renderer:
         self._commands: Dict[str, str] = {}
 
     # -- pieces
+
+    def resume_for(self, host: HostSpec) -> Optional[str]:
+        """The checkpoint `host`'s ranks resume from (hosts share no filesystem: paths may differ)."""
+        if self.resume is None or isinstance(self.resume, str):
+            return self.resume
+        return self.resume[host.name]
 
     def host_dir(self, host: HostSpec) -> str:
         return host_job_dir(host, self.job_id)
@@ -255,7 +261,7 @@ class _Renderer:
 
     def workload_command(self, host: HostSpec) -> str:
         if host.name not in self._commands:
-            module, args = workload_argv(self.spec, host, self.stage, self.resume)
+            module, args = workload_argv(self.spec, host, self.stage, self.resume_for(host))
             self._commands[host.name] = _template("worker.sh.j2").render(
                 python=host.python, module=module, args=args)
         return self._commands[host.name]
@@ -338,7 +344,7 @@ class _Renderer:
             table_paths = self.copy_to_hosts(RANK_TABLE, table, [self.hosts[h] for h in self.by_host])
         for name, host_slots in self.by_host.items():
             host = self.hosts[name]
-            module, args = workload_argv(self.spec, host, self.stage, self.resume)
+            module, args = workload_argv(self.spec, host, self.stage, self.resume_for(host))
             python_dir = posixpath.dirname(host.python) if "/" in host.python else ""
             task = "python3" if posixpath.basename(host.python).startswith("python3") else "python"
             command = _template("msrun.sh.j2").render(
@@ -364,7 +370,7 @@ class _Renderer:
         hostfile = self.copy_to_hosts(HOSTFILE, render_hostfile(self.spec, self.slots), [head])[head.name]
         env = {**self.base_env(head), "MS_SCHED_HOST": self.spec.master.addr, "MS_SCHED_PORT": str(self.port),
                **self.visible_devices_env(head)}
-        module, args = workload_argv(self.spec, head, self.stage, self.resume)
+        module, args = workload_argv(self.spec, head, self.stage, self.resume_for(head))
         as_root = os.geteuid() == 0 if head.ssh is None else head.ssh.user == "root"
         command = _template("mpirun.sh.j2").render(
             world_size=self.world, hostfile=hostfile,
@@ -404,11 +410,12 @@ class _Renderer:
 
 
 def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_dir: str, *, job_id: str,
-                attempt: int = 0, resume: Optional[str] = None) -> LaunchPlan:
+                attempt: int = 0, resume: Union[str, Mapping[str, str], None] = None) -> LaunchPlan:
     """Render every artifact of one attempt of `stage`; starts nothing, touches no file.
 
-    `resume` (an absolute checkpoint path on the hosts) becomes `--resume PATH` of the training
-    command. `eval` and `export` run one process on rank 0's host and device.
+    `resume` (an absolute checkpoint path on the hosts, or host name -> its path there) becomes
+    `--resume PATH` of the training command. `eval` and `export` run one process on rank 0's host
+    and device.
     """
     if stage not in STAGES:
         raise BadInput(f"--stage: {stage!r} is not one of {', '.join(STAGES)}")
@@ -419,8 +426,13 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
     if resume is not None:
         if stage not in TRAIN_STAGES:
             raise BadInput(f"resume: stage {stage} does not train, there is nothing to resume")
-        if not resume.startswith("/") and not resume.startswith("latest:/"):
-            raise BadInput(f"resume: {resume!r} is not an absolute checkpoint path")
+        paths = [resume] if isinstance(resume, str) else list(resume.values())
+        missing = sorted({s.host for s in slots} - set(resume)) if not isinstance(resume, str) else []
+        if missing:
+            raise BadInput(f"resume: no checkpoint path for host(s) {', '.join(missing)}")
+        for path in paths:
+            if not path.startswith("/") and not path.startswith("latest:/"):
+                raise BadInput(f"resume: {path!r} is not an absolute checkpoint path")
     if not slots:
         raise BadInput("placement is empty: no ranks to launch")
     if attempt < 0:
@@ -439,7 +451,8 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
         order.insert(0, spec.master.host)
     return LaunchPlan(
         job_id=job_id, cluster=spec.name, stage=stage, backend=spec.backend, device=spec.device,
-        attempt=attempt, resume=resume, job_dir=os.fspath(job_dir), master_addr=spec.master.addr,
+        attempt=attempt, resume=resume if resume is None or isinstance(resume, str) else dict(resume),
+        job_dir=os.fspath(job_dir), master_addr=spec.master.addr,
         master_port=r.port, master_host=spec.master.host, slots=run_slots, processes=tuple(r.processes),
         files=tuple(r.files), host_dirs=MappingProxyType({n: r.host_dir(r.hosts[n]) for n in order}),
         scripts=MappingProxyType(r.scripts(order)), env_files=MappingProxyType(r.env_files))

@@ -1,0 +1,166 @@
+"""Launch a rendered job for real: connect and check every host, then supervise the attempts.
+
+Before any rank starts anywhere, every host is connected and checked (reachable, authenticated,
+host key known, python and the workload importable there, working directory writable, and the
+preflight gate of launcher/health); a failure names the host and the cause, exit 2, and nothing
+was started on any host. SIGINT/SIGTERM to the launcher stop the job on every host.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Dict, List, Optional
+
+from launcher.errors import BadInput, HostError, JobFailed
+from launcher.jobs import JobDir
+from launcher.logs import parse_ranks
+from launcher.spec import ClusterSpec, HostSpec
+from launcher.states import JobState
+from launcher.supervisor import PlanFactory, Supervisor
+from launcher.transport.base import Transport
+from launcher.transport.factory import open_transport
+
+#: What every host must be able to import before anything starts.
+WORKLOAD_MODULES = ("refinenet", "mindspore")
+
+
+def connect_hosts(spec: ClusterSpec) -> Dict[str, Transport]:
+    """One transport per host, each probed and checked in parallel; `BadInput` naming every failing host."""
+    transports = {h.name: open_transport(h) for h in spec.hosts}
+
+    def check(host: HostSpec) -> Optional[str]:
+        t = transports[host.name]
+        try:
+            t.probe(host.python)
+            t.check_python_imports(host.python, WORKLOAD_MODULES)
+            t.check_writable(host.workdir, host.python)
+        except HostError as exc:
+            return f"{host.name} ({host.address}): {exc.cause}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(spec.hosts))) as pool:
+        problems = [p for p in pool.map(check, spec.hosts) if p]
+    if problems:
+        close_all(transports)
+        raise BadInput("host check failed, nothing was started:\n  " + "\n  ".join(problems))
+    return transports
+
+
+def close_all(transports: Dict[str, Transport]) -> None:
+    for t in transports.values():
+        with contextlib.suppress(Exception):
+            t.close()
+
+
+def _preflight(spec: ClusterSpec, transports: Dict[str, Transport], out: IO[str]) -> None:
+    if not spec.health.preflight:
+        return
+    from launcher.health.preflight import run_preflight
+
+    report = run_preflight(spec, transports)
+    out.write(report.render() + "\n")
+    report.raise_for_failures()
+
+
+def _health_factory(spec: ClusterSpec, transports: Dict[str, Transport], job: JobDir):
+    from launcher.health.watch import attempt_health_watch
+
+    def factory(plan, units):
+        return attempt_health_watch(spec, transports, plan, units, job.path / "health.jsonl")
+    return factory
+
+
+@contextlib.contextmanager
+def _stop_on_signals(supervisor: Supervisor):
+    """SIGINT/SIGTERM/SIGHUP end the job on every host; a second SIGINT is not needed and not lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        supervisor._say(f"{signal.Signals(signum).name} received: stopping the job on every host")
+        supervisor.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespace,
+            out: Optional[IO[str]] = None, err: Optional[IO[str]] = None) -> int:
+    """Run `args.stage` of `spec` to a final state: 0 succeeded, 1 failed (or stopped), 2 bad input."""
+    out, err = out or sys.stdout, err or sys.stderr
+    first_plan = plan_factory(0, None)
+    ranks = parse_ranks(args.ranks) if getattr(args, "ranks", None) else None
+    transports = connect_hosts(spec)
+    try:
+        _preflight(spec, transports, err)
+        job = JobDir.create(args.runs_dir if not args.job_dir else _parent(args.job_dir),
+                            cluster=spec.name, stage=args.stage, spec=_spec_data(spec, args),
+                            cluster_file=getattr(args, "cluster_path", ""), job_id=args.job_id,
+                            plan=first_plan.to_dict())
+        print(f"refinenet-launch: job {job.job_id} ({job.path})", file=err, flush=True)
+        with job.open_logs(stream=out, ranks=ranks) as logs:
+            supervisor = Supervisor(spec, args.stage, plan_factory, job, transports, logs,
+                                    health_factory=_health_factory(spec, transports, job), out=err)
+            with _stop_on_signals(supervisor):
+                state = supervisor.run()
+        return _report(job, state, supervisor, err)
+    finally:
+        close_all(transports)
+
+
+def _parent(job_dir: str) -> str:
+    from pathlib import Path
+
+    return str(Path(job_dir).absolute().parent)
+
+
+def _spec_data(spec: ClusterSpec, args: argparse.Namespace) -> dict:
+    """The cluster file's data as parsed, for `stop` to rebuild transports from job.json."""
+    from launcher.spec import load_yaml
+
+    try:
+        with open(args.cluster_path, encoding="utf-8") as f:
+            return load_yaml(f.read(), args.cluster_path)
+    except (OSError, AttributeError):
+        return spec.to_dict()
+
+
+def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) -> int:
+    record = job.read()
+    if state == JobState.SUCCEEDED:
+        print(f"refinenet-launch: job {job.job_id} SUCCEEDED after {len(record.attempts)} attempt(s)",
+              file=err, flush=True)
+        return 0
+    if state == JobState.STOPPED:
+        print(f"refinenet-launch: job {job.job_id} STOPPED", file=err, flush=True)
+        return 1
+    raise JobFailed(root_cause_summary(record), root_cause=supervisor.results[0].failure
+                    if supervisor.results else None)
+
+
+def root_cause_summary(record) -> str:
+    """The first failure of the job: attempt, rank, host, how it ended, its last log lines."""
+    lines: List[str] = [f"job {record.job_id} FAILED after {len(record.attempts)} attempt(s)"
+                        f" ({record.message})"]
+    first = next(((a, a.failure) for a in record.attempts if a.failure), None)
+    if first:
+        attempt, failure = first
+        lines.append(f"root cause (attempt {attempt.number}): {failure.summary()}")
+        if failure.log_tail:
+            lines.append("last lines of its log:")
+            lines.extend(f"  | {t}" for t in failure.log_tail[-20:])
+    for a in record.attempts:
+        if a.failure:
+            lines.append(f"attempt {a.number}: {a.failure.summary()}")
+    return "\n".join(lines)
