@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 LineCallback = Callable[[str], None]
 
@@ -82,7 +82,12 @@ class RemoteProcess(abc.ABC):
 
 
 class Transport(abc.ABC):
-    """Run commands and move files on one host."""
+    """Run commands and move files on one host.
+
+    `env` is always laid over the host's own environment (the launcher's for the local host, the
+    login environment for SSH hosts). Exit statuses are the exit code, or minus the signal number
+    when a signal killed the command.
+    """
 
     host: str
 
@@ -105,17 +110,39 @@ class Transport(abc.ABC):
         """Write `path` on the host atomically, creating parent folders."""
 
     @abc.abstractmethod
-    def kill_group(self, pgid: int, sig: int = signal.SIGTERM) -> bool:
-        """Signal a process group on the host by id; False if it no longer exists."""
+    def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
+                   verify_env: Optional[Tuple[str, str]] = None) -> bool:
+        """Signal a process group on the host by id; False if it no longer exists.
+
+        With `verify_env=(NAME, VALUE)` only a group holding a process with exactly NAME=VALUE in
+        its environment is signalled (False otherwise), so a reused group id is never touched.
+        """
 
     @abc.abstractmethod
     def probe(self, python: str = "python3") -> HostInfo:
         """Check the host answers and `python` runs there; raises `HostError` otherwise."""
 
-    def close(self) -> None:
-        """Release the connection (a no-op for local hosts)."""
+    def check_python_imports(self, python: str, modules: Sequence[str]) -> None:
+        """Raise `HostError` naming each of `modules` that `python` on the host cannot find."""
+        from launcher.transport.probe import answer, imports_argv
 
-    def __enter__(self) -> "Transport":
+        missing = answer(self.host, python, self.exec(imports_argv(python, modules)))
+        if missing:
+            listed = "; ".join(f"{name} ({why})" for name, why in sorted(missing.items()))
+            raise HostError(self.host, f"python {python!r} cannot import: {listed}")
+
+    def check_writable(self, directory: str, python: str = "python3") -> None:
+        """Create `directory` if needed and check a file can be written in it; `HostError` otherwise."""
+        from launcher.transport.probe import answer, writable_argv
+
+        result = answer(self.host, python, self.exec(writable_argv(python, directory)))
+        if not result.get("ok"):
+            raise HostError(self.host, f"cannot write in {directory}: {result.get('error')}")
+
+    def close(self) -> None:  # noqa: B027
+        """Release the connection; commands still running there are hung up and their groups killed."""
+
+    def __enter__(self) -> Transport:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,73 @@
+"""Preflight questions asked of a host's python: who are you, can you import these, can I write there.
+
+Each question is a constant script run as `python -c SCRIPT ARG...`; user values travel as
+arguments, never inside the code. Every answer is one JSON line on stdout.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Sequence
+
+from launcher.transport.base import CommandResult, HostError, HostInfo
+
+PROBE_SCRIPT = """\
+import json, os, platform, socket, sys
+print(json.dumps({"hostname": socket.gethostname(), "python": sys.executable,
+                  "version": platform.python_version(), "platform": platform.platform(),
+                  "machine": platform.machine(), "cpus": str(os.cpu_count())}))
+"""
+
+IMPORTS_SCRIPT = """\
+import importlib.util, json, sys
+missing = {}
+for name in sys.argv[1:]:
+    try:
+        if importlib.util.find_spec(name) is None:
+            missing[name] = "not found"
+    except Exception as exc:
+        missing[name] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps(missing))
+"""
+
+WRITABLE_SCRIPT = """\
+import json, os, sys, tempfile
+directory = sys.argv[1]
+try:
+    os.makedirs(directory, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=directory, prefix=".refinenet-write-check.")
+    os.close(fd)
+    os.unlink(path)
+    print(json.dumps({"ok": True}))
+except OSError as exc:
+    print(json.dumps({"ok": False, "error": "%s: %s" % (type(exc).__name__, exc.strerror or exc)}))
+"""
+
+
+def probe_argv(python: str) -> list:
+    return [python, "-c", PROBE_SCRIPT]
+
+
+def imports_argv(python: str, modules: Sequence[str]) -> list:
+    return [python, "-c", IMPORTS_SCRIPT, *modules]
+
+
+def writable_argv(python: str, directory: str) -> list:
+    return [python, "-c", WRITABLE_SCRIPT, directory]
+
+
+def answer(host: str, python: str, result: CommandResult) -> Any:
+    """The JSON answer of a script, or a `HostError` saying why python gave none."""
+    if not result.ok:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        reason = detail[-1] if detail else f"exit code {result.returncode}"
+        raise HostError(host, f"python {python!r} does not run: {reason}")
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise HostError(host, f"python {python!r} gave no answer: {result.stdout.strip()[:200]!r}") from None
+
+
+def parse_probe(host: str, python: str, result: CommandResult) -> HostInfo:
+    facts: Dict[str, str] = answer(host, python, result)
+    return HostInfo(host=host, hostname=facts.pop("hostname"), python=facts.pop("python"),
+                    python_version=facts.pop("version"), facts=facts)

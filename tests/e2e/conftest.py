@@ -1,0 +1,43 @@
+"""Fixtures for end-to-end tests: simulated SSH hosts on real OpenSSH servers, and an ssh-agent."""
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+
+from tests.e2e.sshd import ClientKey, SshAgent, SshHost, SshServer
+
+SIMULATED_HOSTS = (("host-a", "127.0.0.2"), ("host-b", "127.0.0.3"))
+
+
+@pytest.fixture(scope="session")
+def ssh_client_key(tmp_path_factory) -> ClientKey:
+    """The key the test client logs in with; every simulated host authorizes it."""
+    return ClientKey.create(tmp_path_factory.mktemp("ssh-client"))
+
+
+@pytest.fixture(scope="session")
+def ssh_servers(tmp_path_factory, ssh_client_key) -> List[SshServer]:
+    """Two running sshd servers, 127.0.0.2 and 127.0.0.3, each with its own workdir; stopped at the end."""
+    servers = []
+    try:
+        for name, address in SIMULATED_HOSTS:
+            servers.append(SshServer(tmp_path_factory.mktemp(f"sshd-{name}"), name, address,
+                                     ssh_client_key).start())
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def ssh_hosts(ssh_servers) -> List[SshHost]:
+    """The simulated hosts as cluster hosts (`name`, `address`, `ssh`, `workdir`, `python`)."""
+    return [server.host() for server in ssh_servers]
+
+
+@pytest.fixture
+def ssh_agent(tmp_path, ssh_client_key) -> SshAgent:
+    """A real ssh-agent holding the test client key; its socket is `ssh_agent.socket`."""
+    with SshAgent(tmp_path / "agent", ssh_client_key.private) as agent:
+        yield agent

@@ -1,0 +1,278 @@
+"""Real OpenSSH servers that tests own: each one a simulated host on its own loopback address.
+
+Every `SshServer` has its own address (127.0.0.2, 127.0.0.3, ...), port, host key, authorized_keys
+(holding the test client key), a known_hosts file for the client that trusts exactly its key, and
+its own working directory: loopback hosts share one disk, so separate directories keep a test from
+passing only because two "hosts" see the same files. sshd runs in the foreground (`-D`) with a
+generated config (public keys only, no PAM, `PermitRootLogin prohibit-password`, this interpreter's
+bin directory first on PATH) and is stopped, with every session it started, by `stop()`.
+
+Usage outside pytest (e.g. a benchmark)::
+
+    key = ClientKey.create(root / "client")
+    with SshServer(root / "host-a", "host-a", "127.0.0.2", key) as server:
+        host = server.host()          # name, address, ssh settings, workdir, python
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+SSHD = "/usr/sbin/sshd"
+SETUP_HINT = "run `make test` (its setup step installs openssh-server), or `make system`"
+START_TIMEOUT_S = 15.0
+
+
+class OpenSshMissing(RuntimeError):
+    """An OpenSSH program the tests need is not installed."""
+
+
+def require(program: str) -> str:
+    """Absolute path of an OpenSSH program, or `OpenSshMissing` saying how to install it."""
+    path = program if os.path.isabs(program) else shutil.which(program)
+    if not path or not os.access(path, os.X_OK):
+        raise OpenSshMissing(f"{program} is not installed; {SETUP_HINT}")
+    return path
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """An ed25519 key pair for the test client (no passphrase)."""
+
+    private: Path
+    public: Path
+
+    @classmethod
+    def create(cls, folder: Path, name: str = "id_ed25519") -> ClientKey:
+        folder.mkdir(parents=True, exist_ok=True)
+        private = folder / name
+        if not private.exists():
+            subprocess.run([require("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", "refinenet-test",
+                            "-f", str(private)], check=True, stdout=subprocess.DEVNULL)
+        return cls(private, folder / f"{name}.pub")
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """The `ssh` section of a host, with the attribute names `launcher.transport.factory` reads."""
+
+    user: str
+    port: int
+    key_file: Optional[str]
+    known_hosts: str
+    host_key_policy: str = "strict"
+    connect_timeout_s: float = 5.0
+    use_agent: bool = False
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """A simulated host as a cluster spec would describe it (duck-types `HostSpec` for the factory)."""
+
+    name: str
+    address: str
+    ssh: SshSettings
+    workdir: str
+    python: str = sys.executable
+    host_key: str = ""
+
+    @property
+    def port(self) -> int:
+        return self.ssh.port
+
+    def spec_dict(self) -> dict:
+        """The host as a cluster-file entry (YAML/JSON-ready)."""
+        ssh = {k: getattr(self.ssh, k) for k in ("user", "port", "key_file", "known_hosts", "host_key_policy",
+                                                  "connect_timeout_s", "use_agent")}
+        return {"name": self.name, "address": self.address, "ssh": ssh, "workdir": self.workdir,
+                "python": self.python}
+
+
+class SshServer:
+    """One sshd on `address` with its own host key, authorized_keys, known_hosts and working directory."""
+
+    def __init__(self, root: Path, name: str, address: str, client: ClientKey, port: Optional[int] = None):
+        self.root = Path(root)
+        self.name = name
+        self.address = address
+        self.client = client
+        self.port = port
+        self.user = getpass.getuser()
+        self.host_key = self.root / "ssh_host_ed25519_key"
+        self.config = self.root / "sshd_config"
+        self.authorized_keys = self.root / "authorized_keys"
+        self.known_hosts = self.root / "known_hosts"
+        self.workdir = self.root / "work"
+        self.log = self.root / "sshd.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> SshServer:
+        sshd = require(SSHD)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        if not self.host_key.exists():
+            subprocess.run([require("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", self.name,
+                            "-f", str(self.host_key)], check=True, stdout=subprocess.DEVNULL)
+        self.authorized_keys.write_text(self.client.public.read_text())
+        last_error, fixed_port = "", self.port
+        for _ in range(3):
+            port = fixed_port or free_port(self.address)
+            self.config.write_text(self._config_text(port))
+            check = subprocess.run([sshd, "-t", "-f", str(self.config)], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise RuntimeError(f"generated sshd config {self.config} is invalid: {check.stderr.strip()}")
+            log = open(self.log, "wb")
+            self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            if self._wait_ready(port):
+                self.port = port
+                self.known_hosts.write_text(f"{self.known_hosts_name} {self.host_public_key()}\n")
+                return self
+            last_error = self.log.read_text(errors="replace").strip()
+            self.stop()
+            if fixed_port or "in use" not in last_error:
+                break
+        raise RuntimeError(f"sshd for {self.name} on {self.address} did not start: {last_error}")
+
+    def _config_text(self, port: int) -> str:
+        bin_dir = Path(sys.executable).parent
+        path = os.pathsep.join([str(bin_dir), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+                                "/sbin", "/bin"])
+        return "\n".join([
+            f"ListenAddress {self.address}:{port}",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.root / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.authorized_keys}",
+            f"AllowUsers {self.user}",
+            "AuthenticationMethods publickey",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "PermitRootLogin prohibit-password",
+            "StrictModes no",
+            "MaxSessions 200",
+            "MaxStartups 100:30:200",
+            "PrintMotd no",
+            "LogLevel ERROR",
+            "Subsystem sftp internal-sftp",
+            f"SetEnv PATH={path} REFINENET_SIMULATED_HOST={self.name}",
+            "",
+        ])
+
+    def _wait_ready(self, port: int) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection((self.address, port), timeout=1.0) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+
+    def host_public_key(self) -> str:
+        """`TYPE BASE64` of this server's host key."""
+        return " ".join(Path(f"{self.host_key}.pub").read_text().split()[:2])
+
+    def host(self, name: Optional[str] = None, **ssh_overrides) -> SshHost:
+        """This server as a cluster host; `ssh_overrides` replace SSH settings (e.g. `known_hosts`)."""
+        settings = dict(user=self.user, port=self.port, key_file=str(self.client.private),
+                        known_hosts=str(self.known_hosts))
+        settings.update(ssh_overrides)
+        return SshHost(name=name or self.name, address=self.address, ssh=SshSettings(**settings),
+                       workdir=str(self.workdir), host_key=self.host_public_key())
+
+    def stop(self) -> None:
+        """Stop sshd and every session process it started."""
+        if self.proc is None:
+            return
+        import psutil
+
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        self.proc.terminate()
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        psutil.wait_procs(tree, timeout=5)
+        self.proc = None
+
+    def __enter__(self) -> SshServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class SshAgent:
+    """A real ssh-agent on a private socket, holding the given keys; `socket` goes into SSH_AUTH_SOCK."""
+
+    def __init__(self, folder: Path, *keys: Path):
+        self.folder = Path(folder)
+        self.keys = keys
+        self.socket = str(self.folder / "agent.sock")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> SshAgent:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        agent = require("ssh-agent")
+        self.proc = subprocess.Popen([agent, "-D", "-a", self.socket], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+                self.stop()
+                raise RuntimeError(f"ssh-agent did not start: {err.strip()}")
+            time.sleep(0.02)
+        env = dict(os.environ, SSH_AUTH_SOCK=self.socket)
+        for key in self.keys:
+            subprocess.run([require("ssh-add"), "-q", str(key)], env=env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc.stderr.close()
+            self.proc = None
+
+    def __enter__(self) -> SshAgent:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

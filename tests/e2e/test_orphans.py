@@ -1,0 +1,104 @@
+"""A launcher killed with SIGKILL leaves no process behind, on the local host or on SSH hosts.
+
+A launcher-like parent process starts process trees (a shell with `sleep` children, one subtree
+ignoring SIGTERM so only SIGKILL ends it) through the transports, prints their ids and waits; the
+test SIGKILLs it and checks that every process of every tree, and every guard, is gone within 5 s.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+TREE = "sleep 300 & sh -c 'trap \"\" TERM; sleep 300' & sleep 300 & wait"
+
+PARENT = """
+import json, sys, time
+from types import SimpleNamespace
+from launcher.transport.factory import open_transport
+
+procs = []
+for spec in json.loads(sys.argv[1]):
+    ssh = SimpleNamespace(**spec["ssh"]) if spec.get("ssh") else None
+    host = SimpleNamespace(name=spec["name"], address=spec["address"], ssh=ssh, python=spec.get("python"))
+    transport = open_transport(host)
+    for rank in range(2):
+        procs.append(transport.run(["sh", "-c", sys.argv[2]], env={"REFINENET_JOB_ID": "orphan-test"},
+                                   on_line=print))
+print(json.dumps([[p.host, p.pid, p.pgid] for p in procs]), flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+def members(pgid):
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return found
+
+
+def alive(procs):
+    result = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                result.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+def run_and_kill_launcher(hosts, child_env):
+    """Start the parent, SIGKILL it once its trees are up; the seconds until nothing of them is left."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, json.dumps(hosts), TREE], env=child_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline()
+        assert line, parent.stderr.read()
+        started = json.loads(line)
+        assert len(started) == 2 * len(hosts)
+        trees = []
+        for _, pid, pgid in started:
+            assert pid == pgid
+            deadline = time.monotonic() + 10
+            while len(members(pgid)) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            tree = members(pgid)
+            assert len(tree) >= 5, [p.cmdline() for p in tree]
+            trees.extend(tree)
+            trees.append(psutil.Process(pid).parent())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        killed = time.monotonic()
+        while alive(trees) and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+        left = [(p.pid, p.cmdline()) for p in alive(trees)]
+        assert left == [] and all(members(pgid) == [] for _, _, pgid in started)
+        return time.monotonic() - killed
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()
+
+
+def test_sigkilled_launcher_leaves_no_local_process(child_env):
+    local = {"name": "local", "address": "localhost", "ssh": None}
+    assert run_and_kill_launcher([local], child_env) < 5
+
+
+def test_sigkilled_launcher_leaves_no_process_on_ssh_hosts(ssh_hosts, child_env):
+    hosts = [host.spec_dict() for host in ssh_hosts]
+    assert run_and_kill_launcher(hosts, child_env) < 5
