@@ -68,6 +68,54 @@ def group_members(pgid):
     return members
 
 
+def process_table():
+    """{pid: (ppid, state)} of every process, from /proc; {} where /proc is unavailable."""
+    table = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/" + name + "/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1:
+            table[int(name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def live_descendants(root):
+    """Live (non-zombie) descendants of `root`, whatever their session or group."""
+    table = process_table()
+    children = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if table[pid][1] != b"Z":
+            found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def become_subreaper():
+    """Orphans of the command are re-parented to this guard (Linux), so none escapes teardown:
+    e.g. msrun runs its workers in sessions of their own, and SIGTERM to msrun orphans them."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
 def has_env(pid, name, value):
     """Whether process `pid` has exactly `name=value` in its environment."""
     try:
@@ -146,6 +194,32 @@ class Guard:
         except ChildProcessError:
             return True
 
+    def escaped(self):
+        """Descendants that left the command's group (own session/group), still alive."""
+        return [pid for pid in live_descendants(os.getpid())
+                if pid != self.proc.pid and _pgid(pid) != self.pgid]
+
+    def reap_orphans(self):
+        """Reap re-parented children other than the command (whose pid must stay taken)."""
+        for pid, (ppid, state) in process_table().items():
+            if ppid == os.getpid() and state == b"Z" and pid != self.proc.pid:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def all_alive(self):
+        self.reap_orphans()
+        return self.group_alive() or bool(self.escaped())
+
+    def send_all(self, sig):
+        for pid in self.escaped():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        self.send(sig)
+
     def group_alive(self):
         members = group_members(self.pgid)
         if members is None:
@@ -167,17 +241,18 @@ class Guard:
             pass
 
     def stop_group(self):
-        """SIGTERM the group, SIGKILL it after `grace` seconds; returns once it is gone (or 5 s after)."""
-        if not self.group_alive():
+        """SIGTERM the group and every escaped descendant, SIGKILL them after `grace` seconds;
+        returns once they are gone (or 5 s after)."""
+        if not self.all_alive():
             return
-        self.send(signal.SIGTERM)
+        self.send_all(signal.SIGTERM)
         for sig, wait in ((signal.SIGKILL, self.grace), (None, 5.0)):
             deadline = time.monotonic() + wait
-            while self.group_alive() and time.monotonic() < deadline:
+            while self.all_alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
-            if sig is None or not self.group_alive():
+            if sig is None or not self.all_alive():
                 return
-            self.send(sig)
+            self.send_all(sig)
 
     def handle_control(self, data):
         self.control += data
@@ -231,7 +306,15 @@ def read_header():
     return json.loads(line.decode("utf-8")), rest
 
 
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def supervise(mode):
+    become_subreaper()
     header, rest = read_header()
     guard = Guard(header, mode)
     wake_r, wake_w = os.pipe()

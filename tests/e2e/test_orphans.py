@@ -102,3 +102,37 @@ def test_sigkilled_launcher_leaves_no_local_process(child_env):
 def test_sigkilled_launcher_leaves_no_process_on_ssh_hosts(ssh_hosts, child_env):
     hosts = [host.spec_dict() for host in ssh_hosts]
     assert run_and_kill_launcher(hosts, child_env) < 5
+
+
+ESCAPING_TREE = "setsid sleep 301 & setsid sh -c 'trap \"\" TERM; sleep 302' & sleep 303 & wait"
+
+
+def test_processes_that_leave_the_group_are_ended_too(child_env):
+    """msrun starts its workers in sessions of their own: the guard must end them all the same."""
+    local = {"name": "local", "address": "localhost", "ssh": None}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, json.dumps([local]), ESCAPING_TREE],
+                              env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = json.loads(parent.stdout.readline())
+        everything = []
+        for _, pid, _ in started:
+            guard = psutil.Process(pid).parent()
+            deadline = time.monotonic() + 10
+            while len(guard.children(recursive=True)) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            tree = guard.children(recursive=True)
+            assert sum(1 for p in tree if os.getsid(p.pid) != pid) >= 2, [p.cmdline() for p in tree]
+            everything += tree + [guard]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        killed = time.monotonic()
+        while alive(everything) and time.monotonic() - killed < 10:
+            time.sleep(0.05)
+        assert [(p.pid, p.cmdline()) for p in alive(everything)] == []
+        assert time.monotonic() - killed < 5
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()
