@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Optional
 
 from launcher.states import JobState
 
@@ -33,7 +34,13 @@ def backoff_s(restart_number: int, base_s: float, max_s: float, factor: float = 
     return min(max_s, base_s * (factor ** (restart_number - 1)))
 
 
+#: Exit code with which the workload reports bad input (usage, missing file): another attempt would fail
+#: the same way, so it is not restarted.
+BAD_INPUT_EXIT = 2
+
+
 def decide(outcome: JobState, *, restarts_used: int, max_restarts: int, stop_requested: bool,
+           exit_code: Optional[int] = None,
            backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, backoff_factor: float = 2.0) -> Decision:
     """The next step after an attempt ended in `outcome` (SUCCEEDED, FAILED or STOPPED).
 
@@ -45,6 +52,9 @@ def decide(outcome: JobState, *, restarts_used: int, max_restarts: int, stop_req
         return Decision(Action.FINISH, JobState.STOPPED, reason="stop requested")
     if outcome != JobState.FAILED:
         raise ValueError(f"an attempt ends SUCCEEDED, FAILED or STOPPED, not {outcome}")
+    if exit_code == BAD_INPUT_EXIT:
+        return Decision(Action.FINISH, JobState.FAILED,
+                        reason=f"the workload rejected its input (exit code {BAD_INPUT_EXIT}): not restarted")
     if restarts_used >= max_restarts:
         return Decision(Action.FINISH, JobState.FAILED,
                         reason=f"restart limit reached ({restarts_used} of {max_restarts} used)")

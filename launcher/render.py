@@ -237,7 +237,8 @@ class _Renderer:
         return posixpath.join(self.host_dir(host), f"attempt_{self.attempt}")
 
     def base_env(self, host: HostSpec) -> Dict[str, str]:
-        env = {"PYTHONUNBUFFERED": "1"}
+        # GLOG_v=3: MindSpore's own log to errors only (its INFO/WARNING chatter drowns the rank logs).
+        env = {"PYTHONUNBUFFERED": "1", "GLOG_v": "3"}
         if self.spec.device == "cpu":
             env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
         env.update(self.spec.env)

@@ -73,7 +73,8 @@ def choose_resume(scans: Mapping[str, Sequence[CheckpointInfo]]) -> Optional[Res
                        paths={host: d[key].path for host, d in by_host.items()})
 
 
-def skipped_newer(scans: Mapping[str, Sequence[CheckpointInfo]], chosen: Optional[ResumePoint]) -> Dict[str, list]:
+def skipped_newer(scans: Mapping[str, Sequence[CheckpointInfo]],
+                  chosen: Optional[ResumePoint]) -> Dict[str, list]:
     """Checkpoints newer than the chosen one that some host lacks: what the log should explain."""
     floor = chosen.global_step if chosen else -1
     return {host: sorted(c.name for c in infos if c.global_step > floor)

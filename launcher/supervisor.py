@@ -96,6 +96,7 @@ class Supervisor:
             stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
             decision = decide(result.state, restarts_used=self.restarts_used,
                               max_restarts=self.spec.restart.max_restarts, stop_requested=stop_asked,
+                              exit_code=result.failure.exit_code if result.failure else None,
                               backoff_base_s=self.spec.restart.backoff_s,
                               backoff_max_s=self.spec.restart.backoff_max_s,
                               backoff_factor=self.spec.restart.backoff_factor)

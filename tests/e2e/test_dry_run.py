@@ -73,7 +73,7 @@ def test_local_cpu_demo_defaults(tmp_path):
     plan = json.loads((tmp_path / "runs" / "demo-1" / "plan.json").read_text())
     sched, r0, _ = plan["processes"]
     assert sched["role"] == "scheduler" and r0["cwd"] == str(tmp_path)
-    assert "--data demo_data/train.lst" in r0["command"] and r0["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert "--data demo_data/sbd_train_lst.txt" in r0["command"] and r0["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert f"--output-dir {tmp_path}/demo_output/r1" in r0["command"]
 
 

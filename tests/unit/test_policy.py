@@ -29,3 +29,10 @@ def test_backoff_is_capped_and_numbered_from_one():
 def test_zero_restarts_means_first_failure_is_final():
     d = decide(JobState.FAILED, restarts_used=0, max_restarts=0, stop_requested=False)
     assert (d.action, d.job_state) == (Action.FINISH, JobState.FAILED)
+
+
+def test_bad_input_exit_is_not_restarted():
+    d = decide(JobState.FAILED, restarts_used=0, max_restarts=5, stop_requested=False, exit_code=2)
+    assert (d.action, d.job_state) == (Action.FINISH, JobState.FAILED) and "not restarted" in d.reason
+    assert decide(JobState.FAILED, restarts_used=0, max_restarts=5, stop_requested=False,
+                  exit_code=1).action == Action.RESTART
