@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,22 @@ class ResumePoint:
         return f"{self.name} (epoch {self.epoch}, global step {self.global_step})"
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A checkpoint a host's scan refused, and why (partial, corrupt, manifest missing)."""
+
+    host: str
+    path: str
+    why: str
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.host}: {self.why}"
+
+
 class ScanError(ValueError):
     """A host's scan output could not be read."""
 
@@ -56,6 +73,61 @@ def parse_scan(output: str) -> Tuple[CheckpointInfo, ...]:
                                     global_step=int(r["global_step"])) for r in records)
     except (ValueError, TypeError, KeyError) as exc:
         raise ScanError(f"unreadable checkpoint scan: {exc}: {output[:200]!r}") from exc
+
+
+_SKIPPED = re.compile(r"^skipped (\S+?): (.+)$")
+
+
+def parse_skipped(host: str, stderr: str) -> List[Skipped]:
+    """The `skipped PATH: WHY` lines a scan printed on stderr."""
+    found = []
+    for line in stderr.splitlines():
+        m = _SKIPPED.match(line.strip())
+        if m:
+            found.append(Skipped(host, m.group(1), m.group(2)))
+    return found
+
+
+def _ckpt_order(name: str) -> Tuple[int, int]:
+    m = re.fullmatch(r"refinenet-(\d+)_(\d+)\.ckpt", name)
+    return (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+
+
+@dataclass(frozen=True)
+class ResumeChoice:
+    """Where the next attempt starts (`point`; None: from the beginning), and why newer checkpoints
+    were passed over."""
+
+    point: Optional[ResumePoint]
+    passed_over: Tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """For the job record: the checkpoint, and what was not used."""
+        if self.point is None:
+            return ""
+        unused = "; not used: " + "; ".join(self.passed_over) if self.passed_over else ""
+        return self.point.describe() + unused
+
+
+def decide_resume(scans: Mapping[str, Sequence[CheckpointInfo]],
+                  skipped: Sequence[Skipped] = ()) -> ResumeChoice:
+    """The newest checkpoint complete on every host, and a reason for each newer one not taken
+    (refused by a host's scan: partial or corrupt; or missing on some host)."""
+    point = choose_resume(scans)
+    floor = (point.epoch, point.step) if point else (-1, -1)
+    reasons = [s.describe() for s in skipped if _ckpt_order(s.name) > floor]
+    explained = {(s.host, s.name) for s in skipped}
+    holders: Dict[str, List[str]] = {}
+    for host, infos in scans.items():
+        for c in infos:
+            if (c.epoch, c.step) > floor:
+                holders.setdefault(c.name, []).append(host)
+    for name in sorted(holders, key=_ckpt_order, reverse=True):
+        missing = sorted(h for h in scans if h not in holders[name] and (h, name) not in explained)
+        if missing:
+            on = ", ".join(sorted(holders[name]))
+            reasons.append(f"{name}: missing on {', '.join(missing)} (complete on {on})")
+    return ResumeChoice(point, tuple(reasons))
 
 
 def choose_resume(scans: Mapping[str, Sequence[CheckpointInfo]]) -> Optional[ResumePoint]:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Dict, List, Optional
 
 from launcher.errors import BadInput, HostError, JobFailed
-from launcher.jobs import JobDir
+from launcher.jobs import JobDir, format_time
 from launcher.logs import parse_ranks
 from launcher.spec import ClusterSpec, HostSpec
 from launcher.states import JobState
@@ -83,7 +83,7 @@ def _stop_on_signals(supervisor: Supervisor):
     previous = {}
 
     def handler(signum, frame):
-        supervisor._say(f"{signal.Signals(signum).name} received: stopping the job on every host")
+        supervisor.say(f"{signal.Signals(signum).name} received: stopping the job on every host")
         supervisor.request_stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -145,18 +145,19 @@ def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) 
     if state == JobState.STOPPED:
         print(f"refinenet-launch: job {job.job_id} STOPPED", file=err, flush=True)
         return 1
-    raise JobFailed(root_cause_summary(record), root_cause=supervisor.results[0].failure
-                    if supervisor.results else None)
+    raise JobFailed(root_cause_summary(record), root_cause=supervisor.root_cause)
 
 
 def root_cause_summary(record) -> str:
-    """The first failure of the job: attempt, rank, host, how it ended, its last log lines."""
+    """The first failure of the job: attempt, time, rank, host, how it ended, its last log lines;
+    then one line per failed attempt."""
     lines: List[str] = [f"job {record.job_id} FAILED after {len(record.attempts)} attempt(s)"
                         f" ({record.message})"]
     first = next(((a, a.failure) for a in record.attempts if a.failure), None)
     if first:
         attempt, failure = first
-        lines.append(f"root cause (attempt {attempt.number}): {failure.summary()}")
+        when = f" at {format_time(failure.time)}" if failure.time else ""
+        lines.append(f"root cause (attempt {attempt.number}{when}): {failure.summary()}")
         if failure.log_tail:
             lines.append("last lines of its log:")
             lines.extend(f"  | {t}" for t in failure.log_tail[-20:])

@@ -1,0 +1,483 @@
+"""The supervisor's policy, driven through scripted fake transports: no process is started.
+
+Each fake process follows a script (lines at given times, an exit status, how it reacts to
+signals); the fake transports answer checkpoint scans and metrics-age questions from tables the
+test sets. Checked: restart counting, backoff, the resume point passed to every rank, the root
+cause (earliest failure), stop during backoff, hang detection, teardown of every process.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+from launcher.commands.launch import make_plan_factory
+from launcher.errors import RankFailure
+from launcher.jobs import JobDir
+from launcher.placement import place
+from launcher.spec import parse_cluster
+from launcher.states import JobState, RankState
+from launcher.supervisor import HealthWatch, Supervisor
+from launcher.transport.base import CommandResult, HostError, HostInfo, RemoteProcess, Transport
+
+HOSTS = ("a", "b")
+
+
+@dataclass(frozen=True)
+class Script:
+    """What a fake process does: print `lines` (at seconds after start), print `every` seconds while
+    alive, exit with `code` after `exit_after` seconds (None: runs until signalled)."""
+
+    lines: Sequence[Tuple[float, str]] = ()
+    every: Optional[float] = None
+    exit_after: Optional[float] = None
+    code: int = 0
+    ignores_term: bool = False
+
+
+RUN_FOREVER = Script(every=0.02)
+
+
+class FakeProcess(RemoteProcess):
+    def __init__(self, host: str, name: str, script: Script, on_line, pid: int):
+        self.host, self.name, self.script, self.on_line = host, name, script, on_line
+        self.pid = self.pgid = pid
+        self.signals: List[int] = []
+        self._status: Optional[int] = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._play, daemon=True).start()
+
+    def _play(self) -> None:
+        start = time.monotonic()
+        pending = sorted(self.script.lines)
+        next_tick = start
+        while not self._done.is_set():
+            now = time.monotonic() - start
+            while pending and pending[0][0] <= now:
+                self.on_line(pending.pop(0)[1])
+            if self.script.every is not None and time.monotonic() >= next_tick:
+                self.on_line(f"{self.name} working")
+                next_tick = time.monotonic() + self.script.every
+            if self.script.exit_after is not None and now >= self.script.exit_after:
+                self._finish(self.script.code)
+            self._done.wait(0.005)
+
+    def _finish(self, status: int) -> None:
+        with self._lock:
+            if self._status is None:
+                self._status = status
+                self._done.set()
+
+    def poll(self) -> Optional[int]:
+        return self._status
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        self._done.wait(timeout)
+        return self._status
+
+    def kill_group(self, sig: int = signal.SIGTERM) -> None:
+        self.signals.append(sig)
+        if sig == signal.SIGKILL or (sig == signal.SIGTERM and not self.script.ignores_term):
+            self._finish(-sig)
+
+
+@dataclass
+class Cluster:
+    """The fake hosts' shared state: scripts per (attempt, process), scans per (attempt, host)."""
+
+    scripts: Dict[Tuple[int, str], Script] = field(default_factory=dict)
+    default: Script = RUN_FOREVER
+    scans: Dict[Tuple[int, str], Tuple[list, str]] = field(default_factory=dict)
+    metrics_age: Dict[str, str] = field(default_factory=dict)
+    unreachable_scan: set = field(default_factory=set)
+    attempt: int = 0
+    started: List[Tuple[int, str, FakeProcess, Sequence[str]]] = field(default_factory=list)
+    scan_calls: List[Tuple[int, str]] = field(default_factory=list)
+    next_pid: int = 1000
+
+    def processes(self, attempt: int) -> Dict[str, FakeProcess]:
+        return {name: proc for n, name, proc, _ in self.started if n == attempt}
+
+    def commands(self, attempt: int) -> Dict[str, str]:
+        return {name: argv[-1] for n, name, _, argv in self.started if n == attempt}
+
+
+class FakeTransport(Transport):
+    def __init__(self, host: str, cluster: Cluster):
+        self.host, self.cluster = host, cluster
+
+    def run(self, argv, *, env=None, cwd=None, on_line=None):
+        env = dict(env or {})
+        if env.get("MS_ROLE") == "MS_SCHED":
+            self.cluster.attempt += 1
+            name = "scheduler"
+        else:
+            name = f"r{env['MS_NODE_ID']}"
+        c = self.cluster
+        script = c.scripts.get((c.attempt, name), c.default)
+        c.next_pid += 1
+        proc = FakeProcess(self.host, name, script, on_line or (lambda line: None), c.next_pid)
+        c.started.append((c.attempt, name, proc, tuple(argv)))
+        return proc
+
+    def exec(self, argv, *, env=None, cwd=None, timeout=60.0):
+        c = self.cluster
+        if list(argv[1:4]) == ["-m", "refinenet.manifest", "scan"]:
+            c.scan_calls.append((c.attempt, self.host))
+            if self.host in c.unreachable_scan:
+                raise HostError(self.host, "connection refused")
+            records, stderr = c.scans.get((c.attempt, self.host), ([], ""))
+            return CommandResult(0, json.dumps(records), stderr)
+        if "-S" in argv:
+            rank = argv[-1].rsplit("rank_", 1)[1].split(".")[0]
+            return CommandResult(0, c.metrics_age.get(rank, "none") + "\n", "")
+        raise AssertionError(f"unexpected command {argv}")
+
+    def read_file(self, path):
+        raise FileNotFoundError(path)
+
+    def write_file(self, path, data, mode=0o644):
+        pass
+
+    def kill_group(self, pgid, sig=signal.SIGTERM, *, verify_env=None):
+        return False
+
+    def probe(self, python="python3"):
+        return HostInfo(self.host, self.host, python, "3.11")
+
+
+def ckpt(host: str, epoch: int, steps: int = 4) -> dict:
+    return {"checkpoint": f"/w/{host}/out/r1/ckpt/refinenet-{epoch}_{steps}.ckpt", "epoch": epoch,
+            "step": steps, "global_step": epoch * steps}
+
+
+@dataclass
+class Run:
+    supervisor: Supervisor
+    job: JobDir
+    cluster: Cluster
+    waits: List[float]
+    messages: List[str]
+
+    @property
+    def said(self) -> str:
+        return "\n".join(self.messages)
+
+
+class Messages:
+    def __init__(self, into: List[str]):
+        self.into = into
+
+    def write(self, text: str) -> None:
+        self.into.extend(line for line in text.splitlines() if line)
+
+    def flush(self) -> None:
+        pass
+
+
+def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None, health=None,
+             wait=None, backoff_s=0.5, grace=0.2) -> Run:
+    data = {"name": "fake", "backend": "dynamic", "device": "cpu",
+            "hosts": [{"name": h, "address": f"127.0.0.{i + 2}", "ranks": 1, "workdir": f"/w/{h}"}
+                      for i, h in enumerate(HOSTS)],
+            "master": {"port": 29500},
+            "job": {"data": "train.lst", "output_dir": "out"},
+            "restart": {"max_restarts": max_restarts, "backoff_s": backoff_s, "backoff_max_s": 4 * backoff_s},
+            "health": {"hang_timeout_s": hang_timeout_s, "check_devices": False},
+            "timeouts": {"stop_grace_s": grace}}
+    spec = parse_cluster(data, "fake.yaml", cwd=str(tmp_path), local_python="python3")
+    job = JobDir.create(tmp_path / "runs", cluster="fake", stage="r1", spec=data)
+    factory = make_plan_factory(spec, place(spec, {}), "r1", str(job.path), job.job_id)
+    logs = job.open_logs()
+    waits: List[float] = []
+    messages: List[str] = []
+
+    def record_wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return wait(seconds) if wait else False
+
+    transports = {h: FakeTransport(h, cluster) for h in HOSTS}
+    sup = Supervisor(spec, "r1", factory, job, transports, logs, out=Messages(messages), poll_s=0.01,
+                     wait=record_wait, health_factory=(lambda plan, units: health) if health else None)
+    return Run(sup, job, cluster, waits, messages)
+
+
+def run_to_end(run: Run, timeout: float = 20.0) -> JobState:
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("state", run.supervisor.run()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the supervisor did not finish"
+    run.supervisor.logs.close()
+    return box["state"]
+
+
+def succeed(after: float = 0.05) -> Script:
+    return Script(lines=[(0.0, "epoch: 1 step: 1, loss is 0.5")], exit_after=after, code=0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_success_stops_the_scheduler_and_records_one_attempt(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): succeed(), (1, "r1"): succeed(0.1)})
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    scheduler = cluster.processes(1)["scheduler"]
+    assert scheduler.signals[:2] == [signal.SIGTERM, signal.SIGCONT] and scheduler.poll() == -signal.SIGTERM
+    record = run.job.read()
+    assert [a.state for a in record.attempts] == [JobState.SUCCEEDED]
+    states = {p.name: p.state for p in record.attempts[0].processes}
+    assert states == {"scheduler": RankState.STOPPED, "r0": RankState.SUCCEEDED, "r1": RankState.SUCCEEDED}
+    assert run.waits == [] and run.supervisor.restarts_used == 0
+
+
+def test_a_killed_rank_restarts_the_job_from_the_newest_checkpoint_on_every_host(tmp_path):
+    cluster = Cluster(scripts={(1, "r1"): Script(every=0.02, exit_after=0.1, code=-9),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    cluster.scans[(1, "a")] = ([ckpt("a", 2), ckpt("a", 1)], "")
+    cluster.scans[(1, "b")] = ([ckpt("b", 2), ckpt("b", 1)], "")
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    first = cluster.processes(1)
+    assert first["r1"].poll() == -9 and first["r0"].poll() == -signal.SIGTERM
+    assert first["scheduler"].poll() == -signal.SIGTERM
+    commands = cluster.commands(2)
+    assert "--resume /w/a/out/r1/ckpt/refinenet-2_4.ckpt" in commands["r0"]
+    assert "--resume /w/b/out/r1/ckpt/refinenet-2_4.ckpt" in commands["r1"]
+    assert "--resume" not in cluster.commands(1)["r0"]
+    record = run.job.read()
+    assert [a.state for a in record.attempts] == [JobState.FAILED, JobState.SUCCEEDED]
+    assert record.attempts[1].resume == "refinenet-2_4.ckpt (epoch 2, global step 8)"
+    failure = record.attempts[0].failure
+    assert (failure.rank, failure.host, failure.signal) == (1, "b", 9)
+    assert "killed by signal 9 (SIGKILL)" in failure.reason and "r1 working" in failure.log_tail
+    assert run.waits == [0.5] and run.supervisor.restarts_used == 1
+    assert "resuming from refinenet-2_4.ckpt" in run.said
+    assert sorted(h for _, h in cluster.scan_calls) == ["a", "b"]
+
+
+def test_a_newest_checkpoint_refused_on_one_host_falls_back_to_an_older_common_one(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    cluster.scans[(1, "a")] = ([ckpt("a", 2), ckpt("a", 1)], "")
+    refused = "skipped /w/b/out/r1/ckpt/refinenet-2_4.ckpt: size is 100 bytes, the manifest says 4096\n"
+    cluster.scans[(1, "b")] = ([ckpt("b", 1)], refused)
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    assert "--resume /w/b/out/r1/ckpt/refinenet-1_4.ckpt" in cluster.commands(2)["r1"]
+    said = run.said
+    assert "checkpoint not used: refinenet-2_4.ckpt on b: size is 100 bytes, the manifest says 4096" in said
+    assert "resuming from refinenet-1_4.ckpt (epoch 1, global step 4) (falling back to an older one)" in said
+    resume = run.job.read().attempts[1].resume
+    assert resume.startswith("refinenet-1_4.ckpt") and "refinenet-2_4.ckpt on b: size is 100" in resume
+
+
+def test_no_common_checkpoint_restarts_from_the_beginning(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    cluster.scans[(1, "a")] = ([ckpt("a", 1)], "")
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    assert "--resume" not in cluster.commands(2)["r0"]
+    assert "refinenet-1_4.ckpt: missing on b (complete on a)" in run.said
+    assert "starts from the beginning" in run.said
+    assert run.job.read().attempts[1].resume is None
+
+
+def test_restarts_are_counted_for_the_job_with_growing_backoff_then_it_fails(tmp_path):
+    fail = Script(lines=[(0.0, "loading"), (0.01, "Traceback: boom")], exit_after=0.05, code=3)
+    cluster = Cluster(scripts={(n, "r1"): fail for n in (1, 2, 3)})
+    run = make_run(tmp_path, cluster, max_restarts=2, backoff_s=0.5)
+    assert run_to_end(run) == JobState.FAILED
+    assert run.waits == [0.5, 1.0]
+    record = run.job.read()
+    assert [a.state for a in record.attempts] == [JobState.FAILED] * 3
+    assert record.state == JobState.FAILED and "2 of 2 used" in record.message
+    cause = run.supervisor.root_cause
+    assert (cause.rank, cause.host, cause.exit_code) == (1, "b", 3)
+    assert cause.log_tail == ["loading", "Traceback: boom"]
+    assert len(cluster.scan_calls) == 4
+
+
+def test_zero_restarts_and_bad_input_end_at_the_first_failure(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=2)})
+    run = make_run(tmp_path, cluster, max_restarts=5)
+    assert run_to_end(run) == JobState.FAILED
+    assert len(run.job.read().attempts) == 1 and run.waits == []
+    assert "not restarted" in run.job.read().message
+
+
+def test_root_cause_is_the_earliest_failure_not_the_ones_it_caused(tmp_path):
+    # rank 1 is killed first; the scheduler and rank 0 fail because of it, later and in the same poll.
+    cluster = Cluster(scripts={(1, "r1"): Script(exit_after=0.05, code=-9),
+                               (1, "scheduler"): Script(exit_after=0.3, code=1),
+                               (1, "r0"): Script(exit_after=0.3, code=1)})
+    run = make_run(tmp_path, cluster, max_restarts=0)
+    assert run_to_end(run) == JobState.FAILED
+    cause = run.supervisor.root_cause
+    assert (cause.rank, cause.signal) == (1, 9)
+
+
+def test_among_processes_found_ended_together_a_signalled_rank_is_the_cause(tmp_path):
+    gate = threading.Event()
+    cluster = Cluster(scripts={(1, "scheduler"): Script(exit_after=0.0, code=1),
+                               (1, "r1"): Script(exit_after=0.0, code=-9)})
+    run = make_run(tmp_path, cluster, max_restarts=0)
+    original = run.supervisor._start
+
+    def start_then_settle(plan, units):
+        original(plan, units)
+        for u in units:
+            if u.spec.name != "r0":
+                u.proc.wait(1)
+        gate.set()
+
+    run.supervisor._start = start_then_settle
+    assert run_to_end(run) == JobState.FAILED and gate.is_set()
+    cause = run.supervisor.root_cause
+    assert (cause.rank, cause.host, cause.signal) == (1, "b", 9)
+
+
+def test_stop_during_backoff_starts_no_other_attempt(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1)})
+    holder = {}
+
+    def wait(seconds):
+        holder["run"].supervisor.request_stop()
+        return True
+
+    run = holder["run"] = make_run(tmp_path, cluster, wait=wait, backoff_s=30)
+    assert run_to_end(run) == JobState.STOPPED
+    assert run.waits == [30] and cluster.attempt == 1
+    record = run.job.read()
+    assert record.state == JobState.STOPPED and len(record.attempts) == 1
+    assert "stop requested during backoff" in record.message
+
+
+def test_real_backoff_is_interrupted_by_a_stop(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1)})
+    run = make_run(tmp_path, cluster, backoff_s=30)
+    run.supervisor._wait = run.supervisor.stop_event.wait
+    threading.Timer(0.5, run.supervisor.request_stop).start()
+    t0 = time.monotonic()
+    assert run_to_end(run) == JobState.STOPPED
+    assert time.monotonic() - t0 < 5 and cluster.attempt == 1
+
+
+def test_stop_while_running_tears_everything_down(tmp_path):
+    cluster = Cluster()
+    run = make_run(tmp_path, cluster)
+    threading.Timer(0.3, run.supervisor.request_stop).start()
+    assert run_to_end(run) == JobState.STOPPED
+    assert all(p.poll() == -signal.SIGTERM for p in cluster.processes(1).values())
+    assert run.job.read().attempts[0].state == JobState.STOPPED
+
+
+def test_a_silent_rank_is_a_hang_the_others_are_not(tmp_path):
+    cluster = Cluster(scripts={(1, "r1"): Script(lines=[(0.0, "compiling")]),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    run = make_run(tmp_path, cluster, hang_timeout_s=0.4)
+    t0 = time.monotonic()
+    assert run_to_end(run) == JobState.SUCCEEDED
+    failure = run.job.read().attempts[0].failure
+    assert failure.rank == 1 and failure.host == "b" and "no progress for" in failure.reason
+    assert "hang timeout 0.4 s" in failure.reason and failure.log_tail == ("compiling",)
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_rank_writing_metrics_records_is_not_hung(tmp_path):
+    cluster = Cluster(scripts={(1, "r1"): Script(exit_after=1.0, code=0),
+                               (1, "r0"): Script(every=0.02, exit_after=1.0, code=0)})
+    cluster.metrics_age["1"] = "0.05"
+    run = make_run(tmp_path, cluster, hang_timeout_s=0.3)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    assert len(run.job.read().attempts) == 1
+
+
+def test_a_stopped_rank_gets_sigcont_and_one_ignoring_sigterm_gets_sigkill(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
+                               (1, "r1"): Script(every=0.02, ignores_term=True)})
+    run = make_run(tmp_path, cluster, max_restarts=0, grace=0.2)
+    assert run_to_end(run) == JobState.FAILED
+    r1 = cluster.processes(1)["r1"]
+    assert r1.signals == [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL] and r1.poll() == -signal.SIGKILL
+    result = run.supervisor.results[0]
+    assert 0.2 <= result.teardown_s < 1.5
+
+
+class SickDevice(HealthWatch):
+    def __init__(self, after: float):
+        self.at = time.monotonic() + after
+        self.stopped = False
+
+    def failures(self):
+        if time.monotonic() < self.at:
+            return ()
+        return [RankFailure(1, "b", reason="unhealthy device: npu 1 health Critical")]
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_an_unhealthy_device_fails_the_attempt(tmp_path):
+    health = SickDevice(0.1)
+    run = make_run(tmp_path, Cluster(), max_restarts=0, health=health)
+    assert run_to_end(run) == JobState.FAILED
+    assert "unhealthy device" in run.supervisor.root_cause.reason and health.stopped
+    assert all(p.poll() is not None for p in run.cluster.processes(1).values())
+
+
+def test_a_host_that_cannot_be_scanned_costs_a_restart_not_the_progress(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()},
+                      unreachable_scan={"b"})
+    run = make_run(tmp_path, cluster, max_restarts=2)
+
+    def heal(seconds):
+        if len(run.waits) == 2:
+            cluster.unreachable_scan.clear()
+            cluster.scans[(1, "a")] = ([ckpt("a", 1)], "")
+            cluster.scans[(1, "b")] = ([ckpt("b", 1)], "")
+        return False
+
+    run.supervisor._wait = lambda s: (run.waits.append(s), heal(s))[1]
+    assert run_to_end(run) == JobState.SUCCEEDED
+    record = run.job.read()
+    assert [a.state for a in record.attempts] == [JobState.FAILED, JobState.FAILED, JobState.SUCCEEDED]
+    assert "cannot read the checkpoint manifests" in record.attempts[1].failure.reason
+    assert record.attempts[1].processes == ()
+    assert "--resume /w/b/out/r1/ckpt/refinenet-1_4.ckpt" in cluster.commands(2)["r1"]
+
+
+def test_scan_output_that_is_not_json_is_a_host_error(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1)})
+    run = make_run(tmp_path, cluster, max_restarts=1)
+    original = FakeTransport.exec
+
+    def bad_exec(self, argv, **kw):
+        if "refinenet.manifest" in argv:
+            return CommandResult(0, "garbage", "")
+        return original(self, argv, **kw)
+
+    for t in run.supervisor.transports.values():
+        t.exec = bad_exec.__get__(t)
+    assert run_to_end(run) == JobState.FAILED
+    assert "unreadable checkpoint scan" in run.job.read().attempts[1].failure.reason
+
+
+@pytest.mark.parametrize("code,expected", [(-15, "killed by signal 15 (SIGTERM)"), (7, "exit code 7")])
+def test_the_scheduler_failing_alone_is_reported_as_the_scheduler(tmp_path, code, expected):
+    cluster = Cluster(scripts={(1, "scheduler"): Script(lines=[(0.0, "scheduler up")], exit_after=0.05,
+                                                        code=code)})
+    run = make_run(tmp_path, cluster, max_restarts=0)
+    assert run_to_end(run) == JobState.FAILED
+    cause = run.supervisor.root_cause
+    assert cause.rank is None and cause.host == "a"
+    assert cause.reason == f"the scheduler (scheduler): {expected}" and cause.log_tail == ["scheduler up"]
