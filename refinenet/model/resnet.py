@@ -1,4 +1,4 @@
-"""ResNet building blocks (v1.5: the stride sits on the 3x3 conv), named as the ModelZoo RefineNet names them."""
+"""ResNet building blocks (v1.5: stride on the 3x3 conv), named as the ModelZoo RefineNet names them."""
 from __future__ import annotations
 
 import math

@@ -1,0 +1,187 @@
+"""Evaluate exported ONNX RefineNets with ONNX Runtime (`refinenet-infer-onnx`).
+
+Same preprocessing, test-time flip/scales and metric as `refinenet-eval` (`refinenet.evaluation`).
+An exported model has a fixed input (batch, 3, S, S), so the batch size is the model's, and each
+scale needs a model exported for its input size int((crop - 1) * scale) + 1: pass one `--onnx`
+file per scale. MindSpore is not needed. Also `python -m refinenet.infer_onnx`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from refinenet.data.errors import DataError
+from refinenet.evaluation import evaluate, format_result, load_image_list, scale_crop_sizes
+from refinenet.export import UsageError, check_writable
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """An ONNX Runtime session and the fixed shapes of its single input and output."""
+
+    path: str
+    session: object
+    input_name: str
+    batch: Optional[int]
+    size: int
+    num_classes: Optional[int]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refinenet-infer-onnx", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--onnx", required=True, nargs="+",
+                   help="exported model(s); with several --scales, one model per scale's input size")
+    p.add_argument("--data-lst", required=True, help="list file of '<image> <gray label png>' lines")
+    p.add_argument("--batch-size", type=int, help="must equal the models' batch size (default: theirs)")
+    p.add_argument("--crop-size", type=int, help="input size at scale 1 (default: the first model's)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="input scales, logits summed")
+    p.add_argument("--flip", action="store_true", help="add the logits of the horizontally flipped input")
+    p.add_argument("--provider", default="cpu", choices=sorted(PROVIDERS))
+    p.add_argument("--num-classes", type=int, help="must equal the models' output channels (default: theirs)")
+    p.add_argument("--ignore-label", type=int, default=255)
+    p.add_argument("--output", help="write the result as JSON to this file")
+    return p
+
+
+def _static(dim) -> Optional[int]:
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def open_model(path: str, provider: str) -> OnnxModel:
+    """An inference session on `provider`; `UsageError` for a missing/invalid file or an unusable provider."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise UsageError(f"--onnx: {path} does not exist or is not a file")
+    wanted = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted not in available:
+        raise UsageError(f"--provider {provider}: this ONNX Runtime has no {wanted} (available: "
+                         f"{', '.join(available)}); --provider cuda needs onnxruntime-gpu and its CUDA")
+    try:
+        session = ort.InferenceSession(path, providers=[wanted])
+    except Exception as exc:  # noqa: BLE001  (ORT raises its own exception types for invalid files)
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"--onnx: {path} cannot be loaded by ONNX Runtime: {problem}") from None
+    if wanted not in session.get_providers():
+        raise UsageError(f"--provider {provider}: {wanted} could not be initialised for {path}")
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs[0].shape) != 4:
+        raise UsageError(f"--onnx: {path} is not an exported RefineNet (one (N, 3, H, W) input, "
+                         "(N, C, H, W) output)")
+    batch, channels, height, width = inputs[0].shape
+    if _static(height) is None or _static(width) is None or height != width or channels != 3:
+        raise UsageError(f"--onnx: {path} takes input {inputs[0].shape}; evaluation feeds (N, 3, S, S) "
+                         "crops, export with --crop-size S")
+    return OnnxModel(path, session, inputs[0].name, _static(batch), height, _static(outputs[0].shape[1]))
+
+
+def models_by_size(models: Sequence[OnnxModel], crop_size: int,
+                   scales: Sequence[float]) -> Dict[int, OnnxModel]:
+    """The model for each input size the scales need; `UsageError` when a size has none."""
+    by_size: Dict[int, OnnxModel] = {}
+    for m in models:
+        if m.size in by_size:
+            raise UsageError(f"--onnx: {by_size[m.size].path} and {m.path} both take {m.size}x{m.size} input")
+        by_size[m.size] = m
+    needed = scale_crop_sizes(crop_size, scales)
+    for scale, size in zip(scales, needed):
+        if size not in by_size:
+            have = ", ".join(f"{m.path} ({m.size}px)" for m in models)
+            raise UsageError(f"--scales: scale {scale:g} needs a model with {size}x{size} input, have "
+                             f"{have}. An exported model has a fixed input size, so multi-scale evaluation "
+                             f"needs one model per scale: refinenet-export --crop-size {size} ... and pass "
+                             "it as a further --onnx")
+    return {size: by_size[size] for size in needed}
+
+
+def check_consistent(models: Sequence[OnnxModel], batch_size: Optional[int],
+                     num_classes: Optional[int]) -> tuple:
+    """(batch size, class count) agreed by the command line and every model, else `UsageError`."""
+    batches = {m.batch for m in models if m.batch is not None}
+    if len(batches) > 1:
+        raise UsageError(f"--onnx: the models were exported for different batch sizes {sorted(batches)}")
+    model_batch = batches.pop() if batches else None
+    if batch_size is not None and model_batch is not None and batch_size != model_batch:
+        raise UsageError(f"--batch-size {batch_size}: {models[0].path} was exported for batch size "
+                         f"{model_batch}; drop --batch-size or re-export with refinenet-export --batch-size "
+                         f"{batch_size}")
+    batch = batch_size or model_batch or 1
+    if batch < 1:
+        raise UsageError(f"--batch-size: must be at least 1, got {batch}")
+    classes = {m.num_classes for m in models if m.num_classes is not None}
+    if len(classes) > 1:
+        raise UsageError(f"--onnx: the models have different class counts {sorted(classes)}")
+    model_classes = classes.pop() if classes else None
+    if num_classes is not None and model_classes is not None and num_classes != model_classes:
+        raise UsageError(f"--num-classes {num_classes}: the model outputs {model_classes} classes")
+    classes_final = num_classes or model_classes
+    if classes_final is None:
+        raise UsageError("--num-classes: the model's output has no fixed class count; give --num-classes")
+    return batch, classes_final
+
+
+def prepare(args: argparse.Namespace):
+    if not Path(args.data_lst).is_file():
+        raise UsageError(f"--data-lst: {args.data_lst} does not exist or is not a file")
+    if any(s <= 0 for s in args.scales):
+        raise UsageError(f"--scales: must be positive, got {args.scales}")
+    if args.crop_size is not None and args.crop_size < 1:
+        raise UsageError(f"--crop-size: must be at least 1, got {args.crop_size}")
+    if not 0 <= args.ignore_label < 256:
+        raise UsageError(f"--ignore-label: must be in [0, 256), got {args.ignore_label}")
+    if args.output:
+        check_writable(Path(args.output), "--output")
+    load_image_list(args.data_lst)
+    models = [open_model(path, args.provider) for path in args.onnx]
+    crop_size = args.crop_size or models[0].size
+    by_size = models_by_size(models, crop_size, args.scales)
+    batch, classes = check_consistent(list(by_size.values()), args.batch_size, args.num_classes)
+    return by_size, crop_size, batch, classes
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        by_size, crop_size, batch, classes = prepare(args)
+    except (UsageError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+    def predict_logits(x: np.ndarray) -> np.ndarray:
+        return by_size[x.shape[2]](x)
+
+    used: List[str] = [f"{m.path} ({size}px)" for size, m in by_size.items()]
+    print(f"evaluating {', '.join(used)} on {args.data_lst} with {args.provider}", flush=True)
+    try:
+        result = evaluate(predict_logits, args.data_lst, batch_size=batch, crop_size=crop_size,
+                          scales=args.scales, flip=args.flip, num_classes=classes,
+                          ignore_label=args.ignore_label)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(format_result(result), flush=True)
+    if args.output:
+        from refinenet.manifest import write_json_atomic
+
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, json.loads(result.to_json()))
+        print(f"wrote {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
