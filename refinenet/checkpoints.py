@@ -41,14 +41,18 @@ def is_optimizer_key(name: str) -> bool:
 
 
 def loadable(path: os.PathLike) -> Optional[str]:
-    """None when MindSpore can parse the checkpoint file, else why not."""
-    import mindspore as ms
+    """None when the checkpoint file parses whole and holds a training state, else why not.
+
+    Read with `refinenet.weights` rather than `mindspore.load_checkpoint`, which refuses files larger
+    than the *free* memory (page cache not counted) and so rejects good checkpoints on busy hosts.
+    """
+    from refinenet import weights
 
     try:
-        params = ms.load_checkpoint(os.fspath(path), choice_func=lambda name: name == "global_step")
-    except Exception as exc:  # noqa: BLE001  (MindSpore raises ValueError/RuntimeError for bad files)
-        return f"not loadable by MindSpore: {exc}".splitlines()[0]
-    if "global_step" not in params:
+        names = weights.read_checkpoint_names(path)
+    except CheckpointError as exc:
+        return f"not loadable: {exc}".splitlines()[0]
+    if "global_step" not in names:
         return "not a training checkpoint (no global_step)"
     return None
 
@@ -156,13 +160,10 @@ def prune(directory: os.PathLike, keep_max: int) -> List[Path]:
 
 
 def load_params(path: os.PathLike, *, choice: Optional[Callable[[str], bool]] = None) -> Dict[str, object]:
-    """Parameters of a checkpoint file; `CheckpointError` naming the file when it cannot be read."""
-    import mindspore as ms
+    """Parameters of a checkpoint file; `CheckpointError` naming the file and tensor when unreadable."""
+    from refinenet import weights
 
-    try:
-        return ms.load_checkpoint(os.fspath(path), choice_func=choice)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot load checkpoint: {str(exc).splitlines()[0]}") from None
+    return weights.read_parameters(path, choice=choice)
 
 
 def restore_training_state(path: os.PathLike, train_cell, *,
