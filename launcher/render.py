@@ -32,6 +32,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOSTFILE_WORD = re.compile(r"[A-Za-z0-9._:-]+")
 RANK_TABLE = "rank_table.json"
 HOSTFILE = "hostfile"
+MSRUN_ENTRY = "msrun_entry.py"
 SCHEDULER_MODULE = "refinenet.scheduler"
 STAGE_MODULES = {"r1": "refinenet.train", "r2": "refinenet.train", "eval": "refinenet.evaluate",
                  "export": "refinenet.export"}
@@ -339,22 +340,35 @@ class _Renderer:
             self.rank_env_file(slot, proc.env)
 
     def msrun(self) -> None:
+        """The scheduler, then one msrun per host.
+
+        msrun numbers a host's workers `node_rank * local_worker_num + i`, hence equal hosts. Its
+        task is `msrun_entry.py`, which ends msrun's own copy of the scheduler at once (see there).
+        """
+        sizes = {name: len(host_slots) for name, host_slots in self.by_host.items()}
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{n}: {k}" for n, k in sizes.items())
+            raise ClusterFileError(self.spec.source, "hosts",
+                                   f"backend msrun needs the same number of ranks on every host ({listed})")
         table_paths: Dict[str, str] = {}
         if uses_rank_table(self.spec.backend, self.spec.device):
             table = render_rank_table(self.spec, self.slots)
             table_paths = self.copy_to_hosts(RANK_TABLE, table, [self.hosts[h] for h in self.by_host])
+        self.scheduler()
+        entries = self.copy_to_hosts(MSRUN_ENTRY, _template(f"{MSRUN_ENTRY}.j2").render() + "\n",
+                                     [self.hosts[h] for h in self.by_host])
         for name, host_slots in self.by_host.items():
             host = self.hosts[name]
             module, args = workload_argv(self.spec, host, self.stage, self.resume_for(host))
             python_dir = posixpath.dirname(host.python) if "/" in host.python else ""
-            task = "python3" if posixpath.basename(host.python).startswith("python3") else "python"
+            python = "python3" if posixpath.basename(host.python).startswith("python3") else "python"
             command = _template("msrun.sh.j2").render(
                 path_dir=python_dir, python=host.python, worker_num=self.world,
                 local_worker_num=len(host_slots), master_addr=self.spec.master.addr, master_port=self.port,
                 node_rank=host_slots[0].node_rank,
                 log_dir=posixpath.join(self.attempt_dir(host), "msrun_log"),
                 cluster_time_out=self.spec.timeouts.cluster_s, rank_table_file=table_paths.get(name, ""),
-                task=task, module=module, args=args)
+                no_tail_rank=self.world, entry=entries[name], task=python, module=module, args=args)
             env = {**self.base_env(host), **self.visible_devices_env(host)}
             proc = self.add(f"msrun-{name}", host, "msrun", [s.rank for s in host_slots], command, env,
                             f"msrun_{name}.log")
@@ -448,7 +462,7 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
         getattr(r, spec.backend)()
     order = list(dict.fromkeys([spec.master.host, *r.by_host])) if spec.backend == "mpirun" and not single \
         else list(r.by_host)
-    if not single and spec.backend == "dynamic" and spec.master.host not in order:
+    if not single and spec.backend in ("dynamic", "msrun") and spec.master.host not in order:
         order.insert(0, spec.master.host)
     return LaunchPlan(
         job_id=job_id, cluster=spec.name, stage=stage, backend=spec.backend, device=spec.device,

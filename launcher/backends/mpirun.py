@@ -2,12 +2,41 @@
 from __future__ import annotations
 
 import re
+from typing import Callable, Dict, List
 
 from launcher.backends.base import Backend, Sink
 from launcher.logs import LogAggregator
 from launcher.plan import LaunchPlan, ProcessSpec
 
-_TAG = re.compile(r"^\[\d+,(\d+)\]<std(?:out|err|diag)>:(.*)$", re.S)
+_TAG = re.compile(r"\[\d+,(\d+)\]<std(?:out|err|diag)>:")
+
+
+class TaggedOutput:
+    """Demultiplexes mpirun's `--tag-output` stream into whole lines per rank.
+
+    Open MPI tags every chunk it reads from a rank, not every line: an unbuffered `print("a")`
+    arrives as `[1,0]<stdout>:a[1,0]<stdout>:` and a newline, and chunks of several ranks can share
+    one physical line. A tagged piece followed by another tag on the same line is an unfinished part
+    of its rank's line; the last piece of a physical line ends its rank's line. Text before the first
+    tag is mpirun's own.
+    """
+
+    def __init__(self, rank_line: Callable[[int, str], None], own_line: Sink):
+        self.rank_line, self.own_line = rank_line, own_line
+        self.pending: Dict[int, List[str]] = {}
+
+    def feed(self, line: str) -> None:
+        tags = list(_TAG.finditer(line))
+        if not tags:
+            self.own_line(line)
+            return
+        if tags[0].start() > 0:
+            self.own_line(line[:tags[0].start()])
+        for tag, following in zip(tags, tags[1:]):
+            self.pending.setdefault(int(tag.group(1)), []).append(line[tag.end():following.start()])
+        last = tags[-1]
+        rank = int(last.group(1))
+        self.rank_line(rank, "".join(self.pending.pop(rank, ())) + line[last.end():])
 
 
 class MpirunBackend(Backend):
@@ -16,19 +45,13 @@ class MpirunBackend(Backend):
     def sink(self, proc: ProcessSpec, plan: LaunchPlan, logs: LogAggregator) -> Sink:
         if proc.role != "mpirun":
             return super().sink(proc, plan, logs)
-        own = logs.process_sink(proc.name, proc.host)
         hosts = {s.rank: s.host for s in plan.slots}
-        sinks = {}
+        sinks: Dict[int, Sink] = {}
 
-        def route(line: str) -> None:
-            match = _TAG.match(line)
-            if not match:
-                own(line)
-                return
-            rank = int(match.group(1))
+        def rank_line(rank: int, text: str) -> None:
             sink = sinks.get(rank)
             if sink is None:
                 sink = sinks[rank] = logs.rank_sink(rank, hosts.get(rank, proc.host))
-            sink(match.group(2))
+            sink(text)
 
-        return route
+        return TaggedOutput(rank_line, logs.process_sink(proc.name, proc.host)).feed

@@ -107,24 +107,27 @@ def test_msrun_command_per_host():
              for i, (n, a) in enumerate([("a", "10.0.0.1"), ("b", "10.0.0.2")])]
     plan = plan_of(spec_of("msrun", "ascend", hosts, timeouts={"cluster_s": 300}))
     assert [(p.name, p.role, p.ranks) for p in plan.processes] == [
-        ("msrun-a", "msrun", tuple(range(8))), ("msrun-b", "msrun", tuple(range(8, 16)))]
-    argv = shlex.split(plan.processes[1].command)
+        ("scheduler", "scheduler", ()), ("msrun-a", "msrun", tuple(range(8))),
+        ("msrun-b", "msrun", tuple(range(8, 16)))]
+    argv = shlex.split(plan.processes[2].command)
     assert argv[:3] == ["export", "PATH=/opt/venv/bin:$PATH", "&&"]
     assert argv[3:7] == ["exec", "/opt/venv/bin/python", "-m", "mindspore.parallel.cluster.run"]
     opts = dict(a.split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     assert opts == {"--worker_num": "16", "--local_worker_num": "8", "--master_addr": "10.0.0.1",
                     "--master_port": "8118", "--node_rank": "1",
                     "--log_dir": "/w/.refinenet/jobs/j1/attempt_0/msrun_log", "--join": "True",
+                    "--tail_worker_log": "16",
                     "--cluster_time_out": "300",
                     "--rank_table_file": "/w/.refinenet/jobs/j1/rank_table.json"}
-    task = argv.index("python")
+    task = argv.index("/w/.refinenet/jobs/j1/msrun_entry.py") + 1
     assert argv[task:task + 5] == ["python", "-m", "refinenet.train", "--stage", "r1"]
     gpu_hosts = [dict(h, device_ips=None) for h in hosts]
     for h in gpu_hosts:
         del h["device_ips"]
     gpu = plan_of(spec_of("msrun", "gpu", gpu_hosts))
-    assert "--rank_table_file" not in gpu.processes[0].command and not gpu.files
-    assert gpu.processes[0].env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
+    assert "--rank_table_file" not in gpu.processes[1].command
+    assert [f.local_name for f in gpu.files] == ["msrun_entry.py", "msrun_entry.py"]
+    assert gpu.processes[1].env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
 
 
 @pytest.mark.parametrize("euid, flag", [(0, True), (1000, False)])

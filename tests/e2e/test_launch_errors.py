@@ -1,0 +1,64 @@
+"""A host that cannot run the job fails the host check: exit 2, the host and cause named, and nothing
+started or written on any host (real sshd hosts, real CLI)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.e2e.sshd import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def unreachable(host: dict, tmp_path: Path) -> dict:
+    return dict(host, ssh=dict(host["ssh"], port=free_port(host["address"]), connect_timeout_s=3))
+
+
+def unknown_host_key(host: dict, tmp_path: Path) -> dict:
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    return dict(host, ssh=dict(host["ssh"], known_hosts=str(empty)))
+
+
+def missing_python(host: dict, tmp_path: Path) -> dict:
+    return dict(host, python="/nonexistent/bin/python3")
+
+
+@pytest.mark.parametrize("break_host, cause", [
+    (unreachable, "refused"),
+    (unknown_host_key, "host key"),
+    (missing_python, "/nonexistent/bin/python3"),
+], ids=["unreachable", "unknown-host-key", "missing-python"])
+def test_a_bad_host_fails_the_host_check_and_nothing_starts(tmp_path, child_env, ssh_hosts, break_host,
+                                                            cause):
+    good, bad = (dict(h.spec_dict(), ranks=1) for h in ssh_hosts)
+    bad = break_host(bad, tmp_path)
+    name = f"badhost-{uuid.uuid4().hex[:8]}"
+    spec = {"name": name, "backend": "dynamic", "device": "cpu", "hosts": [good, bad],
+            "job": {"data": "data/train.txt", "output_dir": f"out-{name}"},
+            "health": {"check_devices": False}, "timeouts": {"cluster_s": 60, "heartbeat_s": 10}}
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump(spec))
+    runs = tmp_path / "runs"
+    res = subprocess.run([sys.executable, "-m", "launcher.cli", "--cluster", str(cluster), "--stage", "r1",
+                          "--runs-dir", str(runs)], cwd=tmp_path, env=child_env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "host check failed, nothing was started" in res.stderr
+    problems = [line for line in res.stderr.splitlines() if line.startswith("  ")]
+    assert len(problems) == 1 and problems[0].lstrip().startswith(f"{bad['name']} ({bad['address']})"), \
+        res.stderr
+    assert cause in problems[0], res.stderr
+    assert res.stdout == ""
+    assert not runs.exists() or not any(runs.iterdir())
+    for host in ssh_hosts:
+        workdir = Path(host.workdir)
+        assert not list(workdir.glob(f".refinenet/jobs/{name}-*")) and not (workdir / f"out-{name}").exists()
+    assert not [p for p in psutil.process_iter(["environ"])
+                if (p.info["environ"] or {}).get("REFINENET_JOB_ID", "").startswith(name)]
