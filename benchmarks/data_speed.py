@@ -4,7 +4,8 @@ Writes a synthetic dataset with VOC-sized images (300-500 px), converts it to Mi
 `build_train_dataset` batches (after one warm-up batch). The consumption side is a RefineNet train
 step per image: measured when `refinenet.model.build_refinenet` exists and `--measure-step` is given,
 otherwise `--step-seconds` (default 2.1 s/image: the ResNet-101 backbone alone at 513x513 on the
-development machine's CPU, a lower bound for the RefineNet-101 step). The ratio says how many times faster the pipeline produces images than training eats them.
+development machine's CPU, a lower bound for the RefineNet-101 step). The ratio says how many times
+faster the pipeline produces images than training eats them.
 """
 from __future__ import annotations
 

@@ -47,6 +47,8 @@ from launcher.transport.base import HostError, RemoteProcess, Transport
 #: `plan_factory(attempt, resume)`; `resume` maps host name -> checkpoint path on that host.
 PlanFactory = Callable[..., LaunchPlan]
 #: Roles whose processes carry ranks: the attempt succeeds when all of them exit 0.
+#: Output that marks the rank where a multi-rank process (msrun, mpirun) went wrong.
+ERROR_MARKS = ("Traceback (most recent call last)", "error:", "Error:", "Error]")
 WATCHED_ROLES = ("rank", "msrun", "mpirun")
 #: Lines of the failing rank's log kept in the failure report.
 TAIL_LINES = 20
@@ -233,6 +235,16 @@ class Supervisor:
                 self.say(f"attempt {number}: every process stopped {teardown_s:.2f} s after the failure")
         return AttemptResult(number, state, failure, choice, teardown_s, timeline)
 
+    def _blamed_rank(self, u: Unit) -> Optional[int]:
+        """The rank to blame for a process that runs several (msrun, mpirun): the first whose
+        recent output shows an error, else its first rank."""
+        if len(u.spec.ranks) > 1:
+            for rank in u.spec.ranks:
+                tail = self._attempt_tail(f"r{rank}")
+                if any(mark in line for line in tail for mark in ERROR_MARKS):
+                    return rank
+        return u.rank
+
     def _attempt_tail(self, source: str) -> List[str]:
         activity = self.logs.activity().get(source)
         new = activity.lines - self._lines_at_start.get(source, 0) if activity else 0
@@ -316,7 +328,7 @@ class Supervisor:
         label = {"rank": "", "scheduler": "the scheduler", "msrun": "msrun", "mpirun": "mpirun"}
         who = label.get(u.spec.role, u.spec.name)
         reason = f"{who} ({u.spec.name}): {how}" if who else how
-        rank = u.rank if u.carries_ranks else None
+        rank = self._blamed_rank(u) if u.carries_ranks else None
         tail = [] if rank is not None else self._attempt_tail(u.spec.name)
         return RankFailure(rank, u.spec.host, exit_code=code if code >= 0 else None,
                            signal=-code if code < 0 else None, log_tail=tail, reason=reason)

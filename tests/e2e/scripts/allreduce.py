@@ -3,7 +3,6 @@ import json
 import os
 import sys
 
-import refinenet  # noqa: F401  (CPU defaults before MindSpore loads)
 import mindspore as ms
 import numpy as np
 from mindspore import ops
