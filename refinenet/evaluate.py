@@ -6,7 +6,6 @@ them as JSON. Preprocessing, test-time scales/flip and the metric are `refinenet
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -97,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     import mindspore as ms
 
-    from refinenet.evaluation import evaluate, format_result
+    from refinenet.evaluation import evaluate, report_result
 
     def predict_logits(batch):
         return net(ms.Tensor(batch)).asnumpy()
@@ -106,14 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = evaluate(predict_logits, args.data_lst, batch_size=args.batch_size, crop_size=args.crop_size,
                       scales=args.scales, flip=args.flip, num_classes=args.num_classes,
                       ignore_label=args.ignore_label)
-    print(format_result(result), flush=True)
-    if args.output:
-        from refinenet.manifest import write_json_atomic
-
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, json.loads(result.to_json()))
-        print(f"wrote {out}", flush=True)
+    report_result(result, args.output)
     return 0
 
 

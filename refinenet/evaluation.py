@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import cv2
@@ -193,3 +194,15 @@ def format_result(result: EvalResult, class_names: Optional[Sequence[str]] = Non
     lines.append(f"per-class IoU {np.array2string(iou, precision=8, max_line_width=10_000)}")
     lines.append(f"mean IoU {result.mean_iou}")
     return "\n".join(lines)
+
+
+def report_result(result: EvalResult, output: Optional[str] = None) -> None:
+    """Print the result in the seed's format and, with `output`, write it as JSON (atomically)."""
+    from refinenet.manifest import write_json_atomic
+
+    print(format_result(result), flush=True)
+    if output:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, json.loads(result.to_json()))
+        print(f"wrote {out}", flush=True)

@@ -8,7 +8,6 @@ file per scale. MindSpore is not needed. Also `python -m refinenet.infer_onnx`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from refinenet.data.errors import DataError
-from refinenet.evaluation import evaluate, format_result, load_image_list, scale_crop_sizes
+from refinenet.evaluation import evaluate, load_image_list, report_result, scale_crop_sizes
 from refinenet.export import UsageError, check_writable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -172,14 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    print(format_result(result), flush=True)
-    if args.output:
-        from refinenet.manifest import write_json_atomic
-
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out, json.loads(result.to_json()))
-        print(f"wrote {out}", flush=True)
+    report_result(result, args.output)
     return 0
 
 

@@ -49,32 +49,19 @@ NOT_PERMITTED = 4
 
 def group_members(pgid):
     """Pids of live (non-zombie) processes in group `pgid`; None where /proc is unavailable."""
+    table = process_table()
+    if table is None:
+        return None
+    return [pid for pid, (_, group, state) in table.items() if group == pgid and state != b"Z"]
+
+
+def process_table():
+    """{pid: (ppid, pgid, state)} of every process, from /proc; None where /proc is unavailable."""
     try:
         entries = os.listdir("/proc")
     except OSError:
         return None
-    members = []
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/" + name + "/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            members.append(int(name))
-    return members
-
-
-def process_table():
-    """{pid: (ppid, state)} of every process, from /proc; {} where /proc is unavailable."""
     table = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return table
     for name in entries:
         if not name.isdigit():
             continue
@@ -84,21 +71,21 @@ def process_table():
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 1:
-            table[int(name)] = (int(fields[1]), fields[0])
+        if len(fields) > 2:
+            table[int(name)] = (int(fields[1]), int(fields[2]), fields[0])
     return table
 
 
 def live_descendants(root):
     """Live (non-zombie) descendants of `root`, whatever their session or group."""
-    table = process_table()
+    table = process_table() or {}
     children = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     found, todo = [], list(children.get(root, ()))
     while todo:
         pid = todo.pop()
-        if table[pid][1] != b"Z":
+        if table[pid][2] != b"Z":
             found.append(pid)
         todo.extend(children.get(pid, ()))
     return found
@@ -201,7 +188,7 @@ class Guard:
 
     def reap_orphans(self):
         """Reap re-parented children other than the command (whose pid must stay taken)."""
-        for pid, (ppid, state) in process_table().items():
+        for pid, (ppid, _, state) in (process_table() or {}).items():
             if ppid == os.getpid() and state == b"Z" and pid != self.proc.pid:
                 try:
                     os.waitpid(pid, os.WNOHANG)
