@@ -12,7 +12,7 @@ from launcher.placement import place
 from launcher.render import render_hostfile, render_plan, render_rank_table
 from launcher.spec import parse_cluster, with_stage_options
 
-REFERENCE_TABLE = Path("/work/shared/reference/hccl_tools_8p_example.json")
+REFERENCE_TABLE = Path(__file__).resolve().parents[1] / "fixtures" / "modelzoo" / "hccl_tools_8p_example.json"
 ATLAS_IPS = ["192.168.100.101", "192.168.101.101", "192.168.102.101", "192.168.103.101",
              "192.168.100.100", "192.168.101.100", "192.168.102.100", "192.168.103.100"]
 
