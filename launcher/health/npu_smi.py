@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from launcher.health.errors import ToolOutputError
+
 __all__ = ["HEALTH_STATES", "NpuSmiParseError", "Usage", "NpuChip", "NpuProcess", "NpuSmiInfo", "NpuHealth",
            "parse_npu_smi_info", "parse_npu_smi_health"]
 
@@ -29,14 +31,10 @@ _HEADER = "the header 'NPU Name | Health | Power(W) ...'"
 _NO_PROCESSES = re.compile(r"No running processes found in NPU\s+(\d+)", re.IGNORECASE)
 
 
-class NpuSmiParseError(ValueError):
+class NpuSmiParseError(ToolOutputError):
     """npu-smi output without the expected shape; names the line and what was expected."""
 
-    def __init__(self, problem: str, line_no: Optional[int] = None, line: str = ""):
-        where = f"line {line_no}: " if line_no is not None else ""
-        shown = f" (got {line.strip()[:120]!r})" if line.strip() else ""
-        super().__init__(f"npu-smi output: {where}{problem}{shown}")
-        self.problem, self.line_no, self.line = problem, line_no, line
+    tool = "npu-smi"
 
 
 @dataclass(frozen=True)

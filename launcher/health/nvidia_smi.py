@@ -8,6 +8,8 @@ import csv
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from launcher.health.errors import ToolOutputError
+
 __all__ = ["QUERY_FIELDS", "GpuInfo", "NvidiaSmiParseError", "query_args", "parse_nvidia_smi_csv"]
 
 QUERY_FIELDS = ("index", "name", "uuid", "temperature.gpu", "utilization.gpu", "memory.used", "memory.total",
@@ -17,14 +19,10 @@ _MISSING = frozenset({"", "[N/A]", "N/A", "[Not Supported]", "Not Supported", "[
                       "[GPU is lost]"})
 
 
-class NvidiaSmiParseError(ValueError):
+class NvidiaSmiParseError(ToolOutputError):
     """nvidia-smi output without the expected shape; names the line and what was expected."""
 
-    def __init__(self, problem: str, line_no: Optional[int] = None, line: str = ""):
-        where = f"line {line_no}: " if line_no is not None else ""
-        shown = f" (got {line.strip()[:120]!r})" if line.strip() else ""
-        super().__init__(f"nvidia-smi output: {where}{problem}{shown}")
-        self.problem, self.line_no, self.line = problem, line_no, line
+    tool = "nvidia-smi"
 
 
 @dataclass(frozen=True)
