@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "stop": "launcher.commands.stop",
     "list": "launcher.commands.list_jobs",
     "health": "launcher.commands.health",
+    "report": "launcher.commands.report",
+    "top": "launcher.commands.top",
 }
 LAUNCH = "launcher.commands.launch"
 

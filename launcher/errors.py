@@ -41,14 +41,17 @@ class JobNotFound(BadInput):
 
 
 class RankFailure(Exception):
-    """A rank ended badly: which rank, on which host, how, and the tail of its log."""
+    """A process of an attempt ended badly: when (launcher clock, epoch seconds), which rank (None for
+    an auxiliary process such as the scheduler: then `who` names it), on which host, how, its log tail."""
 
-    def __init__(self, rank: int, host: str, exit_code: Optional[int] = None,
-                 signal: Optional[int] = None, log_tail: Sequence[str] = (), reason: str = ""):
+    def __init__(self, rank: Optional[int], host: str, exit_code: Optional[int] = None,
+                 signal: Optional[int] = None, log_tail: Sequence[str] = (), reason: str = "",
+                 time: Optional[float] = None, who: str = ""):
         how = reason or (f"killed by signal {signal}" if signal else f"exit code {exit_code}")
-        super().__init__(f"rank {rank} on {host}: {how}")
+        who = who or (f"rank {rank}" if rank is not None else "")
+        super().__init__(f"{who} on {host}: {how}" if who else f"{host}: {how}")
         self.rank, self.host, self.exit_code, self.signal = rank, host, exit_code, signal
-        self.log_tail, self.reason = list(log_tail), how
+        self.log_tail, self.reason, self.time, self.who = list(log_tail), how, time, who
 
 
 class JobFailed(LauncherError):

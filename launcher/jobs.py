@@ -7,6 +7,7 @@ from any terminal, can find a job and act on it. Layout::
     runs/<job-id>/job.json        the JobRecord, replaced atomically on every update
     runs/<job-id>/logs/           rank_<r>.log, <process>.log, job.log (see launcher.logs)
     runs/<job-id>/metrics.jsonl   progress records parsed from the ranks' log lines
+    runs/<job-id>/stragglers.jsonl  ranks flagged as stragglers (also in job.json `stragglers`)
 
 Updates are read-modify-write under an exclusive `flock` on `runs/<job-id>/.lock` (the launcher
 and `stop` may both write) and land with write-temp-fsync-rename, so readers never see a torn file.
@@ -36,6 +37,7 @@ from launcher.states import (
     check_job_transition,
     check_rank_transition,
 )
+from launcher.stragglers import DEFAULT_FACTOR, DEFAULT_WINDOW, Straggler
 
 FORMAT = "refinenet-job/1"
 RUNS_DIR_ENV = "REFINENET_RUNS_DIR"
@@ -45,6 +47,8 @@ JOB_FILE = "job.json"
 LOCK_FILE = ".lock"
 LOGS_DIR = "logs"
 METRICS_FILE = "metrics.jsonl"
+STRAGGLERS_FILE = "stragglers.jsonl"
+HEALTH_FILE = "health.jsonl"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -147,10 +151,16 @@ class Failure:
 
     @classmethod
     def from_rank_failure(cls, exc: RankFailure, at: Optional[float] = None) -> Failure:
-        return cls(reason=exc.reason, rank=exc.rank, host=exc.host, exit_code=exc.exit_code,
-                   signal=exc.signal, log_tail=tuple(exc.log_tail), time=time.time() if at is None else at)
+        reason = exc.reason
+        if exc.rank is None and exc.who:
+            reason = f"{exc.who} on {exc.host}: {reason}"
+        when = at if at is not None else exc.time if exc.time is not None else time.time()
+        return cls(reason=reason, rank=exc.rank, host=exc.host, exit_code=exc.exit_code,
+                   signal=exc.signal, log_tail=tuple(exc.log_tail), time=when)
 
     def summary(self) -> str:
+        if self.rank is None and self.host and f" on {self.host}: " in self.reason:
+            return self.reason
         where = f"rank {self.rank} on {self.host}: " if self.rank is not None else (
             f"{self.host}: " if self.host else "")
         return where + self.reason
@@ -258,6 +268,7 @@ class JobRecord:
     attempts: Tuple[Attempt, ...] = ()
     stop_requested: bool = False
     message: str = ""
+    stragglers: Tuple[Straggler, ...] = ()
 
     @property
     def current_attempt(self) -> Optional[Attempt]:
@@ -285,6 +296,12 @@ class JobRecord:
             attempts = attempts[:-1] + (last,)
         return dataclasses.replace(self, state=new, attempts=attempts,
                                    message=self.message if message is None else message)
+
+    def with_straggler(self, straggler: Straggler) -> JobRecord:
+        """Add a flagged rank (once per attempt and rank)."""
+        if any(s.key == straggler.key for s in self.stragglers):
+            return self
+        return dataclasses.replace(self, stragglers=self.stragglers + (straggler,))
 
     def with_new_attempt(self, resume: Optional[str] = None, at: Optional[float] = None) -> JobRecord:
         new = check_job_transition(self.state, JobState.STARTING, what=f"job {self.job_id}")
@@ -359,7 +376,8 @@ class JobRecord:
                 "stop_requested": self.stop_requested, "message": self.message,
                 "launcher": self.launcher.to_dict() if self.launcher else None,
                 "cluster_file": self.cluster_file, "spec": dict(self.spec), "plan": dict(self.plan),
-                "attempts": [a.to_dict() for a in self.attempts]}
+                "attempts": [a.to_dict() for a in self.attempts],
+                "stragglers": [s.to_dict() for s in self.stragglers]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
@@ -372,7 +390,8 @@ class JobRecord:
                    cluster_file=str(d.get("cluster_file") or ""), plan=d.get("plan") or {},
                    launcher=LauncherInfo.from_dict(launcher) if launcher else None,
                    attempts=tuple(Attempt.from_dict(a) for a in d.get("attempts") or ()),
-                   stop_requested=bool(d.get("stop_requested", False)), message=str(d.get("message") or ""))
+                   stop_requested=bool(d.get("stop_requested", False)), message=str(d.get("message") or ""),
+                   stragglers=tuple(Straggler.from_dict(s) for s in d.get("stragglers") or ()))
 
 
 class JobDir:
@@ -399,6 +418,14 @@ class JobDir:
     @property
     def metrics_file(self) -> Path:
         return self.path / METRICS_FILE
+
+    @property
+    def stragglers_file(self) -> Path:
+        return self.path / STRAGGLERS_FILE
+
+    @property
+    def health_file(self) -> Path:
+        return self.path / HEALTH_FILE
 
     @classmethod
     def create(cls, runs_dir: Union[str, os.PathLike, None], *, cluster: str, stage: str,
@@ -493,9 +520,37 @@ class JobDir:
         """Mark that a stop was asked for: the supervisor must not start another attempt."""
         return self.update(lambda r: dataclasses.replace(r, stop_requested=True))
 
-    def open_logs(self, **options: Any) -> LogAggregator:
-        """A `LogAggregator` writing this job's `logs/` and `metrics.jsonl` (options go through)."""
-        return LogAggregator(self.logs_dir, metrics_file=self.metrics_file, **options)
+    def record_straggler(self, straggler: Straggler) -> JobRecord:
+        return self.update(lambda r: r.with_straggler(straggler))
+
+    def read_stragglers(self) -> List[Straggler]:
+        """Flagged ranks from `stragglers.jsonl` and `job.json`, each (attempt, rank) once, by time."""
+        found: Dict[Tuple[int, int], Straggler] = {}
+        try:
+            with open(self.stragglers_file, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        s = Straggler.from_dict(json.loads(line))
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    found.setdefault(s.key, s)
+        except FileNotFoundError:
+            pass
+        try:
+            for s in self.read().stragglers:
+                found.setdefault(s.key, s)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return sorted(found.values(), key=lambda s: (s.time, s.rank))
+
+    def open_logs(self, *, straggler_factor: float = DEFAULT_FACTOR, straggler_window: int = DEFAULT_WINDOW,
+                  show_framework_logs: bool = False, **options: Any) -> LogAggregator:
+        """A `LogAggregator` writing this job's `logs/`, `metrics.jsonl` and `stragglers.jsonl`, and
+        recording flagged ranks in `job.json` (other options go through)."""
+        return LogAggregator(self.logs_dir, metrics_file=self.metrics_file,
+                             stragglers_file=self.stragglers_file, on_straggler=self.record_straggler,
+                             straggler_factor=straggler_factor, straggler_window=straggler_window,
+                             show_framework_logs=show_framework_logs, **options)
 
     def last_metrics(self, max_bytes: int = 1 << 18) -> Dict[int, Dict[str, Any]]:
         """Rank -> its newest record in `metrics.jsonl` (looks at the last `max_bytes` only)."""

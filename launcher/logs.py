@@ -13,7 +13,11 @@ line, and one writer thread writes whole lines in arrival order (so each rank ke
 no line is split), buffered and flushed whenever the queue runs empty or `flush_interval` passes.
 The aggregator also keeps, per process, the last lines and the time of the last one (for failure
 reports and hang detection) and copies `epoch: N step: M, loss is X` lines as JSON records into
-`JOB/metrics.jsonl`.
+`JOB/metrics.jsonl`, feeding them to a straggler detector: a flagged rank gets a `[launcher]
+straggler: ...` line in job.log and the stream and a record in `JOB/stragglers.jsonl`.
+
+MindSpore's own INFO/DEBUG log lines (`[INFO] DISTRIBUTED(pid,tid,python):2026-... [file] ...`) stay in
+the files but are left out of the live stream unless `show_framework_logs` is set.
 """
 from __future__ import annotations
 
@@ -29,16 +33,29 @@ from pathlib import Path
 from typing import IO, Callable, Deque, Dict, Iterable, List, Optional, Set, Union
 
 from launcher.errors import BadInput
+from launcher.stragglers import DEFAULT_FACTOR, DEFAULT_WINDOW, Straggler, StragglerDetector
 
 JOB_LOG = "job.log"
+#: Rank and process log files kept open at once (least recently written closed first), so the
+#: launcher's file descriptors do not grow with the number of ranks.
+MAX_OPEN_FILES = 64
 ATTEMPT_HEADER = "=== attempt {number} started {time} ==="
 _HEADER_RE = re.compile(r"^=== attempt (\d+) started [^=]*===$")
 _PREFIX_RE = re.compile(r"^\[([^\s\]]+) [^\]]*\] ")
 _RANK_SOURCE_RE = re.compile(r"^r(\d+)$")
+_FRAMEWORK_RE = re.compile(r"^\[(?:INFO|DEBUG)\] [A-Z][A-Z0-9_]*\([^)]*\):\d{4}-\d\d-\d\d-")
 _LOSS_RE = re.compile(
     r"epoch:\s*(\d+)\s+step:\s*(\d+),\s*loss is\s*([-+]?(?:[0-9.]+(?:[eE][-+]?\d+)?|nan|inf))")
 
 Sink = Callable[[str], None]
+
+
+LAUNCHER_SOURCE = "launcher"
+
+
+def is_framework_log(line: str) -> bool:
+    """True for a MindSpore C++ log line at INFO or DEBUG level (kept in files, not streamed)."""
+    return line.startswith(("[INFO] ", "[DEBUG] ")) and _FRAMEWORK_RE.match(line) is not None
 
 
 def rank_log_name(rank: int) -> str:
@@ -190,14 +207,20 @@ class LogAggregator:
     briefly: the ranks' pipes fill and the ranks slow down instead of lines being dropped.
 
     `stream` (e.g. sys.stdout) gets the prefixed live view, restricted to `ranks` when given
-    (auxiliary processes are shown only without a rank filter). Use as a context manager or call
-    `close()`; a line that still arrives after `close()` is appended to the files directly.
+    (auxiliary processes are shown only without a rank filter), without MindSpore's INFO/DEBUG lines
+    unless `show_framework_logs`. Stragglers (`straggler_factor`, `straggler_window`, see
+    launcher.stragglers) are appended to `stragglers_file` and handed to `on_straggler` (called on
+    the writer thread; its exceptions are ignored). Use as a context manager or call `close()`; a
+    line that still arrives after `close()` is appended to the files directly.
     """
 
     def __init__(self, logs_dir: Union[str, os.PathLike], *, stream: Optional[IO[str]] = None,
                  ranks: Optional[Iterable[int]] = None, tail_lines: int = 50,
                  metrics_file: Union[str, os.PathLike, None] = None, flush_interval: float = 0.2,
-                 max_pending: int = 100_000):
+                 max_pending: int = 100_000, show_framework_logs: bool = False,
+                 straggler_factor: float = DEFAULT_FACTOR, straggler_window: int = DEFAULT_WINDOW,
+                 stragglers_file: Union[str, os.PathLike, None] = None,
+                 on_straggler: Optional[Callable[[Straggler], None]] = None):
         self.logs_dir = Path(logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._stream = stream
@@ -205,11 +228,18 @@ class LogAggregator:
         self._tail_lines = tail_lines
         self._flush_interval = flush_interval
         self._max_pending = max_pending
+        self._show_framework = show_framework_logs
+        self._stream_differs = False
+        self._detector = StragglerDetector(straggler_factor, straggler_window)
+        self._stragglers_path = Path(stragglers_file) if stragglers_file else None
+        self._on_straggler = on_straggler
+        self.stragglers: List[Straggler] = []
         self._lock = threading.Lock()
         self._channels: Dict[str, _Channel] = {}
         self._queue: Deque[int] = collections.deque()
         self._controls: Deque[_Control] = collections.deque()
         self._by_index: List[_Channel] = []
+        self._open_channels: collections.OrderedDict[int, _Channel] = collections.OrderedDict()
         self._attempt = 0
         self._job_log_path = self.logs_dir / JOB_LOG
         self._metrics_path = Path(metrics_file) if metrics_file else None
@@ -343,11 +373,20 @@ class LogAggregator:
         piece = ch.prefix + text.replace("\n", ch.nl_prefix)
         job_parts.append(piece)
         if ch.shown:
-            stream_parts.append(piece)
-        if self._metrics is not None and "loss is" in text:
+            if self._show_framework or ("[INFO] " not in text and "[DEBUG] " not in text):
+                stream_parts.append(piece)
+            else:
+                kept = [line for line in text.split("\n") if not is_framework_log(line)]
+                self._stream_differs = True
+                if kept:
+                    stream_parts.append(ch.prefix + ch.nl_prefix.join(kept))
+        if "loss is" in text:
             for line in run:
                 if "loss is" in line:
-                    self._write_metrics(ch, line)
+                    warning = self._write_metrics(ch, line)
+                    if warning is not None:
+                        job_parts.append(warning)
+                        stream_parts.append(warning)
         now = time.monotonic()
         with self._lock:
             ch.tail.extend(run[-self._tail_lines:])
@@ -364,15 +403,22 @@ class LogAggregator:
             texts, ch.pending = ch.pending, []
             if ch.file is None or ch.file.closed:
                 ch.file = self._open(ch.path)
+                self._open_channels[ch.index] = ch
+                while len(self._open_channels) > MAX_OPEN_FILES:
+                    _, oldest = self._open_channels.popitem(last=False)
+                    oldest.file.close()
+            else:
+                self._open_channels.move_to_end(ch.index)
             if ch.attempt != self._attempt:
                 ch.file.write(_encode(header))
                 ch.attempt = self._attempt
             ch.file.write(_encode("\n".join(texts) + "\n"))
         job_text = "\n".join(job_parts) + "\n"
         self._job_log.write(_encode(job_text))
+        same = len(stream_parts) == len(job_parts) and not self._stream_differs
+        self._stream_differs = False
         if stream_parts:
-            self._write_stream(job_text if len(stream_parts) == len(job_parts)
-                               else "\n".join(stream_parts) + "\n")
+            self._write_stream(job_text if same else "\n".join(stream_parts) + "\n")
 
     def _apply_control(self, item: _Control) -> None:
         if item.attempt is not None:
@@ -392,13 +438,37 @@ class LogAggregator:
         except (OSError, ValueError):
             self._stream = None
 
-    def _write_metrics(self, ch: _Channel, line: str) -> None:
+    def _write_metrics(self, ch: _Channel, line: str) -> Optional[str]:
+        """Record a progress line; a straggler warning line (prefixed) when the detector flags one."""
         record = parse_loss_line(line)
         if record is None:
-            return
+            return None
         record = {"rank": ch.rank, "source": ch.source, "host": ch.host, "attempt": self._attempt,
                   **record, "time": round(time.time(), 3)}
-        self._metrics.write(_encode(json.dumps(record, separators=(",", ":")) + "\n"))
+        if self._metrics is not None:
+            self._metrics.write(_encode(json.dumps(record, separators=(",", ":")) + "\n"))
+        if ch.rank is None:
+            return None
+        straggler = self._detector.feed(record)
+        if straggler is None:
+            return None
+        self._report_straggler(straggler)
+        return f"[{LAUNCHER_SOURCE}] {straggler.message()}"
+
+    def _report_straggler(self, straggler: Straggler) -> None:
+        with self._lock:
+            self.stragglers.append(straggler)
+        if self._stragglers_path is not None:
+            try:
+                with open(self._stragglers_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(straggler.to_dict(), separators=(",", ":")) + "\n")
+            except OSError:
+                pass
+        if self._on_straggler is not None:
+            try:
+                self._on_straggler(straggler)
+            except Exception:  # a failing observer must not stop the log writer
+                pass
 
     def _flush_files(self) -> None:
         for f in [self._job_log, self._metrics, *(ch.file for ch in list(self._channels.values()))]:

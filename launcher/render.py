@@ -22,10 +22,10 @@ from launcher.errors import BadInput, ClusterFileError
 from launcher.placement import RankSlot
 from launcher.plan import FileSpec, LaunchPlan, ProcessSpec
 from launcher.resources import templates_dir
-from launcher.spec import STAGES, TRAIN_STAGES, ClusterSpec, HostSpec, OptionValue, uses_rank_table
+from launcher.spec import STAGES, TRAIN_STAGES, ClusterSpec, HostSpec, OptionValue
 
 __all__ = ["render_plan", "render_rank_table", "render_hostfile", "workload_argv", "stage_output_dir",
-           "host_job_dir", "TemplateValueError", "JOB_ID"]
+           "host_job_dir", "TemplateValueError", "JOB_ID", "Renderer", "template", "export_lines"]
 
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -103,7 +103,8 @@ def _environment(kind: str, folder: str) -> jinja2.Environment:
 
 
 @functools.cache
-def _template(name: str) -> jinja2.Template:
+def template(name: str) -> jinja2.Template:
+    """A template of templates/, with the quoting rules of its kind (shell, JSON, text)."""
     kind = "shell" if name.endswith(".sh.j2") else "json" if name.endswith(".json.j2") else "text"
     return _environment(kind, str(templates_dir())).get_template(name)
 
@@ -121,7 +122,7 @@ def render_rank_table(spec: ClusterSpec, slots: Sequence[RankSlot]) -> str:
             raise BadInput(f"rank {s.rank} on host {s.host}: no device IP for the rank table")
         server = servers.setdefault(s.host, {"server_id": hosts[s.host].address, "devices": []})
         server["devices"].append({"device_id": s.device_id, "device_ip": s.device_ip, "rank_id": s.rank})
-    return _template("rank_table.json.j2").render(servers=list(servers.values()))
+    return template("rank_table.json.j2").render(servers=list(servers.values()))
 
 
 def render_hostfile(spec: ClusterSpec, slots: Sequence[RankSlot]) -> str:
@@ -131,7 +132,7 @@ def render_hostfile(spec: ClusterSpec, slots: Sequence[RankSlot]) -> str:
     for s in slots:
         counts[s.host] = counts.get(s.host, 0) + 1
     rows = [{"address": hosts[name].address, "slots": n} for name, n in counts.items()]
-    return _template("hostfile.j2").render(hosts=rows)
+    return template("hostfile.j2").render(hosts=rows)
 
 
 def stage_output_dir(spec: ClusterSpec, host: HostSpec, stage: str) -> str:
@@ -204,8 +205,9 @@ def workload_argv(spec: ClusterSpec, host: HostSpec, stage: str, resume: Optiona
 # The plan
 
 
-class _Renderer:
-    """Builds one plan; holds what every backend needs (spec, hosts, placement, ids)."""
+class Renderer:
+    """Builds one plan; holds what every backend needs (spec, hosts, placement, ids). Each backend's
+    `render(renderer)` (launcher/backends) adds its processes and files."""
 
     def __init__(self, spec: ClusterSpec, slots: Tuple[RankSlot, ...], stage: str, job_dir: str,
                  job_id: str, attempt: int, resume: Union[str, Mapping[str, str], None]):
@@ -264,7 +266,7 @@ class _Renderer:
     def workload_command(self, host: HostSpec) -> str:
         if host.name not in self._commands:
             module, args = workload_argv(self.spec, host, self.stage, self.resume_for(host))
-            self._commands[host.name] = _template("worker.sh.j2").render(
+            self._commands[host.name] = template("worker.sh.j2").render(
                 python=host.python, module=module, args=args)
         return self._commands[host.name]
 
@@ -277,7 +279,7 @@ class _Renderer:
 
     def env_file(self, file_name: str, what: str, host: str, env: Mapping[str, str],
                  notes: Sequence[str] = ()) -> None:
-        self.env_files[file_name] = _template("env_file.sh.j2").render(
+        self.env_files[file_name] = template("env_file.sh.j2").render(
             job_id=self.job_id, attempt=self.attempt, what=what, host=host, exports=export_lines(env),
             notes=notes) + "\n"
 
@@ -287,7 +289,7 @@ class _Renderer:
     def scheduler(self) -> None:
         host = self.master
         env = {**self.base_env(host), "MS_ROLE": "MS_SCHED", **self.sched_env()}
-        command = _template("worker.sh.j2").render(python=host.python, module=SCHEDULER_MODULE, args=[])
+        command = template("worker.sh.j2").render(python=host.python, module=SCHEDULER_MODULE, args=[])
         proc = self.add("scheduler", host, "scheduler", (), command, env, "scheduler.log")
         self.env_file("scheduler.env", "environment of the scheduler", host.name, proc.env)
 
@@ -314,96 +316,11 @@ class _Renderer:
                  f"rank_{slot.rank}.log")
         self.rank_env_file(slot, env)
 
-    def rank_table(self) -> None:
-        table = render_rank_table(self.spec, self.slots)
-        paths = self.copy_to_hosts(RANK_TABLE, table, [self.hosts[h] for h in self.by_host])
-        for slot in self.slots:
-            host = self.hosts[slot.host]
-            env = self.base_env(host)
-            env.update(RANK_TABLE_FILE=paths[host.name], RANK_ID=str(slot.rank),
-                       DEVICE_ID=str(slot.device_id), RANK_SIZE=str(self.world),
-                       LOCAL_RANK=str(slot.local_rank))
-            proc = self.add(f"r{slot.rank}", host, "rank", (slot.rank,), self.workload_command(host), env,
-                            f"rank_{slot.rank}.log")
-            self.rank_env_file(slot, proc.env)
-
-    def dynamic(self) -> None:
-        self.scheduler()
-        for slot in self.slots:
-            host = self.hosts[slot.host]
-            env = {**self.base_env(host), "MS_ROLE": "MS_WORKER", **self.sched_env(),
-                   "MS_NODE_ID": str(slot.rank), "LOCAL_RANK": str(slot.local_rank)}
-            if self.spec.device != "cpu":
-                env["DEVICE_ID"] = str(slot.device_id)
-            proc = self.add(f"r{slot.rank}", host, "rank", (slot.rank,), self.workload_command(host), env,
-                            f"rank_{slot.rank}.log")
-            self.rank_env_file(slot, proc.env)
-
-    def msrun(self) -> None:
-        """The scheduler, then one msrun per host.
-
-        msrun numbers a host's workers `node_rank * local_worker_num + i`, hence equal hosts. Its
-        task is `msrun_entry.py`, which ends msrun's own copy of the scheduler at once (see there).
-        """
-        sizes = {name: len(host_slots) for name, host_slots in self.by_host.items()}
-        if len(set(sizes.values())) > 1:
-            listed = ", ".join(f"{n}: {k}" for n, k in sizes.items())
-            raise ClusterFileError(self.spec.source, "hosts",
-                                   f"backend msrun needs the same number of ranks on every host ({listed})")
-        table_paths: Dict[str, str] = {}
-        if uses_rank_table(self.spec.backend, self.spec.device):
-            table = render_rank_table(self.spec, self.slots)
-            table_paths = self.copy_to_hosts(RANK_TABLE, table, [self.hosts[h] for h in self.by_host])
-        self.scheduler()
-        entries = self.copy_to_hosts(MSRUN_ENTRY, _template(f"{MSRUN_ENTRY}.j2").render() + "\n",
-                                     [self.hosts[h] for h in self.by_host])
-        for name, host_slots in self.by_host.items():
-            host = self.hosts[name]
-            module, args = workload_argv(self.spec, host, self.stage, self.resume_for(host))
-            python_dir = posixpath.dirname(host.python) if "/" in host.python else ""
-            python = "python3" if posixpath.basename(host.python).startswith("python3") else "python"
-            command = _template("msrun.sh.j2").render(
-                path_dir=python_dir, python=host.python, worker_num=self.world,
-                local_worker_num=len(host_slots), master_addr=self.spec.master.addr, master_port=self.port,
-                node_rank=host_slots[0].node_rank,
-                log_dir=posixpath.join(self.attempt_dir(host), "msrun_log"),
-                cluster_time_out=self.spec.timeouts.cluster_s, rank_table_file=table_paths.get(name, ""),
-                no_tail_rank=self.world, entry=entries[name], task=python, module=module, args=args)
-            env = {**self.base_env(host), **self.visible_devices_env(host)}
-            proc = self.add(f"msrun-{name}", host, "msrun", [s.rank for s in host_slots], command, env,
-                            f"msrun_{name}.log")
-            for slot in host_slots:
-                self.rank_env_file(slot, proc.env, notes=[
-                    f"started by msrun on {name}, which adds MS_ROLE=MS_WORKER MS_NODE_ID={slot.rank} "
-                    f"RANK_ID={slot.rank} DEVICE_ID={slot.local_rank} RANK_SIZE={self.world} "
-                    f"MS_WORKER_NUM={self.world} MS_SCHED_HOST={self.spec.master.addr} "
-                    f"MS_SCHED_PORT={self.port}"])
-
-    def mpirun(self) -> None:
-        head = self.master
-        self.scheduler()
-        hostfile = self.copy_to_hosts(HOSTFILE, render_hostfile(self.spec, self.slots), [head])[head.name]
-        env = {**self.base_env(head), "MS_SCHED_HOST": self.spec.master.addr, "MS_SCHED_PORT": str(self.port),
-               **self.visible_devices_env(head)}
-        module, args = workload_argv(self.spec, head, self.stage, self.resume_for(head))
-        as_root = os.geteuid() == 0 if head.ssh is None else head.ssh.user == "root"
-        command = _template("mpirun.sh.j2").render(
-            world_size=self.world, hostfile=hostfile,
-            output_dir=posixpath.join(self.attempt_dir(head), "mpirun_output"), workdir=head.workdir,
-            as_root=as_root, forward=list(env), python=head.python, module=module, args=args)
-        proc = self.add("mpirun", head, "mpirun", [s.rank for s in self.slots], command, env, "mpirun.log")
-        for slot in self.slots:
-            self.rank_env_file(slot, proc.env, notes=[
-                f"started by mpirun on {head.name} (forwarded with -x); the rank sees "
-                f"OMPI_COMM_WORLD_RANK={slot.rank} OMPI_COMM_WORLD_LOCAL_RANK={slot.local_rank} "
-                f"OMPI_COMM_WORLD_SIZE={self.world}, which the workload maps to MS_ROLE=MS_WORKER "
-                f"MS_NODE_ID={slot.rank} MS_WORKER_NUM={self.world}"])
-
     # -- scripts
 
     def scripts(self, order: Sequence[str]) -> Dict[str, str]:
         out = {}
-        template = _template("host_script.sh.j2")
+        script = template("host_script.sh.j2")
         procs_by_host: Dict[str, List[Dict[str, Any]]] = {}
         for p in self.processes:
             procs_by_host.setdefault(p.host, []).append(
@@ -418,7 +335,7 @@ class _Renderer:
             files = files_by_host.get(name, [])
             if not procs and not files:
                 continue
-            out[name] = template.render(
+            out[name] = script.render(
                 job_id=self.job_id, attempt=self.attempt, stage=self.stage, host=name, address=host.address,
                 log_dir=posixpath.join(self.attempt_dir(host), "logs"), files=files, processes=procs) + "\n"
         return out
@@ -432,6 +349,8 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
     `--resume PATH` of the training command. `eval` and `export` run one process on rank 0's host
     and device.
     """
+    from launcher.backends import backend_for
+
     if stage not in STAGES:
         raise BadInput(f"--stage: {stage!r} is not one of {', '.join(STAGES)}")
     if not JOB_ID.fullmatch(job_id):
@@ -455,11 +374,11 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
     slots = tuple(slots)
     single = stage not in TRAIN_STAGES
     run_slots = slots[:1] if single else slots
-    r = _Renderer(spec, run_slots, stage, os.fspath(job_dir), job_id, attempt, resume)
+    r = Renderer(spec, run_slots, stage, os.fspath(job_dir), job_id, attempt, resume)
     if single:
         r.single_process()
     else:
-        getattr(r, spec.backend)()
+        backend_for(spec.backend).render(r)
     order = list(dict.fromkeys([spec.master.host, *r.by_host])) if spec.backend == "mpirun" and not single \
         else list(r.by_host)
     if not single and spec.backend in ("dynamic", "msrun") and spec.master.host not in order:

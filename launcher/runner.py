@@ -1,9 +1,9 @@
 """Launch a rendered job for real: connect and check every host, then supervise the attempts.
 
-Before any rank starts anywhere, every host is connected and checked (reachable, authenticated,
-host key known, python and the workload importable there, working directory writable, and the
-preflight gate of launcher/health); a failure names the host and the cause, exit 2, and nothing
-was started on any host. SIGINT/SIGTERM to the launcher stop the job on every host.
+Before any rank starts anywhere, every host is connected and checked, all hosts at once (reachable,
+authenticated, host key known, python and the workload importable there, working directory
+writable, and the preflight gate of launcher/health); a failure names the host and the cause,
+exit 2, and nothing was started on any host. SIGINT/SIGTERM to the launcher stop the job on every host.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import contextlib
 import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Dict, List, Optional
 
 from launcher.errors import BadInput, HostError, JobFailed
+from launcher.fanout import fan_out
 from launcher.jobs import JobDir, format_time
 from launcher.logs import parse_ranks
 from launcher.spec import ClusterSpec, HostSpec
@@ -23,54 +23,55 @@ from launcher.states import JobState
 from launcher.supervisor import PlanFactory, Supervisor
 from launcher.transport.base import Transport
 from launcher.transport.factory import open_transport
+from launcher.transport.probe import check_host
 
 #: What every host must be able to import before anything starts.
 WORKLOAD_MODULES = ("refinenet", "mindspore")
 
 
-def connect_hosts(spec: ClusterSpec) -> Dict[str, Transport]:
-    """One transport per host, each probed and checked in parallel; `BadInput` naming every failing host."""
+def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None) -> Dict[str, Transport]:
+    """One transport per host; every host checked at once (bounded width), each with one command
+    (reachable, python runs and imports the workload, working directory writable) and, unless
+    `health.preflight` is off, the preflight gate (disk, master port, devices) from the same facts.
+    `BadInput` naming every failing host; nothing is started anywhere then."""
+    from launcher.health.preflight import PreflightReport, host_checks
+
     transports = {h.name: open_transport(h) for h in spec.hosts}
 
-    def check(host: HostSpec) -> Optional[str]:
+    def check(host: HostSpec):
         t = transports[host.name]
         try:
-            t.probe(host.python)
-            t.check_python_imports(host.python, WORKLOAD_MODULES)
-            t.check_writable(host.workdir, host.python)
+            info = check_host(t, host.python, host.workdir, WORKLOAD_MODULES)
         except HostError as exc:
-            return f"{host.name} ({host.address}): {exc.cause}"
-        return None
+            raise HostError(host.name, f"{host.name} ({host.address}): {exc.cause}") from None
+        return host_checks(spec, host, t, info=info) if spec.health.preflight else []
 
-    with ThreadPoolExecutor(max_workers=min(16, len(spec.hosts))) as pool:
-        problems = [p for p in pool.map(check, spec.hosts) if p]
-    if problems:
+    result = fan_out(check, spec.hosts, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
+    if result.failed:
         close_all(transports)
+        problems = [result.failed[h.name].cause for h in spec.hosts if h.name in result.failed]
         raise BadInput("host check failed, nothing was started:\n  " + "\n  ".join(problems))
+    if spec.health.preflight:
+        report = PreflightReport(tuple(c for h in spec.hosts for c in result.succeeded[h.name]))
+        if out is not None:
+            out.write(report.render() + "\n")
+        if not report.ok:
+            close_all(transports)
+            report.raise_for_failures()
     return transports
 
 
 def close_all(transports: Dict[str, Transport]) -> None:
-    for t in transports.values():
-        with contextlib.suppress(Exception):
-            t.close()
-
-
-def _preflight(spec: ClusterSpec, transports: Dict[str, Transport], out: IO[str]) -> None:
-    if not spec.health.preflight:
-        return
-    from launcher.health.preflight import run_preflight
-
-    report = run_preflight(spec, transports)
-    out.write(report.render() + "\n")
-    report.raise_for_failures()
+    """Close every transport at once (an SSH close can take a round trip)."""
+    fan_out(lambda t: t.close(), transports.values(), key=lambda t: t.host)
 
 
 def _health_factory(spec: ClusterSpec, transports: Dict[str, Transport], job: JobDir):
     from launcher.health.watch import attempt_health_watch
 
-    def factory(plan, units):
-        return attempt_health_watch(spec, transports, plan, units, job.path / "health.jsonl")
+    def factory(plan, pids_by_host, ranks_by_host):
+        return attempt_health_watch(spec, transports, plan, pids_by_host, ranks_by_host,
+                                    job.path / "health.jsonl")
     return factory
 
 
@@ -101,17 +102,19 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
     out, err = out or sys.stdout, err or sys.stderr
     first_plan = plan_factory(0, None)
     ranks = parse_ranks(args.ranks) if getattr(args, "ranks", None) else None
-    transports = connect_hosts(spec)
+    transports = connect_hosts(spec, err)
     try:
-        _preflight(spec, transports, err)
         job = JobDir.create(args.runs_dir if not args.job_dir else _parent(args.job_dir),
                             cluster=spec.name, stage=args.stage, spec=_spec_data(spec, args),
                             cluster_file=getattr(args, "cluster_path", ""), job_id=args.job_id,
                             plan=first_plan.to_dict())
         print(f"refinenet-launch: job {job.job_id} ({job.path})", file=err, flush=True)
-        with job.open_logs(stream=out, ranks=ranks) as logs:
+        with job.open_logs(stream=out, ranks=ranks, straggler_factor=spec.health.straggler_factor,
+                           straggler_window=spec.health.straggler_window,
+                           show_framework_logs=bool(getattr(args, "show_framework_logs", False))) as logs:
             supervisor = Supervisor(spec, args.stage, plan_factory, job, transports, logs,
-                                    health_factory=_health_factory(spec, transports, job), out=err)
+                                    health_factory=_health_factory(spec, transports, job), out=err,
+                                    fanout=spec.launch.fanout)
             with _stop_on_signals(supervisor):
                 state = supervisor.run()
         return _report(job, state, supervisor, err)

@@ -121,13 +121,19 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class HealthPolicy:
-    """Preflight and periodic health checks; `hang_timeout_s` None disables hang detection."""
+    """Preflight and periodic health checks; `hang_timeout_s` None disables hang detection.
+
+    A rank whose step time stays above `straggler_factor` times the median of the others for
+    `straggler_window` consecutive steps is reported as a straggler.
+    """
 
     interval_s: float = 10.0
     hang_timeout_s: Optional[float] = None
     min_free_disk_gb: float = 1.0
     check_devices: bool = True
     preflight: bool = True
+    straggler_factor: float = 1.5
+    straggler_window: int = 5
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,13 @@ class TimeoutSpec:
     cluster_s: int = 60
     heartbeat_s: int = 30
     stop_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How the launcher works on many hosts: `fanout` hosts at once (host checks, agent starts, scans)."""
+
+    fanout: int = 32
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,7 @@ class ClusterSpec:
     timeouts: TimeoutSpec
     env: Mapping[str, str]
     source: str
+    launch: LaunchSpec = LaunchSpec()
 
     def host(self, name: str) -> HostSpec:
         for h in self.hosts:
@@ -390,7 +404,8 @@ def _kind(value: Any) -> str:
             int: f"the number {value}", float: f"the number {value}"}.get(type(value), type(value).__name__)
 
 
-_TOP_KEYS = ("name", "backend", "device", "hosts", "master", "job", "restart", "health", "timeouts", "env")
+_TOP_KEYS = ("name", "backend", "device", "hosts", "master", "job", "restart", "health", "timeouts", "env",
+             "launch")
 _HOST_KEYS = ("name", "address", "ssh", "devices", "ranks", "device_ips", "hccn_conf", "python", "workdir",
               "env")
 _SSH_KEYS = ("user", "port", "key_file", "known_hosts", "host_key_policy", "connect_timeout_s", "use_agent")
@@ -421,8 +436,15 @@ def parse_cluster(data: Any, source: str, *, cwd: Optional[str] = None,
     restart = _parse_restart(c, top.get("restart"))
     health = _parse_health(c, top.get("health"))
     timeouts = _parse_timeouts(c, top.get("timeouts"))
+    launch = _parse_launch(c, top.get("launch"))
     return ClusterSpec(name=name, backend=backend, device=device, hosts=hosts, master=master, job=job,
-                       restart=restart, health=health, timeouts=timeouts, env=env, source=source)
+                       restart=restart, health=health, timeouts=timeouts, env=env, source=source,
+                       launch=launch)
+
+
+def _parse_launch(c: _Checker, raw: Any) -> LaunchSpec:
+    d = c.mapping(raw, "launch", ("fanout",))
+    return LaunchSpec(fanout=c.integer(d.get("fanout", LaunchSpec.fanout), "launch.fanout", lo=1, hi=1024))
 
 
 @dataclass(frozen=True)
@@ -687,7 +709,7 @@ def _parse_restart(c: _Checker, raw: Any) -> RestartPolicy:
 
 def _parse_health(c: _Checker, raw: Any) -> HealthPolicy:
     h = c.mapping(raw, "health", ("interval_s", "hang_timeout_s", "min_free_disk_gb", "check_devices",
-                                  "preflight"))
+                                  "preflight", "straggler_factor", "straggler_window"))
     d = HealthPolicy()
     hang = h.get("hang_timeout_s")
     return HealthPolicy(
@@ -695,7 +717,11 @@ def _parse_health(c: _Checker, raw: Any) -> HealthPolicy:
         hang_timeout_s=None if hang is None else c.number(hang, "health.hang_timeout_s", strict=True),
         min_free_disk_gb=c.number(h.get("min_free_disk_gb", d.min_free_disk_gb), "health.min_free_disk_gb"),
         check_devices=c.boolean(h.get("check_devices", d.check_devices), "health.check_devices"),
-        preflight=c.boolean(h.get("preflight", d.preflight), "health.preflight"))
+        preflight=c.boolean(h.get("preflight", d.preflight), "health.preflight"),
+        straggler_factor=c.number(h.get("straggler_factor", d.straggler_factor), "health.straggler_factor",
+                                  lo=1.0, strict=True),
+        straggler_window=c.integer(h.get("straggler_window", d.straggler_window), "health.straggler_window",
+                                   lo=1))
 
 
 def _parse_timeouts(c: _Checker, raw: Any) -> TimeoutSpec:

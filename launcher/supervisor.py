@@ -1,34 +1,35 @@
-"""Run the attempts of one job: start every process of a plan, watch, tear down, restart.
+"""Run the attempts of one job: start every host's agent, watch, tear down, restart.
 
-One attempt: copy the plan's files to their hosts, start its processes through the hosts'
-transports (scheduler first), then watch: a process that exits non-zero or by a signal, a lost
-connection, an unhealthy device, or a rank with no progress (no log line, no metrics record) for
-`health.hang_timeout_s` fails the whole attempt. Teardown ends every process of the attempt on
-every host by process group (the backend's first signal, SIGTERM with SIGCONT so a stopped rank
-can act on it, grace, SIGKILL), all in parallel; only groups this job started are signalled.
-The restart policy (launcher/policy.py) then either ends the job or starts the next attempt from
-the newest checkpoint that every host holds complete (launcher/resume.py), found by scanning the
-hosts' manifests through their transports, and passed to every rank as `--resume PATH`.
+The loop is plain: an attempt runs until it ends (SUCCEEDED, FAILED or STOPPED), the restart policy
+(launcher/policy.py) decides, and the next attempt resumes from the newest checkpoint complete on
+every host (launcher/resume.py), found by scanning the hosts' manifests through their transports.
 
-Everything the supervisor does to processes goes through `Transport`/`RemoteProcess`, so the
-policy is tested with scripted fakes (tests/unit/test_supervisor.py).
+One attempt: render the plan, start one host agent per host (launcher/agent) through the hosts'
+transports, all hosts at once (bounded width), then read the agents' events from one queue and hand
+them to the `Attempt` (launcher/attempt.py), which decides. A process that exits non-zero or by a
+signal, a host whose agent or connection is lost, a rank with no progress for
+`health.hang_timeout_s` (checked by each agent on its host's clock), or an unhealthy device fails the
+attempt. Teardown asks every agent at once to stop its processes (the backend's first signal,
+SIGTERM with SIGCONT, grace, SIGKILL of every group and descendant) and waits for all of them.
 """
 from __future__ import annotations
 
 import posixpath
-import signal
+import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from launcher.agent.session import AgentEvent, AgentSession, start_session
+from launcher.attempt import Attempt, Member, describe_status
 from launcher.backends import Backend, backend_for
 from launcher.errors import RankFailure
+from launcher.fanout import DEFAULT_WIDTH, fan_out
 from launcher.jobs import Failure, JobDir, ProcessRecord
 from launcher.logs import LogAggregator, rank_source
-from launcher.plan import LaunchPlan, ProcessSpec, write_plan
+from launcher.plan import LaunchPlan, write_plan
 from launcher.policy import Action, Decision, decide
 from launcher.render import TRAIN_STAGES, stage_output_dir
 from launcher.resume import (
@@ -42,39 +43,17 @@ from launcher.resume import (
 )
 from launcher.spec import ClusterSpec, HostSpec
 from launcher.states import JobState, RankState
-from launcher.transport.base import HostError, RemoteProcess, Transport
+from launcher.transport.base import HostError, Transport
 
 #: `plan_factory(attempt, resume)`; `resume` maps host name -> checkpoint path on that host.
 PlanFactory = Callable[..., LaunchPlan]
-#: Roles whose processes carry ranks: the attempt succeeds when all of them exit 0.
 #: Output that marks the rank where a multi-rank process (msrun, mpirun) went wrong.
 ERROR_MARKS = ("Traceback (most recent call last)", "error:", "Error:", "Error]")
-WATCHED_ROLES = ("rank", "msrun", "mpirun")
 #: Lines of the failing rank's log kept in the failure report.
 TAIL_LINES = 20
 SCAN_TIMEOUT_S = 600.0
-#: Prints the seconds since a file last changed (by the host's own clock), or `none`.
-_AGE_SOURCE = ("import os, sys, time\n"
-               "try:\n    print(time.time() - os.stat(sys.argv[1]).st_mtime)\n"
-               "except OSError:\n    print('none')\n")
-
-
-@dataclass
-class Unit:
-    """A started process of an attempt (or a companion such as a worker-log tail)."""
-
-    spec: ProcessSpec
-    proc: RemoteProcess
-    companion: bool = False
-    done: bool = False
-
-    @property
-    def rank(self) -> Optional[int]:
-        return self.spec.ranks[0] if self.spec.ranks else None
-
-    @property
-    def carries_ranks(self) -> bool:
-        return not self.companion and self.spec.role in WATCHED_ROLES
+#: How often the job record gets the processes started since the last write.
+RECORD_EVERY_S = 0.5
 
 
 @dataclass
@@ -89,10 +68,6 @@ class AttemptResult:
     timeline: Dict[str, float] = field(default_factory=dict)
 
 
-class StopRequested(Exception):
-    """The job was asked to stop (signal to the launcher, or `refinenet-launch stop`)."""
-
-
 class HealthWatch:
     """Periodic health checks during an attempt; `failures()` is polled by the watch loop."""
 
@@ -103,33 +78,37 @@ class HealthWatch:
         pass
 
 
-HealthFactory = Callable[[LaunchPlan, Sequence[Unit]], HealthWatch]
+#: `health_factory(plan, pids_by_host, ranks_by_host) -> HealthWatch`
+HealthFactory = Callable[[LaunchPlan, Mapping[str, List[int]], Mapping[str, List[int]]], HealthWatch]
 
 
 class Supervisor:
     """Runs a job's attempts until it succeeds, fails for good, or is stopped.
 
     `wait(seconds)` is the backoff sleep; it returns True when a stop was requested meanwhile
-    (default: the stop event's own wait, so a signal ends the backoff at once).
+    (default: the stop event's own wait, so a signal ends the backoff at once). `clock` is the
+    wall clock used for the times of events the launcher itself observes.
     """
 
     def __init__(self, spec: ClusterSpec, stage: str, plan_factory: PlanFactory, job: JobDir,
                  transports: Mapping[str, Transport], logs: LogAggregator, *,
                  health_factory: Optional[HealthFactory] = None, out: IO[str] = sys.stderr,
-                 poll_s: float = 0.1, wait: Optional[Callable[[float], bool]] = None):
+                 poll_s: float = 0.1, wait: Optional[Callable[[float], bool]] = None,
+                 fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time):
         self.spec, self.stage, self.plan_factory = spec, stage, plan_factory
         self.job, self.transports, self.logs = job, transports, logs
         self.backend: Backend = backend_for(spec.backend)
         self.health_factory = health_factory
         self.out = out
         self.poll_s = poll_s
+        self.fanout = fanout
+        self.clock = clock
         self.stop_event = threading.Event()
         self._wait = wait or self.stop_event.wait
         self.restarts_used = 0
         self.results: List[AttemptResult] = []
         self.decisions: List[Decision] = []
         self._plan: Optional[LaunchPlan] = None
-        self._progress: Dict[int, float] = {}
         self._lines_at_start: Dict[str, int] = {}
 
     # -- public
@@ -144,7 +123,7 @@ class Supervisor:
 
     @property
     def root_cause(self) -> Optional[RankFailure]:
-        """The job's first failure (the earliest one of the first failed attempt)."""
+        """The job's first failure (the root cause of the first failed attempt)."""
         return next((r.failure for r in self.results if r.failure is not None), None)
 
     def run(self) -> JobState:
@@ -154,18 +133,11 @@ class Supervisor:
             number += 1
             result = self.run_attempt(number)
             self.results.append(result)
-            stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
-            failure = result.failure
-            decision = decide(result.state, restarts_used=self.restarts_used,
-                              max_restarts=self.spec.restart.max_restarts, stop_requested=stop_asked,
-                              exit_code=failure.exit_code if failure else None,
-                              backoff_base_s=self.spec.restart.backoff_s,
-                              backoff_max_s=self.spec.restart.backoff_max_s,
-                              backoff_factor=self.spec.restart.backoff_factor)
+            decision = self.decide(result)
             self.decisions.append(decision)
             outcome = JobState.STOPPED if decision.job_state == JobState.STOPPED else result.state
-            detected = time.time() - (time.monotonic() - result.timeline["failed"])
-            record = Failure.from_rank_failure(failure, at=detected) if failure else None
+            failure = result.failure
+            record = Failure.from_rank_failure(failure) if failure else None
             self.job.end_attempt(outcome, record, job_state=decision.job_state, message=decision.reason)
             if decision.action == Action.FINISH:
                 return decision.job_state
@@ -177,12 +149,21 @@ class Supervisor:
                 self.say("stop requested during backoff: no further attempt")
                 return JobState.STOPPED
 
+    def decide(self, result: AttemptResult) -> Decision:
+        """The restart policy's answer for how `result` ended."""
+        stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
+        failure = result.failure
+        restart = self.spec.restart
+        return decide(result.state, restarts_used=self.restarts_used, max_restarts=restart.max_restarts,
+                      stop_requested=stop_asked, exit_code=failure.exit_code if failure else None,
+                      backoff_base_s=restart.backoff_s, backoff_max_s=restart.backoff_max_s,
+                      backoff_factor=restart.backoff_factor)
+
     # -- one attempt
 
     def run_attempt(self, number: int) -> AttemptResult:
         """Start, watch and tear down attempt `number`; later attempts of a training stage resume."""
-        t0 = time.monotonic()
-        timeline = {"start": t0}
+        timeline = {"start": time.monotonic()}
         choice: Optional[ResumeChoice] = None
         if number > 1 and self.stage in TRAIN_STAGES:
             try:
@@ -190,7 +171,7 @@ class Supervisor:
             except HostError as exc:
                 self.job.begin_attempt(None)
                 failure = RankFailure(None, exc.host, reason=f"cannot read the checkpoint manifests there: "
-                                                             f"{exc.cause}")
+                                                             f"{exc.cause}", time=self.clock())
                 timeline["failed"] = timeline["gone"] = time.monotonic()
                 return AttemptResult(number, JobState.FAILED, failure, None, 0.0, timeline)
         point = choice.point if choice else None
@@ -201,173 +182,82 @@ class Supervisor:
         self.job.begin_attempt(choice.describe() if point else None)
         self.logs.start_attempt(number)
         self._lines_at_start = {src: a.lines for src, a in self.logs.activity().items()}
-        self._progress = {}
-        self.say(f"attempt {number}: {plan.world_size} rank(s), backend {plan.backend}"
-                 + (f", resuming from {point.describe()}" if point else ""))
-        units: List[Unit] = []
-        health: Optional[HealthWatch] = None
-        failure: Optional[RankFailure] = None
+        self.say(f"attempt {number}: {plan.world_size} rank(s) on {len(plan.hosts)} host(s), backend "
+                 f"{plan.backend}" + (f", resuming from {point.describe()}" if point else ""))
+        run = _AttemptRun(self, Attempt(number, plan, self.backend.carries_ranks))
         try:
-            self._copy_files(plan)
-            self._start(plan, units)
+            run.start()
             timeline["started"] = time.monotonic()
-            self.job.set_state(JobState.RUNNING)
-            if self.health_factory is not None:
-                health = self.health_factory(plan, units)
-            state, failure = self._watch(plan, units, health)
-        except StopRequested:
-            state = JobState.STOPPED
-        except HostError as exc:
-            state, failure = JobState.FAILED, RankFailure(None, exc.host, reason=f"host error: {exc.cause}")
+            if not run.attempt.finished:
+                self.job.set_state(JobState.RUNNING)
+            run.watch()
         finally:
             timeline["failed"] = time.monotonic()
-            if health is not None:
-                health.stop()
-            self._teardown(units)
+            run.teardown()
             timeline["gone"] = time.monotonic()
-            self._record_ends(units)
+            run.record_ends()
+        attempt = run.attempt
+        failure = attempt.root_cause if attempt.outcome == JobState.FAILED else None
         teardown_s = timeline["gone"] - timeline["failed"]
         if failure is not None:
             self.logs.flush(2.0)
-            if failure.rank is not None and not failure.log_tail:
-                failure.log_tail = self._attempt_tail(rank_source(failure.rank))
-            if units:
-                self.say(f"attempt {number}: every process stopped {teardown_s:.2f} s after the failure")
+            self._complete(failure, attempt)
+            self.say(f"attempt {number}: every process stopped {teardown_s:.2f} s after the failure")
+        state = attempt.outcome or JobState.STOPPED
         return AttemptResult(number, state, failure, choice, teardown_s, timeline)
 
-    def _blamed_rank(self, u: Unit) -> Optional[int]:
-        """The rank to blame for a process that runs several (msrun, mpirun): the first whose
-        recent output shows an error, else its first rank."""
-        if len(u.spec.ranks) > 1:
-            for rank in u.spec.ranks:
-                tail = self._attempt_tail(f"r{rank}")
+    def _complete(self, failure: RankFailure, attempt: Attempt) -> None:
+        """Name the rank of a multi-rank process from its output, and add the log tail."""
+        member = next((m for m in attempt.members.values() if m.spec.host == failure.host
+                       and m.rank == failure.rank and len(m.spec.ranks) > 1), None)
+        if member is not None:
+            for rank in member.spec.ranks:
+                tail = self._attempt_tail(rank_source(rank))
                 if any(mark in line for line in tail for mark in ERROR_MARKS):
-                    return rank
-        return u.rank
+                    failure.rank = rank
+                    break
+        if not failure.log_tail:
+            if failure.rank is not None:
+                failure.log_tail = self._attempt_tail(rank_source(failure.rank))
+            else:
+                aux = next((m for m in attempt.members.values() if m.spec.host == failure.host
+                            and not m.carries_ranks and m.state == RankState.FAILED), None)
+                if aux is not None:
+                    failure.log_tail = self._attempt_tail(aux.spec.name)
 
     def _attempt_tail(self, source: str) -> List[str]:
         activity = self.logs.activity().get(source)
         new = activity.lines - self._lines_at_start.get(source, 0) if activity else 0
         return self.logs.tail_of(source, min(TAIL_LINES, new))
 
-    def _copy_files(self, plan: LaunchPlan) -> None:
-        for f in plan.files:
-            self.transports[f.host].write_file(f.path, f.content.encode("utf-8"), f.mode)
+    # -- what each host's agent gets
 
-    def _start(self, plan: LaunchPlan, units: List[Unit]) -> None:
-        ordered = sorted(plan.processes, key=lambda p: p.role != "scheduler")
-        for spec in ordered:
-            if self.stop_event.is_set():
-                raise StopRequested()
-            transport = self.transports[spec.host]
-            proc = transport.run(["bash", "-c", spec.command], env=spec.env, cwd=spec.cwd,
-                                 on_line=self.backend.sink(spec, plan, self.logs))
-            units.append(Unit(spec, proc))
-            self.job.record_process(ProcessRecord(
-                name=spec.name, host=spec.host, pid=proc.pid, pgid=proc.pgid, state=RankState.RUNNING,
-                rank=spec.ranks[0] if spec.role == "rank" else None, started=time.time()))
-            for comp in self.backend.companions(spec, plan):
-                tail = self.transports[comp.host].run(list(comp.argv), cwd=spec.cwd,
-                                                      on_line=self.logs.rank_sink(comp.rank, comp.host))
-                units.append(Unit(ProcessSpec(name=comp.name, host=comp.host, role="companion",
-                                              ranks=(comp.rank,), command=" ".join(comp.argv), env={},
-                                              cwd=spec.cwd, log_name=""), tail, companion=True))
-
-    def _watch(self, plan: LaunchPlan, units: List[Unit], health: Optional[HealthWatch]
-               ) -> Tuple[JobState, Optional[RankFailure]]:
-        hang_s = self.spec.health.hang_timeout_s
-        watched = [u for u in units if not u.companion]
-        workers = [u for u in watched if u.carries_ranks]
-        started = time.monotonic()
-        last_disk_check = started
-        while True:
-            if self.stop_event.is_set():
-                raise StopRequested()
-            failure = self._exited_badly(watched)
-            if failure is not None:
-                return JobState.FAILED, failure
-            if all(u.done for u in workers):
-                return JobState.SUCCEEDED, None
-            if hang_s:
-                failure = self._hung(plan, workers, hang_s, started)
-                if failure is not None:
-                    return JobState.FAILED, failure
-            if health is not None:
-                found = health.failures()
-                if found:
-                    return JobState.FAILED, found[0]
-            if time.monotonic() - last_disk_check > 1.0:
-                last_disk_check = time.monotonic()
-                if self._stop_requested_on_disk():
-                    raise StopRequested()
-            time.sleep(self.poll_s)
-
-    def _exited_badly(self, watched: Sequence[Unit]) -> Optional[RankFailure]:
-        """Record every process found ended; the most telling failure among them (see `_severity`)."""
-        failures: List[Tuple[Tuple[int, int], RankFailure]] = []
-        for order, u in enumerate(watched):
-            if u.done:
-                continue
-            code = u.proc.poll()
-            if code is None:
-                continue
-            u.done = True
-            ok = code == 0
-            self.job.set_process_state(u.spec.name, RankState.SUCCEEDED if ok else RankState.FAILED, code)
-            if not ok:
-                failures.append(((_severity(u, code), order), self._describe_exit(u, code)))
-        return min(failures, key=lambda f: f[0])[1] if failures else None
-
-    def _describe_exit(self, u: Unit, code: int) -> RankFailure:
-        if getattr(u.proc, "connection_lost", False):
-            how = f"lost the connection to {u.spec.host}"
-        elif code < 0:
-            how = f"killed by signal {-code} ({_signame(-code)})"
-        else:
-            how = f"exit code {code}"
-        label = {"rank": "", "scheduler": "the scheduler", "msrun": "msrun", "mpirun": "mpirun"}
-        who = label.get(u.spec.role, u.spec.name)
-        reason = f"{who} ({u.spec.name}): {how}" if who else how
-        rank = self._blamed_rank(u) if u.carries_ranks else None
-        tail = [] if rank is not None else self._attempt_tail(u.spec.name)
-        return RankFailure(rank, u.spec.host, exit_code=code if code >= 0 else None,
-                           signal=-code if code < 0 else None, log_tail=tail, reason=reason)
-
-    # -- hangs
-
-    def _hung(self, plan: LaunchPlan, workers: Sequence[Unit], hang_s: float, started: float
-              ) -> Optional[RankFailure]:
-        """A running rank with no new log line for `hang_s` whose metrics file did not change either."""
-        now = time.monotonic()
-        activity = self.logs.last_activity()
-        finished = {r for u in workers if u.done for r in u.spec.ranks}
-        for slot in plan.slots:
-            if slot.rank in finished:
-                continue
-            last = max(activity.get(slot.rank) or started, started, self._progress.get(slot.rank, started))
-            if now - last <= hang_s:
-                continue
-            age = self._metrics_age(slot.host, slot.rank)
-            if age is not None and age <= hang_s:
-                self._progress[slot.rank] = now - age
-                continue
-            return RankFailure(slot.rank, slot.host,
-                               reason=f"no progress for {now - last:.0f} s: no log line or metrics record "
-                                      f"(hang timeout {hang_s:g} s)")
-        return None
-
-    def _metrics_age(self, host_name: str, rank: int) -> Optional[float]:
-        """Seconds since rank `rank` last wrote a metrics record (host clock), None when unknown."""
-        if self.stage not in TRAIN_STAGES:
-            return None
-        host = self.spec.host(host_name)
-        path = posixpath.join(self._output_dir(host), "metrics", f"rank_{rank}.jsonl")
-        try:
-            result = self.transports[host_name].exec([host.python, "-S", "-c", _AGE_SOURCE, path],
-                                                     cwd=host.workdir, timeout=30)
-            return float(result.stdout.strip()) if result.ok else None
-        except (HostError, ValueError):
-            return None
+    def host_document(self, plan: LaunchPlan, host: str) -> Tuple[Dict[str, Any], list, list]:
+        """(document, output sinks, tail sinks) of `host`'s agent for `plan`."""
+        spec_host = self.spec.host(host)
+        procs = plan.processes_on(host)
+        metrics_dir = (posixpath.join(self._output_dir(spec_host), "metrics")
+                       if self.stage in TRAIN_STAGES else None)
+        processes, sinks, tails, tail_sinks = [], [], [], []
+        for p in procs:
+            carries = self.backend.carries_ranks(p)
+            entry: Dict[str, Any] = {"name": p.name, "argv": ["bash", "-c", p.command], "env": dict(p.env),
+                                     "cwd": p.cwd, "watch": carries and p.role == "rank"}
+            if metrics_dir and p.role == "rank":
+                entry["metrics"] = posixpath.join(metrics_dir, f"rank_{p.ranks[0]}.jsonl")
+            processes.append(entry)
+            sinks.append(self.backend.sink(p, plan, self.logs))
+            for t in self.backend.tails(p, plan):
+                tails.append({"path": t.path, "watch": True, "rank": t.rank, "process": p.name})
+                tail_sinks.append(self.logs.rank_sink(t.rank, host))
+        if self.backend.name == "mpirun":
+            for entry in processes:
+                entry["watch"] = entry["watch"] or entry["name"] == "mpirun"
+        files = [{"path": f.path, "content": f.content, "mode": f.mode} for f in plan.files_on(host)]
+        document = {"job_id": plan.job_id, "attempt": plan.attempt, "host": host,
+                    "grace": self.spec.timeouts.stop_grace_s, "hang_s": self.spec.health.hang_timeout_s,
+                    "files": files, "processes": processes, "tails": tails}
+        return document, sinks, tail_sinks
 
     def _output_dir(self, host: HostSpec) -> str:
         override = self.spec.job.stage_overrides.get(self.stage, {}).get("output-dir")
@@ -375,59 +265,15 @@ class Supervisor:
             return posixpath.normpath(posixpath.join(host.workdir, override))
         return stage_output_dir(self.spec, host, self.stage)
 
-    # -- teardown
-
-    def _teardown(self, units: Sequence[Unit]) -> None:
-        """End every process of the attempt on every host, in parallel, by process group."""
-        grace = self.spec.timeouts.stop_grace_s
-        first = self.backend.stop_signal
-
-        def end(u: Unit) -> None:
-            proc = u.proc
-            try:
-                if proc.poll() is not None:
-                    return
-                if first != signal.SIGTERM and not u.companion:
-                    proc.kill_group(first)
-                    if proc.wait(grace) is not None:
-                        return
-                proc.kill_group(signal.SIGTERM)
-                proc.kill_group(signal.SIGCONT)
-                if proc.wait(grace) is None:
-                    proc.kill_group(signal.SIGKILL)
-                    proc.wait(grace)
-            except Exception as exc:  # a host that went away: its guard ends the group itself
-                self.say(f"teardown of {u.spec.name} on {u.spec.host}: {exc}")
-
-        threads = [threading.Thread(target=end, args=(u,), name=f"teardown {u.spec.name}", daemon=True)
-                   for u in units]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(3 * grace + 5)
-
-    def _record_ends(self, units: Sequence[Unit]) -> None:
-        def change(record):
-            attempt = record.current_attempt
-            for u in units:
-                if u.companion or u.done:
-                    continue
-                u.done = True
-                current = attempt.process(u.spec.name) if attempt else None
-                if current is not None and not current.state.is_final:
-                    record = record.with_process_state(u.spec.name, RankState.STOPPED, u.proc.poll())
-            return record
-        self.job.update(change)
-
     # -- resume
 
     def find_resume(self) -> ResumeChoice:
         """The newest checkpoint complete on every host that saves them (the hosts of the ranks),
-        read through the transports; `HostError` when a host cannot be asked."""
+        read through the transports, all hosts at once; `HostError` when a host cannot be asked."""
         assert self._plan is not None, "resume is looked up after a first attempt"
         names = sorted({slot.host for slot in self._plan.slots})
 
-        def scan(name: str) -> Tuple[str, Optional[Sequence[CheckpointInfo]], List[Skipped]]:
+        def scan(name: str) -> Tuple[Optional[Sequence[CheckpointInfo]], List[Skipped]]:
             host = self.spec.host(name)
             ckpt_dir = posixpath.join(self._output_dir(host), "ckpt")
             result = self.transports[name].exec(
@@ -437,13 +283,15 @@ class Supervisor:
                 raise HostError(name, f"`python -m refinenet.manifest scan {ckpt_dir}` exited "
                                       f"{result.returncode}: {result.stderr.strip()[-300:]}")
             try:
-                return name, parse_scan(result.stdout), parse_skipped(name, result.stderr)
+                return parse_scan(result.stdout), parse_skipped(name, result.stderr)
             except ScanError as exc:
                 raise HostError(name, str(exc)) from None
 
-        with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
-            found = list(pool.map(scan, names))
-        choice = decide_resume({n: infos for n, infos, _ in found}, [s for _, _, sk in found for s in sk])
+        found = fan_out(scan, names, key=str, width=self.fanout, catch=(HostError,))
+        if found.failed:
+            raise found.failed[sorted(found.failed)[0]]
+        choice = decide_resume({n: found.succeeded[n][0] for n in names},
+                               [s for n in names for s in found.succeeded[n][1]])
         for reason in choice.passed_over:
             self.say(f"checkpoint not used: {reason}")
         if choice.point is None:
@@ -462,17 +310,189 @@ class Supervisor:
             return False
 
 
-def _severity(u: Unit, code: int) -> int:
-    """Among processes found ended in the same poll, which most likely failed first: a rank killed
-    by a signal, then a rank that exited non-zero, then auxiliary processes (a scheduler or peer
-    usually fails *because* a rank died)."""
-    if u.carries_ranks:
-        return 0 if code < 0 else 1
-    return 2
+class _AttemptRun:
+    """The I/O of one attempt: agents, their events, the job record, health, teardown."""
+
+    def __init__(self, sup: Supervisor, attempt: Attempt):
+        self.sup = sup
+        self.attempt = attempt
+        self.plan = attempt.plan
+        self.events: queue.Queue[AgentEvent] = queue.Queue()
+        self.sessions: Dict[str, AgentSession] = {}
+        self.names: Dict[str, List[str]] = {}
+        self.tails: Dict[str, List[dict]] = {}
+        self.pending_records: List[ProcessRecord] = []
+        self.finished_records: List[Tuple[str, RankState, Optional[int]]] = []
+        self.health: Optional[HealthWatch] = None
+        self.done_hosts: set = set()
+
+    # -- start
+
+    def start(self) -> None:
+        sup = self.sup
+        documents = {}
+        for host in self.plan.hosts:
+            if not self.plan.processes_on(host) and not self.plan.files_on(host):
+                continue
+            documents[host] = sup.host_document(self.plan, host)
+            self.names[host] = [p["name"] for p in documents[host][0]["processes"]]
+            self.tails[host] = documents[host][0]["tails"]
+
+        def start_one(host: str) -> AgentSession:
+            if sup.stop_event.is_set():
+                raise _Skipped()
+            document, sinks, tail_sinks = documents[host]
+            spec_host = sup.spec.host(host)
+            return start_session(sup.transports[host], spec_host.python, document, sinks, tail_sinks,
+                                 self.events)
+
+        started = fan_out(start_one, list(documents), key=str, width=sup.fanout, catch=(Exception,))
+        self.sessions = dict(started.succeeded)
+        now = sup.clock()
+        for host, exc in sorted(started.failed.items()):
+            if isinstance(exc, _Skipped):
+                continue
+            cause = exc.cause if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
+            self.attempt.host_lost(host, f"cannot start the host agent: {cause}", now)
+        if sup.stop_event.is_set():
+            self.attempt.stop()
+
+    # -- watch
+
+    def watch(self) -> None:
+        sup = self.sup
+        last_record = last_disk_check = time.monotonic()
+        while not self.attempt.finished:
+            try:
+                event = self.events.get(timeout=sup.poll_s)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self.handle(event)
+                self._drain()
+            if sup.stop_event.is_set():
+                self.attempt.stop()
+            mono = time.monotonic()
+            if self.health is None and sup.health_factory is not None and self.attempt.all_started():
+                self.health = sup.health_factory(self.plan, *self._pids_and_ranks())
+            if self.health is not None:
+                for failure in self.health.failures():
+                    self.attempt.failed(failure)
+            if mono - last_record >= RECORD_EVERY_S:
+                last_record = mono
+                self.flush_records()
+            if mono - last_disk_check > 1.0:
+                last_disk_check = mono
+                if sup._stop_requested_on_disk():
+                    self.attempt.stop()
+        self._drain()
+        self.attempt.close_decision()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.handle(self.events.get_nowait())
+            except queue.Empty:
+                return
+
+    def handle(self, event: AgentEvent) -> None:
+        kind, host, data = event.kind, event.host, event.data
+        names = self.names.get(host, [])
+        at = float(data.get("t") or self.sup.clock())
+        if kind == "started":
+            m = self.attempt.started(names[event.index], int(data["pid"]), int(data["pgid"]), at)
+            self.pending_records.append(ProcessRecord(
+                name=m.spec.name, host=host, pid=m.pid, pgid=m.pgid, state=RankState.RUNNING,
+                rank=m.spec.ranks[0] if m.spec.role == "rank" else None, started=at))
+        elif kind == "exit":
+            name = names[event.index]
+            status = int(data["status"])
+            m = self.attempt.exited(name, status, at)
+            self.finished_records.append((name, m.state, status))
+        elif kind == "error":
+            self.sup.say(f"{host}: {data.get('message')}")
+        elif kind == "hang":
+            hang_s = self.sup.spec.health.hang_timeout_s or 0.0
+            if "tail" in data:
+                tail = self.tails[host][int(data["tail"])]
+                self.attempt.hung(tail["process"], float(data["silent_s"]), hang_s, at, rank=tail["rank"])
+            else:
+                self.attempt.hung(names[event.index], float(data["silent_s"]), hang_s, at)
+        elif kind == "note":
+            self.sup.say(f"{host}: {data.get('message')}")
+        elif kind == "done":
+            self.done_hosts.add(host)
+        elif kind == "lost":
+            self.done_hosts.add(host)
+            if any(not m.state.is_final for m in self.attempt.on_host(host)):
+                self.attempt.host_lost(host, str(data.get("detail")), self.sup.clock())
+
+    def _pids_and_ranks(self) -> Tuple[Dict[str, List[int]], Dict[str, List[int]]]:
+        pids: Dict[str, List[int]] = {}
+        ranks: Dict[str, List[int]] = {}
+        for m in self.attempt.members.values():
+            if m.carries_ranks and m.pid is not None:
+                pids.setdefault(m.spec.host, []).append(m.pid)
+                ranks.setdefault(m.spec.host, []).extend(m.spec.ranks)
+        return pids, ranks
+
+    def flush_records(self) -> None:
+        """Write the processes started and ended since the last write, in one job.json update."""
+        started, self.pending_records = self.pending_records, []
+        ended, self.finished_records = self.finished_records, []
+        if not started and not ended:
+            return
+
+        def change(record):
+            for proc in started:
+                record = record.with_process(proc)
+            attempt = record.current_attempt
+            for name, state, status in ended:
+                current = attempt.process(name) if attempt else None
+                if current is not None and not current.state.is_final:
+                    record = record.with_process_state(name, state, status)
+            return record
+        self.sup.job.update(change)
+
+    # -- teardown
+
+    def teardown(self) -> None:
+        """Every agent stops its processes at once; wait for all (grace x2 + 5 s at most)."""
+        sup = self.sup
+        self.attempt.close_decision()
+        if self.health is not None:
+            self.health.stop()
+        first = sup.backend.stop_signal
+        for session in self.sessions.values():
+            if session.host not in self.done_hosts:
+                session.stop(first)
+        grace = sup.spec.timeouts.stop_grace_s
+        deadline = time.monotonic() + (2 if first != 15 else 1) * grace + 5.0
+        while time.monotonic() < deadline:
+            if all(s.done.is_set() for s in self.sessions.values()):
+                break
+            try:
+                self.handle(self.events.get(timeout=0.05))
+            except queue.Empty:
+                pass
+        self._drain()
+        for session in self.sessions.values():
+            if not session.done.is_set():
+                sup.say(f"teardown on {session.host}: the agent did not finish in time; hanging up")
+            session.close()
+        for session in self.sessions.values():
+            session.wait(2.0)
+        self._drain()
+
+    def record_ends(self) -> None:
+        left = self.attempt.mark_stopped(self.sup.clock())
+        for m in left:
+            self.finished_records.append((m.spec.name, RankState.STOPPED, m.status))
+        self.flush_records()
 
 
-def _signame(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
+class _Skipped(Exception):
+    """A host's agent was not started because a stop was requested meanwhile."""
+
+
+__all__ = ["Supervisor", "AttemptResult", "HealthWatch", "PlanFactory", "Member", "describe_status"]

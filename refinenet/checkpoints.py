@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from refinenet import manifest as mf
+from refinenet.ckpt_reader import CheckpointError, read_checkpoint_names, read_parameters
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,6 @@ _TMP_PREFIX = ".tmp-"
 #: Optimizer and bookkeeping entries of a training checkpoint, not network weights.
 OPTIMIZER_KEYS = ("learning_rate", "momentum", "global_step")
 OPTIMIZER_PREFIXES = ("moments.", "accum.", "moment1.", "moment2.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint reference cannot be resolved or a checkpoint cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -43,13 +40,11 @@ def is_optimizer_key(name: str) -> bool:
 def loadable(path: os.PathLike) -> Optional[str]:
     """None when the checkpoint file parses whole and holds a training state, else why not.
 
-    Read with `refinenet.weights` rather than `mindspore.load_checkpoint`, which refuses files larger
+    Read with `refinenet.ckpt_reader` rather than `mindspore.load_checkpoint`, which refuses files larger
     than the *free* memory (page cache not counted) and so rejects good checkpoints on busy hosts.
     """
-    from refinenet import weights
-
     try:
-        names = weights.read_checkpoint_names(path)
+        names = read_checkpoint_names(path)
     except CheckpointError as exc:
         return f"not loadable: {exc}".splitlines()[0]
     if "global_step" not in names:
@@ -161,9 +156,7 @@ def prune(directory: os.PathLike, keep_max: int) -> List[Path]:
 
 def load_params(path: os.PathLike, *, choice: Optional[Callable[[str], bool]] = None) -> Dict[str, object]:
     """Parameters of a checkpoint file; `CheckpointError` naming the file and tensor when unreadable."""
-    from refinenet import weights
-
-    return weights.read_parameters(path, choice=choice)
+    return read_parameters(path, choice=choice)
 
 
 def restore_training_state(path: os.PathLike, train_cell, *,

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -23,13 +23,29 @@ from refinenet.data.errors import DataError
 from refinenet.data.listfile import load_image_list
 from refinenet.palette import IGNORE_LABEL, VOC_CLASSES
 
-__all__ = ["EvalResult", "evaluate", "format_result", "load_image_list", "preprocess_image",
-           "scale_crop_sizes", "BGR_MEAN", "BGR_STD"]
+__all__ = ["EvalResult", "ExportedModel", "ModelMismatch", "check_consistent", "evaluate", "format_result",
+           "load_image_list", "models_by_size", "preprocess_image", "scale_crop_sizes", "BGR_MEAN", "BGR_STD"]
 
 BGR_MEAN = (103.53, 116.28, 123.675)
 BGR_STD = (57.375, 57.120, 58.395)
 
 PredictLogits = Callable[[np.ndarray], np.ndarray]
+
+
+class ModelMismatch(ValueError):
+    """Exported models that do not fit each other, the scales or the command line: bad input."""
+
+
+class ExportedModel(Protocol):
+    """What evaluation needs of an exported model (ONNX, MINDIR): its file, its fixed input
+    (batch, 3, size, size), its class count (None where not fixed) and batch -> logits."""
+
+    path: str
+    batch: Optional[int]
+    size: int
+    num_classes: Optional[int]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,55 @@ def evaluate(predict_logits: PredictLogits, list_path, *, batch_size: int, crop_
     iou = metrics.per_class_iou(hist)
     return EvalResult(per_class_iou=tuple(float(v) for v in iou), mean_iou=metrics.mean_iou(hist),
                       hist=hist, images=len(pairs))
+
+
+def models_by_size(models: Sequence[ExportedModel], crop_size: int, scales: Sequence[float], *,
+                   flag: str, file_format: str) -> Dict[int, ExportedModel]:
+    """The model for each input size the scales need; `ModelMismatch` when a size has none or two.
+
+    `flag` is the command-line option the models came from and `file_format` theirs, for the messages.
+    """
+    by_size: Dict[int, ExportedModel] = {}
+    for m in models:
+        if m.size in by_size:
+            raise ModelMismatch(f"{flag}: {by_size[m.size].path} and {m.path} both take {m.size}x{m.size} "
+                                "input")
+        by_size[m.size] = m
+    needed = scale_crop_sizes(crop_size, scales)
+    for scale, size in zip(scales, needed):
+        if size not in by_size:
+            have = ", ".join(f"{m.path} ({m.size}px)" for m in models)
+            raise ModelMismatch(f"--scales: scale {scale:g} needs a model with {size}x{size} input, have "
+                                f"{have}. An exported model has a fixed input size, so multi-scale "
+                                "evaluation needs one model per scale: refinenet-export --format "
+                                f"{file_format} --crop-size {size} ... and pass it as a further {flag}")
+    return {size: by_size[size] for size in needed}
+
+
+def check_consistent(models: Sequence[ExportedModel], batch_size: Optional[int], num_classes: Optional[int],
+                     *, flag: str, file_format: str) -> Tuple[int, int]:
+    """(batch size, class count) agreed by the command line and every model, else `ModelMismatch`."""
+    batches = {m.batch for m in models if m.batch is not None}
+    if len(batches) > 1:
+        raise ModelMismatch(f"{flag}: the models were exported for different batch sizes {sorted(batches)}")
+    model_batch = batches.pop() if batches else None
+    if batch_size is not None and model_batch is not None and batch_size != model_batch:
+        raise ModelMismatch(f"--batch-size {batch_size}: {models[0].path} was exported for batch size "
+                            f"{model_batch}; drop --batch-size or re-export with refinenet-export --format "
+                            f"{file_format} --batch-size {batch_size}")
+    batch = batch_size or model_batch or 1
+    if batch < 1:
+        raise ModelMismatch(f"--batch-size: must be at least 1, got {batch}")
+    classes = {m.num_classes for m in models if m.num_classes is not None}
+    if len(classes) > 1:
+        raise ModelMismatch(f"{flag}: the models have different class counts {sorted(classes)}")
+    model_classes = classes.pop() if classes else None
+    if num_classes is not None and model_classes is not None and num_classes != model_classes:
+        raise ModelMismatch(f"--num-classes {num_classes}: the model outputs {model_classes} classes")
+    classes_final = num_classes or model_classes
+    if classes_final is None:
+        raise ModelMismatch("--num-classes: the model's output has no fixed class count; give --num-classes")
+    return batch, classes_final
 
 
 def format_result(result: EvalResult, class_names: Optional[Sequence[str]] = None) -> str:

@@ -1,4 +1,4 @@
-"""Segment images with a checkpoint or an exported ONNX model (`refinenet-predict`).
+"""Segment images with a checkpoint or an exported ONNX or MINDIR model (`refinenet-predict`).
 
 For each IMAGE writes DIR/<name>.png, the class of every pixel as a VOC palette PNG, and
 DIR/<name>_overlay.jpg, the image with the non-background classes blended in their VOC colours.
@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from refinenet import checkpoints as ck
-from refinenet.evaluation import _predict_scale
+from refinenet.evaluation import ExportedModel, _predict_scale
 from refinenet.export import DEPTHS, UsageError, check_writable, use_device
 from refinenet.palette import palette_bytes, voc_colormap
 from refinenet.presets import DEVICES
@@ -32,11 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--ckpt", help="checkpoint file or latest:DIR")
     model.add_argument("--onnx", help="exported ONNX model (its input size and batch are used)")
+    model.add_argument("--mindir", help="exported MINDIR model (its input size and batch are used)")
     p.add_argument("-o", "--output-dir", required=True, help="folder for <name>.png and <name>_overlay.jpg")
     p.add_argument("--depth", type=int, default=101, choices=DEPTHS, help="with --ckpt")
     p.add_argument("--num-classes", type=int, default=21, help="with --ckpt")
-    p.add_argument("--crop-size", type=int, help="network input size (default 513; with --onnx the model's)")
-    p.add_argument("--device", default="cpu", choices=DEVICES, help="with --ckpt")
+    p.add_argument("--crop-size", type=int,
+                   help="network input size (default 513; with --onnx/--mindir the model's)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="with --ckpt or --mindir")
     p.add_argument("--flip", action="store_true", help="add the logits of the horizontally flipped image")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay")
     return p
@@ -91,15 +93,36 @@ def checkpoint_predictor(args: argparse.Namespace) -> Tuple[Predictor, int, int,
     return (lambda x: net(ms.Tensor(x)).asnumpy()), 1, args.crop_size or 513, args.num_classes
 
 
+def exported_predictor(model: ExportedModel, flag: str, crop_size: Optional[int]
+                       ) -> Tuple[Predictor, int, int, int]:
+    """An exported model's fixed batch, input size and classes; `UsageError` where they do not fit."""
+    if crop_size is not None and crop_size != model.size:
+        raise UsageError(f"--crop-size {crop_size}: {model.path} takes {model.size}x{model.size} input")
+    if model.num_classes is None:
+        raise UsageError(f"{flag}: {model.path} has no fixed class count in its output")
+    return model, model.batch or 1, model.size, model.num_classes
+
+
 def onnx_predictor(args: argparse.Namespace) -> Tuple[Predictor, int, int, int]:
     from refinenet.infer_onnx import open_model
 
-    model = open_model(args.onnx, "cpu")
-    if args.crop_size is not None and args.crop_size != model.size:
-        raise UsageError(f"--crop-size {args.crop_size}: {args.onnx} takes {model.size}x{model.size} input")
-    if model.num_classes is None:
-        raise UsageError(f"--onnx: {args.onnx} has no fixed class count in its output")
-    return model, model.batch or 1, model.size, model.num_classes
+    return exported_predictor(open_model(args.onnx, "cpu"), "--onnx", args.crop_size)
+
+
+def mindir_predictor(args: argparse.Namespace) -> Tuple[Predictor, int, int, int]:
+    from refinenet.infer_mindir import open_model, use_graph_mode
+
+    use_graph_mode(args.device)
+    return exported_predictor(open_model(args.mindir), "--mindir", args.crop_size)
+
+
+def make_predictor(args: argparse.Namespace) -> Tuple[Predictor, int, int, int]:
+    """(logits function, batch size, input size, classes) of the model the command line names."""
+    if args.onnx:
+        return onnx_predictor(args)
+    if args.mindir:
+        return mindir_predictor(args)
+    return checkpoint_predictor(args)
 
 
 def write_prediction(folder: Path, name: str, image_bgr: np.ndarray, mask: np.ndarray, alpha: float) -> None:
@@ -119,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_args(args)
         images = read_images(args.images)
-        predictor, batch, size, classes = onnx_predictor(args) if args.onnx else checkpoint_predictor(args)
+        predictor, batch, size, classes = make_predictor(args)
     except (UsageError, ck.CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -4,7 +4,7 @@ Rendering (launcher/render.py) decides *what* runs; a backend says how to read a
 """
 from __future__ import annotations
 
-from launcher.backends.base import Backend, Companion
+from launcher.backends.base import Backend, Tail
 from launcher.backends.dynamic import DynamicBackend
 from launcher.backends.mpirun import MpirunBackend
 from launcher.backends.msrun import MsrunBackend
@@ -18,4 +18,4 @@ def backend_for(name: str) -> Backend:
     return BACKENDS[name]
 
 
-__all__ = ["Backend", "Companion", "BACKENDS", "backend_for"]
+__all__ = ["Backend", "Tail", "BACKENDS", "backend_for"]

@@ -1,6 +1,21 @@
 """`dynamic`: the launcher starts MindSpore's scheduler and one worker per rank itself."""
+from __future__ import annotations
+
 from launcher.backends.base import Backend
 
 
 class DynamicBackend(Backend):
     name = "dynamic"
+
+    def render(self, r) -> None:
+        r.scheduler()
+        for slot in r.slots:
+            host = r.hosts[slot.host]
+            env = {**r.base_env(host), "MS_ROLE": "MS_WORKER", **r.sched_env(),
+                   "MS_NODE_ID": str(slot.rank), "LOCAL_RANK": str(slot.local_rank)}
+            if r.spec.device != "cpu":
+                env["DEVICE_ID"] = str(slot.device_id)
+            proc = r.add(f"r{slot.rank}", host, "rank", (slot.rank,), r.workload_command(host), env,
+                            f"rank_{slot.rank}.log")
+            r.rank_env_file(slot, proc.env)
+

@@ -1,12 +1,15 @@
 """`mpirun`: one mpirun on the head host; its `--tag-output` lines are split back into ranks."""
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 from typing import Callable, Dict, List
 
 from launcher.backends.base import Backend, Sink
 from launcher.logs import LogAggregator
 from launcher.plan import LaunchPlan, ProcessSpec
+from launcher.render import HOSTFILE, render_hostfile, template, workload_argv
 
 _TAG = re.compile(r"\[\d+,(\d+)\]<std(?:out|err|diag)>:")
 
@@ -41,6 +44,27 @@ class TaggedOutput:
 
 class MpirunBackend(Backend):
     name = "mpirun"
+
+    def render(self, r) -> None:
+        head = r.master
+        r.scheduler()
+        hostfile = r.copy_to_hosts(HOSTFILE, render_hostfile(r.spec, r.slots), [head])[head.name]
+        env = {**r.base_env(head), "MS_SCHED_HOST": r.spec.master.addr, "MS_SCHED_PORT": str(r.port),
+               **r.visible_devices_env(head)}
+        module, args = workload_argv(r.spec, head, r.stage, r.resume_for(head))
+        as_root = os.geteuid() == 0 if head.ssh is None else head.ssh.user == "root"
+        command = template("mpirun.sh.j2").render(
+            world_size=r.world, hostfile=hostfile,
+            output_dir=posixpath.join(r.attempt_dir(head), "mpirun_output"), workdir=head.workdir,
+            as_root=as_root, forward=list(env), python=head.python, module=module, args=args)
+        proc = r.add("mpirun", head, "mpirun", [s.rank for s in r.slots], command, env, "mpirun.log")
+        for slot in r.slots:
+            r.rank_env_file(slot, proc.env, notes=[
+                f"started by mpirun on {head.name} (forwarded with -x); the rank sees "
+                f"OMPI_COMM_WORLD_RANK={slot.rank} OMPI_COMM_WORLD_LOCAL_RANK={slot.local_rank} "
+                f"OMPI_COMM_WORLD_SIZE={r.world}, which the workload maps to MS_ROLE=MS_WORKER "
+                f"MS_NODE_ID={slot.rank} MS_WORKER_NUM={r.world}"])
+
 
     def sink(self, proc: ProcessSpec, plan: LaunchPlan, logs: LogAggregator) -> Sink:
         if proc.role != "mpirun":

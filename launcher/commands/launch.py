@@ -56,6 +56,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="restarts after a failure (default: restart.max_restarts of the cluster file)")
     parser.add_argument("--ranks", metavar="LIST",
                         help="show only these ranks in the log stream, e.g. 0,3 or 0-3")
+    parser.add_argument("--show-framework-logs", action="store_true",
+                        help="show MindSpore's own INFO/DEBUG lines in the live stream too (they are always "
+                             "kept in the rank logs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="workload option for this stage, e.g. --set epochs=3 (repeatable; "
                              "null drops an option, true makes a flag)")

@@ -1,4 +1,5 @@
-"""`refinenet-launch status JOB`: state, attempts, and per process its host, pid, state and last line.
+"""`refinenet-launch status JOB`: state, attempts, per process its host, pid, state and last line, and
+the ranks flagged as stragglers.
 
 Exit code 1 when the job FAILED, 0 otherwise, 2 for an unknown job.
 """
@@ -67,7 +68,8 @@ def collect(job: JobDir, record: JobRecord) -> Dict[str, Any]:
                          "this_machine": launcher.host == socket.gethostname()} if launcher else None,
             "attempts": [{k: v for k, v in a.to_dict().items() if k != "processes"} for a in record.attempts],
             "processes": processes,
-            "metrics": {str(rank): rec for rank, rec in sorted(job.last_metrics().items())}}
+            "metrics": {str(rank): rec for rank, rec in sorted(job.last_metrics().items())},
+            "stragglers": [s.to_dict() for s in job.read_stragglers()]}
 
 
 def _format_metrics(rec: Dict[str, Any]) -> str:
@@ -125,6 +127,11 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
         out += format_table(rows)
     for rank, rec in status["metrics"].items():
         out.append(f"progress  rank {rank}: {_format_metrics(rec)}")
+    for i, s in enumerate(status.get("stragglers") or ()):
+        label = "stragglers" if i == 0 else "          "
+        out.append(f"{label} attempt {s['attempt']} rank {s['rank']} on {s['host']}: step time "
+                   f"{s['step_time']:.2f} s = {s['ratio']:.1f}x the median of the others "
+                   f"since {format_time(s['since'])}")
     return out
 
 

@@ -12,7 +12,7 @@ from launcher.health.probes import read_host
 from launcher.health.report import NO_THRESHOLDS, HealthThresholds, Verdict, format_table
 from launcher.transport.base import HostError
 
-__all__ = ["PreflightCheck", "PreflightReport", "PreflightFailed", "run_preflight"]
+__all__ = ["PreflightCheck", "PreflightReport", "PreflightFailed", "run_preflight", "host_checks"]
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,19 @@ class PreflightReport:
         return {"ok": self.ok, "checks": [c.__dict__ for c in self.checks]}
 
 
-def _host_checks(spec, host, transport, thresholds: HealthThresholds, timeout: float) -> List[PreflightCheck]:
+def host_checks(spec, host, transport, thresholds: HealthThresholds = NO_THRESHOLDS,
+                timeout: float = PROBE_TIMEOUT_S, info=None) -> List[PreflightCheck]:
+    """The preflight checks of one host; `info` (a `HostInfo` already gathered) saves the probe."""
     def check(name: str, ok: bool, detail: str = "") -> PreflightCheck:
         return PreflightCheck(host.name, name, ok, detail)
 
     if transport is None:
         return [check("reachable", False, "no connection to the host")]
-    try:
-        info = transport.probe(host.python)
-    except HostError as exc:
-        return [check("reachable", False, exc.cause)]
+    if info is None:
+        try:
+            info = transport.probe(host.python)
+        except HostError as exc:
+            return [check("reachable", False, exc.cause)]
     checks = [check("reachable", True, f"{info.hostname}, python {info.python_version}")]
 
     master_port: Optional[int] = None
@@ -122,6 +125,6 @@ def run_preflight(spec, transports: Mapping[str, object], thresholds: HealthThre
     def one(host) -> Sequence[PreflightCheck]:
         if host.name in down:
             return [PreflightCheck(host.name, "reachable", False, down[host.name])]
-        return _host_checks(spec, host, transports.get(host.name), thresholds, timeout)
+        return host_checks(spec, host, transports.get(host.name), thresholds, timeout)
 
     return PreflightReport(tuple(c for checks in parallel_map(one, list(spec.hosts)) for c in checks))

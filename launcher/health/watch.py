@@ -32,17 +32,12 @@ class AttemptHealthWatch:
         return out
 
     def stop(self) -> None:
-        self.monitor.stop(timeout=5)
+        """Stop sampling without waiting for a sampling round in progress (it ends on its own)."""
+        self.monitor.stop(timeout=0)
 
 
-def attempt_health_watch(spec, transports, plan, units, out_path) -> AttemptHealthWatch:
-    """Start sampling the hosts of `plan` (rank pids from the started `units`) into `out_path`."""
-    pids: Dict[str, List[int]] = {}
-    ranks: Dict[str, List[int]] = {}
-    for u in units:
-        if u.spec.role in ("rank", "msrun", "mpirun") and not u.companion:
-            pids.setdefault(u.spec.host, []).append(u.proc.pid)
-            ranks.setdefault(u.spec.host, []).extend(u.spec.ranks)
+def attempt_health_watch(spec, transports, plan, pids_by_host, ranks_by_host, out_path) -> AttemptHealthWatch:
+    """Start sampling the hosts of `plan` (the rank processes `pids_by_host`) into `out_path`."""
     hosts = {h: transports[h] for h in plan.hosts}
-    monitor = HealthMonitor(spec, hosts, pids, out_path).start()
-    return AttemptHealthWatch(monitor, ranks)
+    monitor = HealthMonitor(spec, hosts, pids_by_host, out_path).start()
+    return AttemptHealthWatch(monitor, {h: list(r) for h, r in ranks_by_host.items()})

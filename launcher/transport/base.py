@@ -96,6 +96,11 @@ class Transport(abc.ABC):
             cwd: Optional[str] = None, on_line: Optional[LineCallback] = None) -> RemoteProcess:
         """Start `argv` in its own session; `on_line` receives each whole stdout/stderr line."""
 
+    def start_agent(self, argv: Sequence[str], stdin: bytes):
+        """Start a host agent (`launcher.agent`): `argv` with `stdin` written to it first; returns an
+        `AgentStream` carrying the agent's stdout and stderr as one stream. `HostError` on failure."""
+        raise HostError(self.host, f"{type(self).__name__} cannot start a host agent")
+
     @abc.abstractmethod
     def exec(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
              cwd: Optional[str] = None, timeout: float = 60.0) -> CommandResult:
@@ -121,23 +126,6 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def probe(self, python: str = "python3") -> HostInfo:
         """Check the host answers and `python` runs there; raises `HostError` otherwise."""
-
-    def check_python_imports(self, python: str, modules: Sequence[str]) -> None:
-        """Raise `HostError` naming each of `modules` that `python` on the host cannot find."""
-        from launcher.transport.probe import answer, imports_argv
-
-        missing = answer(self.host, python, self.exec(imports_argv(python, modules)))
-        if missing:
-            listed = "; ".join(f"{name} ({why})" for name, why in sorted(missing.items()))
-            raise HostError(self.host, f"python {python!r} cannot import: {listed}")
-
-    def check_writable(self, directory: str, python: str = "python3") -> None:
-        """Create `directory` if needed and check a file can be written in it; `HostError` otherwise."""
-        from launcher.transport.probe import answer, writable_argv
-
-        result = answer(self.host, python, self.exec(writable_argv(python, directory)))
-        if not result.get("ok"):
-            raise HostError(self.host, f"cannot write in {directory}: {result.get('error')}")
 
     def close(self) -> None:  # noqa: B027
         """Release the connection; commands still running there are hung up and their groups killed."""

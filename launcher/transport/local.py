@@ -31,6 +31,7 @@ class LocalTransport(Transport):
         self.host = host
         self.grace_s = grace_s
         self._processes: list = []
+        self._streams: list = []
         self._lock = threading.Lock()
 
     def run(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
@@ -57,6 +58,23 @@ class LocalTransport(Transport):
         with self._lock:
             self._processes = [p for p in self._processes if p.poll() is None] + [process]
         return process.start()
+
+    def start_agent(self, argv: Sequence[str], stdin: bytes) -> _PipeStream:
+        argv = [sys.executable, *argv[1:]]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, bufsize=0, start_new_session=True)
+        except OSError as exc:
+            raise HostError(self.host, f"cannot start the host agent: {exc}") from exc
+        stream = _PipeStream(proc)
+        try:
+            proc.stdin.write(stdin)
+        except OSError as exc:
+            stream.close()
+            raise HostError(self.host, f"cannot start the host agent: {exc}") from exc
+        with self._lock:
+            self._streams = [s for s in self._streams if s.proc.poll() is None] + [stream]
+        return stream
 
     def exec(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
              cwd: Optional[str] = None, timeout: float = 60.0) -> CommandResult:
@@ -109,5 +127,34 @@ class LocalTransport(Transport):
         """Hang up on every command still running: their guards take their process groups down."""
         with self._lock:
             processes, self._processes = self._processes, []
+            streams, self._streams = self._streams, []
         for process in processes:
             process.hangup()
+        for stream in streams:
+            stream.close()
+
+
+class _PipeStream:
+    """A local agent's pipes (see `launcher.agent.session.AgentStream`)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self._out = proc.stdout.fileno()
+
+    def read(self, n: int) -> bytes:
+        return os.read(self._out, n)
+
+    def write(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def exit_code(self, timeout: float) -> Optional[int]:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None

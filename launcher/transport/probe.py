@@ -43,6 +43,31 @@ except OSError as exc:
 """
 
 
+FACTS_SCRIPT = """\
+import importlib.util, json, os, platform, socket, sys, tempfile
+modules, directory = sys.argv[2:], sys.argv[1]
+missing = {}
+for name in modules:
+    try:
+        if importlib.util.find_spec(name) is None:
+            missing[name] = "not found"
+    except Exception as exc:
+        missing[name] = "%s: %s" % (type(exc).__name__, exc)
+writable = None
+try:
+    os.makedirs(directory, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=directory, prefix=".refinenet-write-check.")
+    os.close(fd)
+    os.unlink(path)
+except OSError as exc:
+    writable = "%s: %s" % (type(exc).__name__, exc.strerror or exc)
+print(json.dumps({"hostname": socket.gethostname(), "python": sys.executable,
+                  "version": platform.python_version(), "platform": platform.platform(),
+                  "machine": platform.machine(), "cpus": str(os.cpu_count()),
+                  "missing": missing, "not_writable": writable}))
+"""
+
+
 def probe_argv(python: str) -> list:
     return [python, "-c", PROBE_SCRIPT]
 
@@ -71,3 +96,39 @@ def parse_probe(host: str, python: str, result: CommandResult) -> HostInfo:
     facts: Dict[str, str] = answer(host, python, result)
     return HostInfo(host=host, hostname=facts.pop("hostname"), python=facts.pop("python"),
                     python_version=facts.pop("version"), facts=facts)
+
+
+def facts_argv(python: str, directory: str, modules: Sequence[str]) -> list:
+    return [python, "-c", FACTS_SCRIPT, directory, *modules]
+
+
+def check_host(transport, python: str, directory: str, modules: Sequence[str] = ()) -> HostInfo:
+    """One command: the host answers, `python` runs and imports `modules`, `directory` is writable.
+
+    `HostError` naming what is wrong; the host's facts otherwise."""
+    host = transport.host
+    facts: Dict[str, Any] = answer(host, python, transport.exec(facts_argv(python, directory, modules)))
+    missing = facts.pop("missing", {}) or {}
+    if missing:
+        listed = "; ".join(f"{name} ({why})" for name, why in sorted(missing.items()))
+        raise HostError(host, f"python {python!r} cannot import: {listed}")
+    problem = facts.pop("not_writable", None)
+    if problem:
+        raise HostError(host, f"cannot write in {directory}: {problem}")
+    return HostInfo(host=host, hostname=facts.pop("hostname"), python=facts.pop("python"),
+                    python_version=facts.pop("version"), facts=facts)
+
+
+def check_python_imports(transport, python: str, modules: Sequence[str]) -> None:
+    """Raise `HostError` naming each of `modules` that `python` on the host cannot find."""
+    missing = answer(transport.host, python, transport.exec(imports_argv(python, modules)))
+    if missing:
+        listed = "; ".join(f"{name} ({why})" for name, why in sorted(missing.items()))
+        raise HostError(transport.host, f"python {python!r} cannot import: {listed}")
+
+
+def check_writable(transport, directory: str, python: str = "python3") -> None:
+    """Create `directory` if needed and check a file can be written in it; `HostError` otherwise."""
+    result = answer(transport.host, python, transport.exec(writable_argv(python, directory)))
+    if not result.get("ok"):
+        raise HostError(transport.host, f"cannot write in {directory}: {result.get('error')}")

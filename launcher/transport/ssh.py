@@ -228,6 +228,17 @@ class SshTransport(Transport):
             signal_group=self.kill_group, on_line=on_line, release=chan.close, argv=argv)
         return process.start()
 
+    def start_agent(self, argv: Sequence[str], stdin: bytes) -> _ChannelStream:
+        chan = self._channel()
+        try:
+            chan.set_combine_stderr(True)
+            chan.exec_command(" ".join(shlex.quote(str(a)) for a in argv))
+            chan.sendall(stdin)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            chan.close()
+            raise HostError(self.host, f"cannot start the host agent: {exc}") from exc
+        return _ChannelStream(chan)
+
     def exec(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
              cwd: Optional[str] = None, timeout: float = 60.0) -> CommandResult:
         nonce = new_nonce()
@@ -360,6 +371,33 @@ class SshTransport(Transport):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class _ChannelStream:
+    """An agent's SSH channel (see `launcher.agent.session.AgentStream`); closing it is EOF there."""
+
+    def __init__(self, chan: paramiko.Channel):
+        self.chan = chan
+
+    def read(self, n: int) -> bytes:
+        return self.chan.recv(n)
+
+    def write(self, data: bytes) -> None:
+        self.chan.sendall(data)
+
+    def close(self) -> None:
+        try:
+            self.chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def exit_code(self, timeout: float) -> Optional[int]:
+        if self.chan.status_event.wait(timeout):
+            code = self.chan.recv_exit_status()
+            self.chan.close()
+            return code
+        self.chan.close()
+        return None
 
 
 def _collect(chan: paramiko.Channel, timeout: float) -> Tuple[bytes, bytes, Optional[int]]:

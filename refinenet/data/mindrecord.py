@@ -86,6 +86,37 @@ def _decoded_size(path: str, formats, kind: str, modes) -> Tuple[int, int]:
         raise DataError(path, f"cannot decode {kind}: {exc}") from exc
 
 
+def _check_output_folder(folder: Path) -> None:
+    """The folder exists, or its nearest existing ancestor is a writable directory to create it in."""
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(parent, f"is not a folder, cannot hold the output folder {folder}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(parent, "output folder is not writable" if parent == folder
+                        else f"is not writable, cannot create the output folder {folder}")
+
+
+def _make_folders(folder: Path) -> List[Path]:
+    """Create `folder` and its missing parents; returns the folders created, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    for path in missing:
+        path.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def count_rows(first_file) -> int:
     """Rows of a MindRecord dataset, read back through MindSpore."""
     import mindspore.dataset as ds
@@ -103,8 +134,7 @@ def write_mindrecord(data_root, list_path, out_prefix, *, shards: int = 8, overw
     if data_root is not None and not Path(data_root).is_dir():
         raise DataError(data_root, "data root folder not found")
     prefix = Path(out_prefix)
-    if not prefix.parent.is_dir():
-        raise DataError(prefix.parent, "output folder not found")
+    _check_output_folder(prefix.parent)
     existing = _existing_outputs(prefix)
     if existing and not overwrite:
         raise DataError(existing[0], "already exists; pass --overwrite to replace it")
@@ -121,6 +151,7 @@ def write_mindrecord(data_root, list_path, out_prefix, *, shards: int = 8, overw
     for path in existing:
         path.unlink()
     files = shard_files(prefix, shards)
+    created = _make_folders(prefix.parent)
     try:
         writer = FileWriter(str(prefix), shard_num=shards, overwrite=True)
         writer.add_schema(SCHEMA, SCHEMA_NAME)
@@ -140,5 +171,7 @@ def write_mindrecord(data_root, list_path, out_prefix, *, shards: int = 8, overw
             for p in (f, Path(f"{f}.db")):
                 if p.exists():
                     p.unlink()
+        for folder in reversed(created):
+            _remove_if_empty(folder)
         raise
     return MindRecordResult(files=tuple(files), rows=rows_read)

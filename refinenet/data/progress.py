@@ -1,4 +1,5 @@
-"""A plain-text progress bar on stderr: redrawn in place on a terminal, a few lines otherwise."""
+"""A plain-text progress bar on stderr: redrawn in place on a terminal; elsewhere (a log file, a
+launcher's pipe) one line at 0, 25, 50, 75 and 100 %."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last = 0.0
-        self._last_tenth = -1
+        self._last_quarter = -1
 
     def __call__(self, done: int, total: int) -> None:
         finished = done >= total
@@ -24,12 +25,10 @@ class Progress:
             self._last = now
             self.stream.write(f"\r{self._line(done, total)}" + ("\n" if finished else ""))
         else:
-            tenth = 10 * done // max(total, 1)
-            if tenth == self._last_tenth and not finished:
+            quarter = 4 if finished else min(3, 4 * done // max(total, 1))
+            if quarter <= self._last_quarter:
                 return
-            if finished and self._last_tenth == 10:
-                return
-            self._last_tenth = tenth
+            self._last_quarter = quarter
             self.stream.write(self._line(done, total) + "\n")
         self.stream.flush()
 

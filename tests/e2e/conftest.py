@@ -5,9 +5,11 @@ from typing import List
 
 import pytest
 
-from tests.e2e.sshd import ClientKey, SshAgent, SshHost, SshServer
+from tests.e2e import standin
+from tests.e2e.sshd import ClientKey, SshAgent, SshHost, SshServer, start_servers, stop_servers
 
 SIMULATED_HOSTS = (("host-a", "127.0.0.2"), ("host-b", "127.0.0.3"))
+SCALE_HOSTS = 8
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +43,19 @@ def ssh_agent(tmp_path, ssh_client_key) -> SshAgent:
     """A real ssh-agent holding the test client key; its socket is `ssh_agent.socket`."""
     with SshAgent(tmp_path / "agent", ssh_client_key.private) as agent:
         yield agent
+
+
+@pytest.fixture(scope="session")
+def scale_servers(tmp_path_factory, ssh_client_key) -> List[SshServer]:
+    """SCALE_HOSTS running sshd servers, host-001 on 127.0.1.1 ..., each with its own workdir."""
+    servers = start_servers(tmp_path_factory.mktemp("sshd-scale"), ssh_client_key, SCALE_HOSTS)
+    try:
+        yield servers
+    finally:
+        stop_servers(servers)
+
+
+@pytest.fixture(scope="session")
+def standin_python(tmp_path_factory) -> str:
+    """The `python` wrapper running the stand-in workload (tests/e2e/standin.py) for training commands."""
+    return standin.install(tmp_path_factory.mktemp("standin"))

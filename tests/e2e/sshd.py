@@ -7,11 +7,25 @@ passing only because two "hosts" see the same files. sshd runs in the foreground
 generated config (public keys only, no PAM, `PermitRootLogin prohibit-password`, this interpreter's
 bin directory first on PATH) and is stopped, with every session it started, by `stop()`.
 
+Sessions run no rc files: `PermitUserRC no`, and `SHLVL=1` in the session environment, so the
+user's bash (started by sshd for every command) counts as nested and skips ~/.bashrc. A test host
+then costs what the command costs, not what the machine's login scripts cost.
+
+`max_sessions` is the channels one connection may open (200 unless given; None keeps OpenSSH's
+defaults, `MaxSessions 10` and `MaxStartups 10:30:100`, as on a stock server).
+`start_servers` starts many servers at once on consecutive addresses (127.0.1.1, 127.0.1.2, ...).
+
 Usage outside pytest (e.g. a benchmark)::
 
     key = ClientKey.create(root / "client")
     with SshServer(root / "host-a", "host-a", "127.0.0.2", key) as server:
         host = server.host()          # name, address, ssh settings, workdir, python
+
+    servers = start_servers(root, key, 16)  # host-001 on 127.0.1.1 ... host-016 on 127.0.1.16
+    try:
+        ...
+    finally:
+        stop_servers(servers)
 """
 from __future__ import annotations
 
@@ -22,13 +36,15 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 SSHD = "/usr/sbin/sshd"
 SETUP_HINT = "run `make test` (its setup step installs openssh-server), or `make system`"
 START_TIMEOUT_S = 15.0
+DEFAULT_MAX_SESSIONS = 200
 
 
 class OpenSshMissing(RuntimeError):
@@ -105,8 +121,10 @@ class SshHost:
 class SshServer:
     """One sshd on `address` with its own host key, authorized_keys, known_hosts and working directory."""
 
-    def __init__(self, root: Path, name: str, address: str, client: ClientKey, port: Optional[int] = None):
+    def __init__(self, root: Path, name: str, address: str, client: ClientKey, port: Optional[int] = None,
+                 max_sessions: Optional[int] = DEFAULT_MAX_SESSIONS):
         self.root = Path(root)
+        self.max_sessions = max_sessions
         self.name = name
         self.address = address
         self.client = client
@@ -168,14 +186,20 @@ class SshServer:
             "UsePAM no",
             "PermitRootLogin prohibit-password",
             "StrictModes no",
-            "MaxSessions 200",
-            "MaxStartups 100:30:200",
+            *self._limits(),
+            "PermitUserRC no",
             "PrintMotd no",
             "LogLevel ERROR",
             "Subsystem sftp internal-sftp",
-            f"SetEnv PATH={path} REFINENET_SIMULATED_HOST={self.name}",
+            f"SetEnv PATH={path} REFINENET_SIMULATED_HOST={self.name} SHLVL=1",
             "",
         ])
+
+    def _limits(self) -> List[str]:
+        if self.max_sessions is None:
+            return []
+        return [f"MaxSessions {self.max_sessions}", f"MaxStartups {max(100, self.max_sessions // 2)}:30:"
+                                                    f"{max(200, self.max_sessions)}"]
 
     def _wait_ready(self, port: int) -> bool:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -206,6 +230,25 @@ class SshServer:
         return SshHost(name=name or self.name, address=self.address, ssh=SshSettings(**settings),
                        workdir=str(self.workdir), host_key=self.host_public_key())
 
+    def sessions(self) -> list:
+        """Live processes of the sessions this sshd started (psutil processes; empty when none is open)."""
+        import psutil
+
+        if self.proc is None:
+            return []
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        live = []
+        for proc in tree:
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    live.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        return live
+
     def stop(self) -> None:
         """Stop sshd and every session process it started."""
         if self.proc is None:
@@ -235,6 +278,39 @@ class SshServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_servers(root: Path, client: ClientKey, count: int, base: str = "127.0.1.", first: int = 1,
+                  name: str = "host-{:03d}", max_sessions: Optional[int] = DEFAULT_MAX_SESSIONS,
+                  workers: int = 16) -> List[SshServer]:
+    """`count` servers on `base + first` ... (`host-001` on 127.0.1.1, ...), started concurrently,
+    each under `root/<name>`; if any fails to start, the ones already up are stopped and the error raised."""
+    if first < 1 or first + count - 1 > 254:
+        raise ValueError(f"{count} addresses from {base}{first} do not fit in {base}1..{base}254")
+    servers = [SshServer(Path(root) / name.format(i), name.format(i), f"{base}{first + i - 1}", client,
+                         max_sessions=max_sessions) for i in range(1, count + 1)]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, count))) as pool:
+        outcomes = list(pool.map(_try_start, servers))
+    errors = [o for o in outcomes if isinstance(o, Exception)]
+    if errors:
+        stop_servers(servers)
+        raise errors[0]
+    return servers
+
+
+def _try_start(server: SshServer):
+    try:
+        return server.start()
+    except Exception as exc:
+        return exc
+
+
+def stop_servers(servers: List[SshServer], workers: int = 16) -> None:
+    """Stop every server (and its sessions), concurrently; servers never started are skipped."""
+    if not servers:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(servers)))) as pool:
+        list(pool.map(lambda s: s.stop(), servers))
 
 
 class SshAgent:

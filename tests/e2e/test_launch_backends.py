@@ -18,7 +18,6 @@ from typing import Dict, List
 import pytest
 import yaml
 
-from launcher.backends.msrun import follow_argv
 from launcher.cli import main
 from refinenet import manifest as mf
 
@@ -219,19 +218,3 @@ def test_msrun_entry_ends_msruns_scheduler_and_execs_the_workers(tmp_path, child
     worker = subprocess.run(argv, env=dict(child_env, MS_ROLE="MS_WORKER"), capture_output=True, text=True,
                             timeout=60)
     assert (worker.returncode, worker.stdout) == (0, "worker $HOME\n")
-
-
-def test_follow_creates_the_log_and_tails_it_from_the_start(tmp_path):
-    """The msrun backend's worker-log tail: folder and file made first, then read from line 1."""
-    path = tmp_path / "new dir $(x)" / "worker_0.log"
-    proc = subprocess.Popen(follow_argv(str(path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        path.write_text("first\nsecond\n")
-        assert [proc.stdout.readline() for _ in range(2)] == [b"first\n", b"second\n"]
-    finally:
-        proc.kill()
-        proc.wait()
-

@@ -13,6 +13,7 @@ import pytest
 from launcher.transport.base import HostError, Transport
 from launcher.transport.factory import open_transport
 from launcher.transport.local import LocalTransport
+from launcher.transport.probe import check_python_imports, check_writable
 
 pytestmark = pytest.mark.e2e
 
@@ -216,15 +217,15 @@ def test_probe_and_preflight_checks(host):
     assert info.hostname and os.path.isabs(info.python)
     with pytest.raises(HostError, match="does not run"):
         host.transport.probe("/no/such/python")
-    host.transport.check_python_imports(host.python, ["json", "launcher.transport.guard"])
+    check_python_imports(host.transport, host.python, ["json", "launcher.transport.guard"])
     with pytest.raises(HostError, match="no_such_module_xyz"):
-        host.transport.check_python_imports(host.python, ["json", "no_such_module_xyz"])
-    host.transport.check_writable(str(host.workdir / "out" / "r1"), host.python)
+        check_python_imports(host.transport, host.python, ["json", "no_such_module_xyz"])
+    check_writable(host.transport, str(host.workdir / "out" / "r1"), host.python)
     assert (host.workdir / "out" / "r1").is_dir()
     (host.workdir / "ro").mkdir()
     (host.workdir / "ro" / "file").write_text("")
     with pytest.raises(HostError, match="cannot write"):
-        host.transport.check_writable(str(host.workdir / "ro" / "file" / "sub"), host.python)
+        check_writable(host.transport, str(host.workdir / "ro" / "file" / "sub"), host.python)
 
 
 def test_closing_the_transport_kills_what_it_runs(host):

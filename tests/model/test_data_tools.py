@@ -144,3 +144,36 @@ def test_console_entry_point_runs_as_module(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "folder not found" in proc.stderr
+
+
+def test_mindrecord_creates_a_missing_output_folder(data_root, capsys):
+    assert main(["lists", "--data-root", str(data_root)]) == 0
+    lst = data_root / "voc_val_lst.txt"
+    out = data_root / "records" / "val" / "voconly"
+    assert main(["mindrecord", "--list", str(lst), "--out", str(out), "--shards", "2"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["voconly0", "voconly0.db", "voconly1",
+                                                            "voconly1.db"]
+    import mindspore.dataset as ds
+    assert ds.MindDataset(str(out) + "0", shuffle=False).get_dataset_size() == len(load_image_list(lst))
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_mindrecord_output_folder_bad_input_creates_nothing(data_root, capsys, monkeypatch):
+    assert main(["lists", "--data-root", str(data_root)]) == 0
+    lst = data_root / "voc_val_lst.txt"
+    (data_root / "afile").write_text("")
+    assert main(["mindrecord", "--list", str(lst), "--out", str(data_root / "afile" / "sub" / "x")]) == 2
+    assert "afile: is not a folder" in capsys.readouterr().err
+
+    from refinenet.data import mindrecord
+    monkeypatch.setattr(mindrecord, "count_rows", lambda first_file: 0)
+    out = data_root / "new" / "sub" / "x"
+    assert main(["mindrecord", "--list", str(lst), "--out", str(out), "--shards", "1"]) == 2
+    assert "read back 0" in capsys.readouterr().err
+    assert not (data_root / "new").exists()
+
+    bad = load_image_list(lst)[0][0]
+    open(bad, "wb").write(b"not a jpeg")
+    assert main(["mindrecord", "--list", str(lst), "--out", str(out), "--shards", "1"]) == 2
+    assert bad in capsys.readouterr().err
+    assert not (data_root / "new").exists()

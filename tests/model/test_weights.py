@@ -1,11 +1,13 @@
 """Checkpoint reading and loading: reports, official ResNet names, optimizer state, bad files."""
 import logging
+import subprocess
+import sys
 
 import mindspore as ms
 import numpy as np
 import pytest
 
-from refinenet import weights
+from refinenet import ckpt_reader, weights
 from refinenet.checkpoints import CheckpointError
 from refinenet.model import build_refinenet
 from refinenet.weights import CheckpointLoadError, load_into, load_pretrained, read_checkpoint
@@ -188,3 +190,15 @@ def test_load_pretrained_tells_backbone_from_refinenet(tmp_path, net18):
     partial = _save(tmp_path / "partial.ckpt", {"clf_conv.bias": np.zeros(21, np.float32)})
     with pytest.raises(CheckpointLoadError, match="missing from the checkpoint"):
         load_pretrained(net18, partial)
+
+
+def test_the_reader_stands_alone_and_is_shared():
+    """ckpt_reader imports nothing else of refinenet; checkpoints and weights use its classes."""
+    code = ("import sys, refinenet.ckpt_reader\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('refinenet.'))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.split() == ["refinenet._cpu", "refinenet.ckpt_reader"]
+    assert CheckpointError is ckpt_reader.CheckpointError
+    assert CheckpointLoadError is ckpt_reader.CheckpointLoadError
+    assert weights.read_checkpoint_names is ckpt_reader.read_checkpoint_names

@@ -57,9 +57,9 @@ def test_msrun_tails_each_worker_log_into_its_rank():
     backend = backend_for("msrun")
     proc = plan.processes[2]
     assert msrun_log_dir(proc) == "/v/.refinenet/jobs/j1/attempt_2/msrun_log"
-    tails = backend.companions(proc, plan)
-    assert [(c.host, c.rank, c.argv[-1]) for c in tails] == [
-        ("b", r, f"/v/.refinenet/jobs/j1/attempt_2/msrun_log/worker_{r}.log") for r in (2, 3)]
+    tails = backend.tails(proc, plan)
+    assert [(t.rank, t.path) for t in tails] == [
+        (r, f"/v/.refinenet/jobs/j1/attempt_2/msrun_log/worker_{r}.log") for r in (2, 3)]
     assert backend.stop_signal == signal.SIGTERM
 
 

@@ -195,3 +195,22 @@ def test_tail_lines(tmp_path):
     assert tail_lines(path, 2) == ["line 998", "line 999"]
     assert tail_lines(path, 3, max_bytes=20) == ["line 998", "line 999"]
     assert tail_lines(tmp_path / "missing", 3) == []
+
+
+def test_rank_log_files_open_at_once_are_bounded(tmp_path):
+    import os
+
+    from launcher.logs import MAX_OPEN_FILES, LogAggregator
+
+    before = len(os.listdir("/proc/self/fd"))
+    with LogAggregator(tmp_path / "logs") as logs:
+        sinks = [logs.rank_sink(r, f"h{r // 8}") for r in range(3 * MAX_OPEN_FILES)]
+        for round_ in range(3):
+            for r, sink in enumerate(sinks):
+                sink(f"rank {r} line {round_}")
+            assert logs.flush(10)
+            assert len(os.listdir("/proc/self/fd")) - before <= MAX_OPEN_FILES + 4
+    for r in (0, 100, 3 * MAX_OPEN_FILES - 1):
+        text = (tmp_path / "logs" / f"rank_{r}.log").read_text()
+        assert [line for line in text.splitlines() if line.startswith("rank")] == [
+            f"rank {r} line {i}" for i in range(3)]

@@ -8,6 +8,7 @@ cause (earliest failure), stop during backoff, hang detection, teardown of every
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from launcher.placement import place
 from launcher.spec import parse_cluster
 from launcher.states import JobState, RankState
 from launcher.supervisor import HealthWatch, Supervisor
-from launcher.transport.base import CommandResult, HostError, HostInfo, RemoteProcess, Transport
+from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
 
 HOSTS = ("a", "b")
 
@@ -43,36 +44,54 @@ class Script:
 RUN_FOREVER = Script(every=0.02)
 
 
-class FakeProcess(RemoteProcess):
-    def __init__(self, host: str, name: str, script: Script, on_line, pid: int):
-        self.host, self.name, self.script, self.on_line = host, name, script, on_line
+class FakeProcess:
+    """A scripted process inside a fake agent: lines, an exit, reactions to signals."""
+
+    def __init__(self, agent: FakeAgent, index: int, name: str, script: Script, pid: int, watch: bool,
+                 metrics_age: Optional[str]):
+        self.agent, self.index, self.name, self.script = agent, index, name, script
         self.pid = self.pgid = pid
+        self.watch, self.metrics_age = watch, metrics_age
         self.signals: List[int] = []
         self._status: Optional[int] = None
         self._done = threading.Event()
         self._lock = threading.Lock()
+        self.last_line = time.monotonic()
+        self.hang_reported = False
         threading.Thread(target=self._play, daemon=True).start()
+
+    def line(self, text: str) -> None:
+        self.last_line = time.monotonic()
+        self.agent.frame(f"o {self.index} {text}")
 
     def _play(self) -> None:
         start = time.monotonic()
         pending = sorted(self.script.lines)
         next_tick = start
+        hang_s = self.agent.hang_s
         while not self._done.is_set():
             now = time.monotonic() - start
             while pending and pending[0][0] <= now:
-                self.on_line(pending.pop(0)[1])
+                self.line(pending.pop(0)[1])
             if self.script.every is not None and time.monotonic() >= next_tick:
-                self.on_line(f"{self.name} working")
+                self.line(f"{self.name} working")
                 next_tick = time.monotonic() + self.script.every
             if self.script.exit_after is not None and now >= self.script.exit_after:
-                self._finish(self.script.code)
+                self.finish(self.script.code)
+            silent = time.monotonic() - self.last_line
+            if (hang_s and self.watch and not self.hang_reported and silent > hang_s
+                    and not (self.metrics_age and float(self.metrics_age) <= hang_s)):
+                self.hang_reported = True
+                self.agent.event("hang", i=self.index, silent_s=round(silent, 1))
             self._done.wait(0.005)
 
-    def _finish(self, status: int) -> None:
+    def finish(self, status: int) -> None:
         with self._lock:
             if self._status is None:
                 self._status = status
+                self.agent.event("exit", i=self.index, status=status)
                 self._done.set()
+                self.agent.check_done()
 
     def poll(self) -> Optional[int]:
         return self._status
@@ -81,10 +100,90 @@ class FakeProcess(RemoteProcess):
         self._done.wait(timeout)
         return self._status
 
-    def kill_group(self, sig: int = signal.SIGTERM) -> None:
+    def kill_group(self, sig: int) -> None:
         self.signals.append(sig)
+        if self._status is not None:
+            return
         if sig == signal.SIGKILL or (sig == signal.SIGTERM and not self.script.ignores_term):
-            self._finish(-sig)
+            self.finish(-sig)
+
+
+class FakeAgent:
+    """Plays the host agent's protocol (see launcher/agent/host_agent.py) over scripted processes."""
+
+    def __init__(self, cluster: Cluster, host: str, document: dict):
+        self.cluster, self.host, self.doc = cluster, host, document
+        self.grace = float(document["grace"])
+        self.hang_s = document.get("hang_s")
+        self.frames: queue.Queue[bytes] = queue.Queue()
+        self.procs: List[FakeProcess] = []
+        self.closed = False
+        self._stopping = False
+        self._done = False
+        self._lock = threading.Lock()
+        for p in document["processes"]:
+            env = p["env"]
+            if env.get("MS_ROLE") == "MS_SCHED":
+                cluster.attempt += 1
+        for i, p in enumerate(document["processes"]):
+            name = p["name"]
+            c = cluster
+            script = c.scripts.get((c.attempt, name), c.default)
+            c.next_pid += 1
+            rank = name[1:] if name.startswith("r") else None
+            proc = FakeProcess(self, i, name, script, c.next_pid, bool(p.get("watch")),
+                               c.metrics_age.get(rank) if rank else None)
+            self.procs.append(proc)
+            c.started.append((c.attempt, name, proc, tuple(p["argv"])))
+            self.event("started", i=i, pid=proc.pid, pgid=proc.pgid)
+        self.event("ready")
+        self.check_done()
+
+    def frame(self, text: str) -> None:
+        self.frames.put((text + "\n").encode("utf-8"))
+
+    def event(self, kind: str, **fields) -> None:
+        self.frame("! " + json.dumps(dict(fields, event=kind, t=time.time())))
+
+    def check_done(self) -> None:
+        with self._lock:
+            if self._done or not self.procs or any(p.poll() is None for p in self.procs):
+                return
+            self._done = True
+        self.event("done")
+        self.frames.put(b"")
+
+    # AgentStream
+    def read(self, n: int) -> bytes:
+        return self.frames.get()
+
+    def write(self, data: bytes) -> None:
+        for line in data.decode().splitlines():
+            word, sig = line.split()
+            if word == "stop":
+                threading.Thread(target=self.stop, args=(int(sig),), daemon=True).start()
+
+    def stop(self, first: int) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        live = [p for p in self.procs if p.poll() is None]
+        for p in live:
+            p.kill_group(signal.SIGTERM)
+            p.kill_group(signal.SIGCONT)
+        deadline = time.monotonic() + self.grace
+        while any(p.poll() is None for p in live) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for p in live:
+            if p.poll() is None:
+                p.kill_group(signal.SIGKILL)
+
+    def close(self) -> None:
+        self.closed = True
+        self.stop(signal.SIGTERM)
+
+    def exit_code(self, timeout: float) -> Optional[int]:
+        return 0
 
 
 @dataclass
@@ -112,19 +211,12 @@ class FakeTransport(Transport):
     def __init__(self, host: str, cluster: Cluster):
         self.host, self.cluster = host, cluster
 
+    def start_agent(self, argv, stdin):
+        document = json.loads(stdin.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        return FakeAgent(self.cluster, self.host, document)
+
     def run(self, argv, *, env=None, cwd=None, on_line=None):
-        env = dict(env or {})
-        if env.get("MS_ROLE") == "MS_SCHED":
-            self.cluster.attempt += 1
-            name = "scheduler"
-        else:
-            name = f"r{env['MS_NODE_ID']}"
-        c = self.cluster
-        script = c.scripts.get((c.attempt, name), c.default)
-        c.next_pid += 1
-        proc = FakeProcess(self.host, name, script, on_line or (lambda line: None), c.next_pid)
-        c.started.append((c.attempt, name, proc, tuple(argv)))
-        return proc
+        raise AssertionError("processes are started by host agents")
 
     def exec(self, argv, *, env=None, cwd=None, timeout=60.0):
         c = self.cluster
@@ -134,9 +226,6 @@ class FakeTransport(Transport):
                 raise HostError(self.host, "connection refused")
             records, stderr = c.scans.get((c.attempt, self.host), ([], ""))
             return CommandResult(0, json.dumps(records), stderr)
-        if "-S" in argv:
-            rank = argv[-1].rsplit("rank_", 1)[1].split(".")[0]
-            return CommandResult(0, c.metrics_age.get(rank, "none") + "\n", "")
         raise AssertionError(f"unexpected command {argv}")
 
     def read_file(self, path):
@@ -204,7 +293,7 @@ def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None,
 
     transports = {h: FakeTransport(h, cluster) for h in HOSTS}
     sup = Supervisor(spec, "r1", factory, job, transports, logs, out=Messages(messages), poll_s=0.01,
-                     wait=record_wait, health_factory=(lambda plan, units: health) if health else None)
+                     wait=record_wait, health_factory=(lambda plan, pids, ranks: health) if health else None)
     return Run(sup, job, cluster, waits, messages)
 
 
@@ -323,26 +412,6 @@ def test_root_cause_is_the_earliest_failure_not_the_ones_it_caused(tmp_path):
     assert run_to_end(run) == JobState.FAILED
     cause = run.supervisor.root_cause
     assert (cause.rank, cause.signal) == (1, 9)
-
-
-def test_among_processes_found_ended_together_a_signalled_rank_is_the_cause(tmp_path):
-    gate = threading.Event()
-    cluster = Cluster(scripts={(1, "scheduler"): Script(exit_after=0.0, code=1),
-                               (1, "r1"): Script(exit_after=0.0, code=-9)})
-    run = make_run(tmp_path, cluster, max_restarts=0)
-    original = run.supervisor._start
-
-    def start_then_settle(plan, units):
-        original(plan, units)
-        for u in units:
-            if u.spec.name != "r0":
-                u.proc.wait(1)
-        gate.set()
-
-    run.supervisor._start = start_then_settle
-    assert run_to_end(run) == JobState.FAILED and gate.is_set()
-    cause = run.supervisor.root_cause
-    assert (cause.rank, cause.host, cause.signal) == (1, "b", 9)
 
 
 def test_stop_during_backoff_starts_no_other_attempt(tmp_path):
@@ -480,4 +549,6 @@ def test_the_scheduler_failing_alone_is_reported_as_the_scheduler(tmp_path, code
     assert run_to_end(run) == JobState.FAILED
     cause = run.supervisor.root_cause
     assert cause.rank is None and cause.host == "a"
-    assert cause.reason == f"the scheduler (scheduler): {expected}" and cause.log_tail == ["scheduler up"]
+    assert cause.who == "the scheduler" and cause.reason == expected and cause.log_tail == ["scheduler up"]
+    assert str(cause) == f"the scheduler on a: {expected}"
+    assert run.job.read().attempts[0].failure.summary() == f"the scheduler on a: {expected}"

@@ -1,0 +1,378 @@
+"""The launcher at K simulated SSH hosts against pdsh starting the same processes over the same sshd.
+
+`python benchmarks/scale.py --hosts 4,16,64 --ranks 8` starts max(K) private sshd on 127.0.1.1 ...
+(tests/e2e/sshd.py; one workdir per host, no rc files in sessions) and, for every K, with the
+stand-in workload of tests/e2e/standin.py behind each host's `python` (one step line every
+--step-s seconds, until stopped):
+
+1. `refinenet-launch --cluster C --stage r1` (backend dynamic, no restarts): preflight (its
+   `preflight passed` line, else job.json `created`), launch -> every rank's first step line in
+   job.log; then, steady, the launcher's threads, fds and RSS from /proc, step lines per second in
+   job.log against ranks / step-s; then kill -9 of one rank -> every process of the job gone.
+2. the same launch again: launch -> every rank up; SIGINT -> every process of the job gone.
+3. `pdsh -R ssh -f K -w host-001,...` running the same ranks (ssh with a generated ssh_config:
+   the test key, each host's port and known_hosts): pdsh start -> every rank's first step line.
+
+"Gone" means no process carrying the job's REFINENET_JOB_ID tag (every host shares this kernel),
+polled in /proc every 20 ms. Lines lost: step numbers missing between a rank's first and last
+step line, in job.log and in rank_<r>.log. Every sshd, launcher and rank is cleaned up on exit,
+Ctrl-C or SIGTERM. With `--fanout N` the cluster file gets `launch: {fanout: N}`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e import standin  # noqa: E402
+from tests.e2e.sshd import ClientKey, SshServer, start_servers, stop_servers  # noqa: E402
+
+
+@dataclass
+class Row:
+    hosts: int
+    ranks: int
+    preflight_s: Optional[float] = None
+    up_s: List[Optional[float]] = field(default_factory=list)
+    pdsh_s: Optional[float] = None
+    threads: Optional[int] = None
+    fds: Optional[int] = None
+    rss_mb: Optional[float] = None
+    lines_per_s: Optional[float] = None
+    expected_per_s: Optional[float] = None
+    lost: int = 0
+    kill9_gone_s: Optional[float] = None
+    sigint_gone_s: Optional[float] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def child_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def raise_file_limit(wanted: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def proc_usage(pid: int):
+    """(threads, open fds, RSS in MB) of a live process."""
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    rss = 0.0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    return threads, fds, rss
+
+
+def rank_log_gaps(job: standin.LaunchedJob, world: int) -> int:
+    lost = 0
+    for rank in range(world):
+        path = job.job_dir / "logs" / f"rank_{rank}.log"
+        steps: List[int] = []
+        with contextlib.suppress(OSError):
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("=== attempt "):
+                    lost += _gaps(steps)
+                    steps = []
+                steps.extend(standin.step_numbers([line]))
+        lost += _gaps(steps)
+    return lost
+
+
+def _gaps(steps: List[int]) -> int:
+    return max(steps) - min(steps) + 1 - len(set(steps)) if steps else 0
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, root: Path):
+        self.args, self.root = args, root
+        self.env = child_env()
+        self.servers: List[SshServer] = []
+        self.jobs: List[standin.LaunchedJob] = []
+        self.pdsh: Optional[subprocess.Popen] = None
+        self.pdsh_tags: List[str] = []
+        self.python = standin.install(root / "standin")
+        self.key = ClientKey.create(root / "client")
+
+    def start_servers(self, count: int) -> None:
+        started = time.monotonic()
+        self.servers = start_servers(self.root / "hosts", self.key, count)
+        print(f"{count} sshd up in {time.monotonic() - started:.1f} s", flush=True)
+
+    def launch(self, hosts: int, job_id: str) -> standin.LaunchedJob:
+        extra = {"launch": {"fanout": self.args.fanout}} if self.args.fanout else None
+        path = standin.cluster_file(self.root / "clusters" / job_id, [s.host() for s in self.servers[:hosts]],
+                                    self.args.ranks, self.python, standin.step_env(self.args.step_s),
+                                    name=job_id, max_restarts=0, extra=extra)
+        job = standin.LaunchedJob(path, self.root / "runs", job_id, self.env)
+        self.jobs.append(job)
+        return job
+
+    def up_timeout(self, hosts: int) -> float:
+        return max(120.0, 8.0 * hosts * self.args.ranks / 8)
+
+    def measure(self, hosts: int) -> Row:
+        ranks = self.args.ranks
+        world = hosts * ranks
+        row = Row(hosts, world)
+        tag = f"scale-{hosts}x{ranks}"
+
+        job = self.launch(hosts, f"{tag}-a")
+        row.up_s.append(job.ranks_up(world, timeout=self.up_timeout(hosts)))
+        row.preflight_s = job.stderr_time("preflight passed")
+        if row.preflight_s is None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                row.preflight_s = job.record()["created"] - job.started_wall
+                row.notes.append("preflight from job.json created")
+        row.threads, row.fds, row.rss_mb = proc_usage(job.proc.pid)
+        row.expected_per_s = world / self.args.step_s
+        job.follow()
+        before, start = self.step_lines(job), time.monotonic()
+        end = start + self.args.steady_s
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            job.follow()
+        row.lines_per_s = (self.step_lines(job) - before) / (time.monotonic() - start)
+        threads, fds, rss = proc_usage(job.proc.pid)
+        row.threads, row.fds, row.rss_mb = max(row.threads, threads), max(row.fds, fds), max(row.rss_mb, rss)
+        procs = standin.snapshot(job.job_id)
+        pids = standin.rank_pids(job.job_id)
+        victim = pids.get(world // 2, next(iter(pids.values()), None))
+        if victim is None:
+            raise RuntimeError(f"{job.job_id}: no rank process found to kill")
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        row.kill9_gone_s, left = standin.gone_after(procs, killed, self.args.gone_timeout_s)
+        if left:
+            row.notes.append(f"kill -9: {len(left)} processes alive after {self.args.gone_timeout_s} s")
+        job.wait(max(60.0, self.args.gone_timeout_s))
+        job.follow()
+        row.lost += job.step_gaps(1) + rank_log_gaps(job, world)
+        job.close()
+
+        job = self.launch(hosts, f"{tag}-b")
+        row.up_s.append(job.ranks_up(world, timeout=self.up_timeout(hosts)))
+        time.sleep(min(2.0, self.args.steady_s))
+        procs = standin.snapshot(job.job_id)
+        sent = time.monotonic()
+        job.kill(signal.SIGINT)
+        row.sigint_gone_s, left = standin.gone_after(procs, sent, self.args.gone_timeout_s)
+        if left:
+            row.notes.append(f"SIGINT: {len(left)} processes alive after {self.args.gone_timeout_s} s")
+        code = job.wait(max(60.0, self.args.gone_timeout_s))
+        if code != 1:
+            row.notes.append(f"launcher exited {code} after SIGINT")
+        job.follow()
+        row.lost += job.step_gaps(1) + rank_log_gaps(job, world)
+        job.close()
+
+        if not self.args.no_pdsh:
+            row.pdsh_s = self.run_pdsh(hosts, f"pdsh-{hosts}x{ranks}")
+        return row
+
+    @staticmethod
+    def step_lines(job: standin.LaunchedJob) -> int:
+        return sum(len(s) for s in job.steps.get(job.attempt, {}).values())
+
+    def ssh_config(self, hosts: int) -> Path:
+        path = self.root / f"ssh_config_{hosts}"
+        entries = []
+        for server in self.servers[:hosts]:
+            entries.append("\n".join([
+                f"Host {server.name}",
+                f"  HostName {server.address}",
+                f"  Port {server.port}",
+                f"  User {server.user}",
+                f"  IdentityFile {server.client.private}",
+                "  IdentitiesOnly yes",
+                f"  UserKnownHostsFile {server.known_hosts}",
+                "  StrictHostKeyChecking yes",
+                "  BatchMode yes",
+                "  ConnectTimeout 30",
+                "  ControlMaster no",
+                "",
+            ]))
+        path.write_text("\n".join(entries))
+        return path
+
+    def run_pdsh(self, hosts: int, tag: str) -> Optional[float]:
+        """Seconds from pdsh's start to every rank's first step line on its stdout."""
+        pdsh = shutil.which("pdsh")
+        if not pdsh:
+            print("pdsh is not installed (apt-get install pdsh, or `make system`): skipped", flush=True)
+            return None
+        ranks = self.args.ranks
+        servers = self.servers[:hosts]
+        env_vars = {"REFINENET_JOB_ID": tag, "PYTHONUNBUFFERED": "1",
+                    **standin.step_env(self.args.step_s)}
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_vars.items())
+        hosts_root = shlex.quote(str(self.root / "hosts"))
+        remote = (f'i=${{REFINENET_SIMULATED_HOST#host-}}; base=$(( (10#$i - 1) * {ranks} )); '
+                  f'cd {hosts_root}/$REFINENET_SIMULATED_HOST/work && export {exports} && '
+                  f'for l in $(seq 0 {ranks - 1}); do MS_NODE_ID=$((base + l)) {shlex.quote(self.python)} '
+                  f'-m refinenet.train --output-dir out/pdsh & done; wait')
+        env = dict(self.env, PDSH_RCMD_TYPE="ssh",
+                   PDSH_SSH_ARGS=f"-F {self.ssh_config(hosts)} -x -a -l%u %h")
+        self.pdsh_tags.append(tag)
+        first: Dict[str, int] = {s.name: 0 for s in servers}
+        done = threading.Event()
+        up_at: List[float] = []
+        errors: List[str] = []
+        started = time.monotonic()
+        self.pdsh = subprocess.Popen([pdsh, "-R", "ssh", "-f", str(max(hosts, 1)), "-w",
+                                      ",".join(s.name for s in servers), remote], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+        def read_out():
+            for raw in self.pdsh.stdout:
+                host, _, text = raw.decode(errors="replace").partition(": ")
+                if host in first and text.startswith("epoch: 1 step: 1,"):
+                    first[host] += 1
+                    if not done.is_set() and all(n >= ranks for n in first.values()):
+                        up_at.append(time.monotonic() - started)
+                        done.set()
+
+        def read_err():
+            for raw in self.pdsh.stderr:
+                if len(errors) < 20:
+                    errors.append(raw.decode(errors="replace").rstrip())
+
+        readers = [threading.Thread(target=f, daemon=True) for f in (read_out, read_err)]
+        for t in readers:
+            t.start()
+        try:
+            if not done.wait(self.up_timeout(hosts)):
+                print(f"pdsh: not every rank up ({sum(first.values())} of {hosts * ranks}); stderr:\n  "
+                      + "\n  ".join(errors), flush=True)
+                return None
+            return up_at[0]
+        finally:
+            self.stop_pdsh()
+
+    def stop_pdsh(self) -> None:
+        for tag in self.pdsh_tags:
+            standin.kill_tagged(tag)
+        if self.pdsh is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pdsh.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.pdsh.wait(10)
+            self.pdsh = None
+        for tag in self.pdsh_tags:
+            standin.gone_within(tag, 5)
+
+    def cleanup(self) -> None:
+        for job in self.jobs:
+            with contextlib.suppress(Exception):
+                if job.proc.poll() is None:
+                    job.kill(signal.SIGINT)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        job.proc.wait(10)
+                job.close()
+        with contextlib.suppress(Exception):
+            self.stop_pdsh()
+        stop_servers(self.servers)
+        self.servers = []
+
+
+def fmt(value: Optional[float], digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: List[Row]) -> str:
+    head = ("| hosts | ranks | preflight s | all ranks up s (two runs) | pdsh s | launcher / pdsh "
+            "| threads | fds | RSS MB | lines/s (expected) | lines lost | kill -9 -> all gone s "
+            "| SIGINT -> all gone s |")
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        ups = " / ".join(fmt(u) for u in r.up_s)
+        best = min((u for u in r.up_s if u is not None), default=None)
+        ratio = f"{best / r.pdsh_s:.1f}x" if best is not None and r.pdsh_s else "-"
+        rate = f"{fmt(r.lines_per_s)} ({fmt(r.expected_per_s, 0)})"
+        lines.append(f"| {r.hosts} | {r.ranks} | {fmt(r.preflight_s)} | {ups} | {fmt(r.pdsh_s)} | {ratio} "
+                     f"| {r.threads} | {r.fds} | {fmt(r.rss_mb, 0)} | {rate} | {r.lost} "
+                     f"| {fmt(r.kill9_gone_s, 2)} | {fmt(r.sigint_gone_s, 2)} |")
+    notes = [f"- {r.hosts} hosts: {n}" for r in rows for n in r.notes]
+    return "\n".join(lines + notes)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hosts", default="4,16,64", help="comma-separated host counts (default 4,16,64)")
+    parser.add_argument("--ranks", type=int, default=8, help="ranks per host (default 8)")
+    parser.add_argument("--step-s", type=float, default=0.5, help="seconds between step lines (default 0.5)")
+    parser.add_argument("--steady-s", type=float, default=5.0, help="seconds of steady-state measuring")
+    parser.add_argument("--gone-timeout-s", type=float, default=60.0, help="give up waiting for processes")
+    parser.add_argument("--fanout", type=int, help="set launch.fanout in the cluster file")
+    parser.add_argument("--no-pdsh", action="store_true", help="skip the pdsh comparison")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, job records)")
+    args = parser.parse_args(argv)
+    sizes = [int(k) for k in args.hosts.split(",") if k.strip()]
+    if not sizes or min(sizes) < 1 or max(sizes) > 254 or args.ranks < 1:
+        parser.error("--hosts takes 1..254 hosts, --ranks at least 1")
+    limit = raise_file_limit(max(4096, 64 * max(sizes) * args.ranks))
+    print(f"file limit {limit}; hosts {sizes}, {args.ranks} ranks per host, "
+          f"a step line every {args.step_s} s", flush=True)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    root = Path(tempfile.mkdtemp(prefix="refinenet-scale-"))
+    bench = Bench(args, root)
+    rows: List[Row] = []
+    try:
+        bench.start_servers(max(sizes))
+        for hosts in sizes:
+            started = time.monotonic()
+            row = bench.measure(hosts)
+            rows.append(row)
+            print(f"{hosts} hosts x {args.ranks} ranks measured in {time.monotonic() - started:.0f} s",
+                  flush=True)
+            print(table([row]), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: cleaning up", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        bench.cleanup()
+        if args.keep:
+            print(f"kept {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print("\n" + table(rows))
+    try:
+        load = os.getloadavg()
+        print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {os.cpu_count()} CPUs")
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The launcher's side of a host agent: start it through a transport, read its frames, stop it.
+
+One `AgentSession` per host per attempt: one stream (an SSH channel or a local pipe) and one reader
+thread. Output frames go straight to the sinks of their processes (whole lines, in order); events
+(started, exit, hang, ready, done, and `lost` when the stream ends without `done`) go to one queue
+shared by every host, which the supervisor reads.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
+
+from launcher.agent import host_agent
+
+Sink = Callable[[str], None]
+CHUNK = 1 << 16
+
+_SOURCE = Path(host_agent.__file__).read_text(encoding="utf-8").encode("utf-8")
+
+#: Reads the agent's source from stdin (its length is the last argument) and runs it; the host needs
+#: no copy of the launcher and `ps` there shows a short command line.
+BOOTSTRAP = (
+    "import os, sys\n"
+    "n, s = int(sys.argv[-1]), b''\n"
+    "while len(s) < n:\n"
+    "    c = os.read(0, n - len(s))\n"
+    "    if not c:\n"
+    "        sys.exit(127)\n"
+    "    s += c\n"
+    "exec(compile(s, 'refinenet-agent', 'exec'))\n"
+)
+
+
+def agent_argv(python: str) -> List[str]:
+    """The command that starts an agent; feed it `agent_stdin(document)`."""
+    return [python, "-S", "-c", BOOTSTRAP, "agent", str(len(_SOURCE))]
+
+
+def agent_stdin(document: Mapping[str, Any]) -> bytes:
+    return _SOURCE + (json.dumps(document, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+class AgentStream:
+    """A started agent's byte stream, as a transport provides it."""
+
+    def read(self, n: int) -> bytes:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - interface
+        """Drop the launcher's end: the agent sees EOF and tears everything down."""
+        raise NotImplementedError
+
+    def exit_code(self, timeout: float) -> Optional[int]:  # pragma: no cover - interface
+        return None
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """Something an agent reported: `kind` is started/exit/error/hang/ready/done/note/lost."""
+
+    host: str
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def index(self) -> Optional[int]:
+        value = self.data.get("i")
+        return None if value is None else int(value)
+
+
+class AgentSession:
+    """One host's agent for one attempt."""
+
+    def __init__(self, host: str, stream: AgentStream, sinks: Sequence[Sink], tail_sinks: Sequence[Sink],
+                 events: queue.Queue[AgentEvent]):
+        self.host = host
+        self.stream = stream
+        self.sinks = list(sinks)
+        self.tail_sinks = list(tail_sinks)
+        self.events = events
+        self.diagnostics: Deque[str] = deque(maxlen=50)
+        self.done = threading.Event()
+        self.lines = 0
+        self._saw_done = False
+        self._decoders: Dict[bytes, Any] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read_loop, name=f"agent {host}", daemon=True)
+        self._thread.start()
+
+    # -- reading
+
+    def _read_loop(self) -> None:
+        rest = b""
+        try:
+            while True:
+                data = self.stream.read(CHUNK)
+                if not data:
+                    break
+                lines = (rest + data).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    self._frame(line)
+        except (OSError, EOFError, ValueError):
+            pass
+        if rest:
+            self._frame(rest)
+        if not self._saw_done:
+            code = self.stream.exit_code(2.0)
+            detail = "; ".join(self.diagnostics) or (
+                f"agent exit code {code}" if code is not None else "the connection closed")
+            self.events.put(AgentEvent(self.host, "lost", {"detail": detail, "code": code}))
+        self.done.set()
+
+    def _frame(self, line: bytes) -> None:
+        kind = line[:2]
+        if kind in (b"o ", b"e ", b"t "):
+            space = line.find(b" ", 2)
+            try:
+                index = int(line[2:space])
+                sink = (self.tail_sinks if kind == b"t " else self.sinks)[index]
+            except (ValueError, IndexError):
+                self.diagnostics.append(line.decode("utf-8", "replace"))
+                return
+            self.lines += 1
+            text = line[space + 1:].decode("utf-8", "replace")
+            try:
+                sink(text)
+            except Exception as exc:  # a consumer's bug must not stop the drain
+                self.diagnostics.append(f"output callback failed: {exc!r}")
+            return
+        if kind == b"! ":
+            try:
+                event = json.loads(line[2:].decode("utf-8"))
+            except ValueError:
+                self.diagnostics.append(line.decode("utf-8", "replace"))
+                return
+            name = str(event.pop("event", ""))
+            if name == "done":
+                self._saw_done = True
+            self.events.put(AgentEvent(self.host, name, event))
+            return
+        text = line.decode("utf-8", "replace").strip()
+        if text:
+            self.diagnostics.append(text)
+
+    # -- control
+
+    def send(self, line: str) -> bool:
+        with self._lock:
+            try:
+                self.stream.write((line + "\n").encode("ascii"))
+                return True
+            except Exception:
+                return False
+
+    def stop(self, first: int = signal.SIGTERM) -> bool:
+        """Ask the agent to stop its processes (`first` signal, then SIGTERM, grace, SIGKILL)."""
+        return self.send(f"stop {int(first)}")
+
+    def signal(self, sig: int) -> bool:
+        return self.send(f"signal {int(sig)}")
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the agent's stream ended; True if it did."""
+        return self.done.wait(timeout)
+
+    def close(self) -> None:
+        """Hang up: the agent (if still there) tears its processes down on EOF."""
+        with self._lock:
+            try:
+                self.stream.close()
+            except Exception:
+                pass
+
+
+def start_session(transport, python: str, document: Mapping[str, Any], sinks: Sequence[Sink],
+                  tail_sinks: Sequence[Sink], events: queue.Queue[AgentEvent]) -> AgentSession:
+    """Start the agent for `document` on the transport's host; `HostError` if it cannot be started."""
+    stream = transport.start_agent(agent_argv(python), agent_stdin(document))
+    return AgentSession(transport.host, stream, sinks, tail_sinks, events)
+
+
+__all__ = ["AgentEvent", "AgentSession", "AgentStream", "agent_argv", "agent_stdin", "start_session",
+           "BOOTSTRAP"]

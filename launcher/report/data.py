@@ -1,0 +1,304 @@
+"""Everything a report shows, read from a job directory without contacting any host.
+
+Every file is optional: a missing, truncated or unreadable file becomes a `Missing` entry, and the
+report renders what is left. Local hosts' output directories (`<workdir>/<job.output_dir>/<stage>`,
+as launcher.render lays them out) are read when they exist on this machine, for the workload's own
+metrics (learning rate), `eval.json` and prediction overlays.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from launcher.jobs import HEALTH_FILE, JOB_FILE, LOGS_DIR, METRICS_FILE, STRAGGLERS_FILE
+from launcher.stragglers import Straggler
+
+OVERLAY_GLOB = "*_overlay.jpg"
+MAX_OVERLAYS = 12
+EVAL_FILE = "eval.json"
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A file the report wanted and could not use, and why."""
+
+    path: str
+    problem: str
+
+
+@dataclass
+class JobData:
+    path: Path
+    record: Dict[str, Any] = field(default_factory=dict)
+    metrics: List[Dict[str, Any]] = field(default_factory=list)
+    workload_metrics: List[Dict[str, Any]] = field(default_factory=list)
+    health: List[Dict[str, Any]] = field(default_factory=list)
+    stragglers: List[Straggler] = field(default_factory=list)
+    eval: Optional[Dict[str, Any]] = None
+    eval_path: Optional[str] = None
+    eval_looked: List[str] = field(default_factory=list)
+    overlays: List[Path] = field(default_factory=list)
+    missing: List[Missing] = field(default_factory=list)
+
+    @property
+    def job_id(self) -> str:
+        return str(self.record.get("job_id") or self.path.name)
+
+    @property
+    def stage(self) -> str:
+        return str(self.record.get("stage") or "")
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec = self.record.get("spec")
+        return spec if isinstance(spec, Mapping) else {}
+
+    @property
+    def attempts(self) -> List[Dict[str, Any]]:
+        attempts = self.record.get("attempts")
+        return [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
+
+    @property
+    def plan(self) -> Mapping[str, Any]:
+        plan = self.record.get("plan")
+        return plan if isinstance(plan, Mapping) else {}
+
+    @property
+    def world_size(self) -> Optional[int]:
+        if isinstance(self.plan.get("world_size"), int):
+            return self.plan["world_size"]
+        hosts = self.spec.get("hosts")
+        if not isinstance(hosts, list):
+            return None
+        try:
+            return sum(len(h.get("devices") or ()) or int(h.get("ranks") or 0) for h in hosts) or None
+        except (TypeError, ValueError, AttributeError):
+            return None
+
+    def _planned_option(self, name: str) -> Any:
+        """`--name VALUE` from the first rank's command line in the plan (what really ran)."""
+        for proc in self.plan.get("processes") or ():
+            if not isinstance(proc, Mapping) or proc.get("role") != "rank":
+                continue
+            try:
+                argv = shlex.split(str(proc.get("command") or ""))
+            except ValueError:
+                return None
+            for i, arg in enumerate(argv):
+                if arg == f"--{name}" and i + 1 < len(argv):
+                    return argv[i + 1]
+                if arg.startswith(f"--{name}="):
+                    return arg.split("=", 1)[1]
+            return None
+        return None
+
+    @property
+    def is_final(self) -> bool:
+        return self.record.get("state") in ("SUCCEEDED", "FAILED", "STOPPED")
+
+    def stage_option(self, name: str, stage: Optional[str] = None) -> Any:
+        """A workload option of the stage: from the plan's rank command when it is this job's stage,
+        else from the cluster file's `job.stage_overrides` or `job.extra_args`; None if not set."""
+        if stage in (None, self.stage):
+            planned = self._planned_option(name)
+            if planned is not None:
+                return planned
+        job = self.spec.get("job") if isinstance(self.spec.get("job"), Mapping) else {}
+        overrides = (job.get("stage_overrides") or {}).get(stage or self.stage) or {}
+        if isinstance(overrides, Mapping) and overrides.get(name) not in (None, False):
+            return overrides[name]
+        args = [str(a) for a in job.get("extra_args") or ()]
+        for i, arg in enumerate(args):
+            if arg == f"--{name}" and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(f"--{name}="):
+                return arg.split("=", 1)[1]
+        return None
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        return _positive_int(self.stage_option("batch-size"))
+
+    @property
+    def epochs(self) -> Optional[int]:
+        return _positive_int(self.stage_option("epochs"))
+
+    def local_workdirs(self) -> List[Path]:
+        """The workdir of each host without `ssh` (the launcher's machine) that exists here."""
+        found: List[Path] = []
+        for host in self.spec.get("hosts") or ():
+            if not isinstance(host, Mapping) or host.get("ssh") is not None or not host.get("workdir"):
+                continue
+            path = Path(os.path.expanduser(str(host["workdir"])))
+            if path.is_dir() and path not in found:
+                found.append(path)
+        return found
+
+    @property
+    def output_dir(self) -> str:
+        job = self.spec.get("job") if isinstance(self.spec.get("job"), Mapping) else {}
+        return str(job.get("output_dir") or "output")
+
+    def local_output_dirs(self, stage: Optional[str] = None) -> List[Path]:
+        """`<workdir>/<job.output_dir>[/<stage>]` of each local host (launcher.render's layout)."""
+        found: List[Path] = []
+        for workdir in self.local_workdirs():
+            parts = [str(workdir), self.output_dir] + ([stage] if stage else [])
+            path = Path(posixpath.normpath(posixpath.join(*parts)))
+            if path.is_dir() and path not in found:
+                found.append(path)
+        return found
+
+
+def _positive_int(value: Any) -> Optional[int]:
+    try:
+        n = int(str(value))
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
+def read_jsonl(path: Path, what: str, missing: List[Missing], required: bool = True
+               ) -> List[Dict[str, Any]]:
+    """Records of a JSONL file; bad or torn lines are skipped and counted in `missing`."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if required:
+            missing.append(Missing(str(path), f"no {what} ({path.name} does not exist)"))
+        return []
+    except OSError as exc:
+        missing.append(Missing(str(path), f"cannot read {what}: {exc.strerror or exc}"))
+        return []
+    records, bad = [], 0
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    if bad:
+        torn = "" if raw.endswith(b"\n") else " (the file ends mid-line: truncated or still being written)"
+        missing.append(Missing(str(path), f"{bad} unreadable line(s) of {what} skipped{torn}"))
+    return records
+
+
+def read_json(path: Path, what: str, missing: List[Missing], required: bool = True) -> Optional[Dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError:
+        if required:
+            missing.append(Missing(str(path), f"no {what} ({path.name} does not exist)"))
+        return None
+    except (OSError, ValueError) as exc:
+        missing.append(Missing(str(path), f"{what} is unreadable (truncated or not JSON: {exc})"))
+        return None
+    if not isinstance(data, dict):
+        missing.append(Missing(str(path), f"{what} is not a JSON object"))
+        return None
+    return data
+
+
+def _workload_metrics(data: JobData) -> List[Dict[str, Any]]:
+    """The ranks' own metrics files on local hosts (they carry `lr`), limited to this job's time span."""
+    start = float(data.record.get("created") or 0.0) - 1.0
+    attempts = data.attempts
+    ends = [a.get("ended") for a in attempts]
+    end = max((e for e in ends if isinstance(e, (int, float))), default=None)
+    if end is None or not data.is_final:
+        end = float("inf")
+    out: List[Dict[str, Any]] = []
+    for folder in data.local_output_dirs(data.stage):
+        for path in sorted((folder / "metrics").glob("rank_*.jsonl")):
+            try:
+                rank = int(path.stem.split("_", 1)[1])
+            except ValueError:
+                continue
+            for rec in read_jsonl(path, "workload metrics", data.missing):
+                t = rec.get("time")
+                if isinstance(t, (int, float)) and start <= t <= end + 1.0:
+                    out.append({**rec, "rank": rank})
+    return out
+
+
+def _eval_candidates(data: JobData) -> Iterator[Path]:
+    yield data.path / EVAL_FILE
+    yield from sorted(p for p in data.path.glob(f"*/{EVAL_FILE}"))
+    override = data.stage_option("output", "eval")
+    for workdir in data.local_workdirs():
+        if isinstance(override, str) and override.endswith(".json"):
+            yield workdir / override
+        yield Path(posixpath.normpath(posixpath.join(str(workdir), data.output_dir, "eval", EVAL_FILE)))
+
+
+def _find_eval(data: JobData) -> None:
+    seen: List[str] = []
+    for path in _eval_candidates(data):
+        if str(path) in seen:
+            continue
+        seen.append(str(path))
+        if path.is_file():
+            result = read_json(path, "evaluation result", data.missing)
+            if result is not None and isinstance(result.get("per_class_iou"), list):
+                data.eval, data.eval_path = result, str(path)
+                break
+            if result is not None:
+                data.missing.append(Missing(str(path), "evaluation result has no per_class_iou list"))
+    data.eval_looked = seen
+    if data.eval is None and data.stage == "eval":
+        data.missing.append(Missing(", ".join(seen), "no eval.json for this eval job"))
+
+
+def _find_overlays(data: JobData) -> None:
+    found: List[Path] = []
+    for folder in [data.path, *data.local_output_dirs()]:
+        for path in sorted(folder.rglob(OVERLAY_GLOB)):
+            if path not in found:
+                found.append(path)
+            if len(found) >= MAX_OVERLAYS:
+                data.overlays = found
+                return
+    data.overlays = found
+
+
+def load_job(path: Path) -> JobData:
+    """Read a job directory (running, finished, or copied elsewhere)."""
+    data = JobData(path=Path(path))
+    if not data.path.is_dir():
+        data.missing.append(Missing(str(path), "job directory does not exist"))
+        return data
+    data.record = read_json(data.path / JOB_FILE, "job record", data.missing) or {}
+    if not (data.path / LOGS_DIR).is_dir():
+        data.missing.append(Missing(str(data.path / LOGS_DIR), "no logs directory"))
+    data.metrics = [r for r in read_jsonl(data.path / METRICS_FILE, "progress records", data.missing)
+                    if isinstance(r.get("rank"), int)]
+    data.health = read_jsonl(data.path / HEALTH_FILE, "health samples", data.missing)
+    data.workload_metrics = _workload_metrics(data)
+    data.stragglers = _stragglers(data)
+    _find_eval(data)
+    _find_overlays(data)
+    return data
+
+
+def _stragglers(data: JobData) -> List[Straggler]:
+    found: Dict[Tuple[int, int], Straggler] = {}
+    raw = read_jsonl(data.path / STRAGGLERS_FILE, "straggler records", data.missing, required=False)
+    for rec in [*raw, *(data.record.get("stragglers") or ())]:
+        try:
+            s = Straggler.from_dict(rec)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        found.setdefault(s.key, s)
+    return sorted(found.values(), key=lambda s: (s.time, s.rank))
+
