@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := openssh-server openmpi-bin iproute2 pdsh chromium tmux
+SYSTEM_PACKAGES := openssh-server openmpi-bin iproute2 pdsh chromium tmux munge slurmctld slurmd slurm-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system venv demo test test-fast lint bench clean

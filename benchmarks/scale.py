@@ -252,8 +252,10 @@ class Bench:
         def read_out():
             for raw in self.pdsh.stdout:
                 host, _, text = raw.decode(errors="replace").partition(": ")
-                if host in first and text.startswith("epoch: 1 step: 1,"):
-                    first[host] += 1
+                # Ranks of one host share pdsh's stream, and an unbuffered print is two writes (text,
+                # then newline): two ranks' lines can run together on one line, so count occurrences.
+                if host in first and "epoch: 1 step: 1," in text:
+                    first[host] += text.count("epoch: 1 step: 1,")
                     if not done.is_set() and all(n >= ranks for n in first.values()):
                         up_at.append(time.monotonic() - started)
                         done.set()

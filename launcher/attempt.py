@@ -131,10 +131,11 @@ class Attempt:
         reason = (f"no progress for {silent_s:.0f} s: no log line or metrics record "
                   f"(hang timeout {hang_s:g} s)")
         who = m.who if rank is None else ""
-        self._fail(m, RankFailure(rank, m.spec.host, reason=reason, time=at, who=who), 1)
+        self._fail(m, RankFailure(rank, m.spec.host, reason=reason, time=at, who=who, kind="hang"), 1)
 
-    def host_lost(self, host: str, detail: str, at: float) -> None:
-        """The host's agent or its connection went away while processes ran there."""
+    def host_lost(self, host: str, detail: str, at: float, kind: str = "lost") -> None:
+        """The host's agent or its connection went away while processes ran there (`kind` lost), or
+        the agent could not be started there at all (`kind` unreachable)."""
         if not self._deciding:
             return
         alive = [m for m in self.on_host(host) if not m.state.is_final]
@@ -142,8 +143,8 @@ class Attempt:
             m.state, m.ended = RankState.FAILED, at
         ranked = [m for m in alive if m.carries_ranks]
         rank = ranked[0].rank if ranked else None
-        self._fail(None, RankFailure(rank, host, signal=signals.SIGHUP, time=at,
-                                     reason=f"lost the connection to {host}: {detail}"), 1)
+        reason = f"lost the connection to {host}: {detail}" if kind == "lost" else detail
+        self._fail(None, RankFailure(rank, host, signal=signals.SIGHUP, time=at, reason=reason, kind=kind), 1)
 
     def failed(self, failure: RankFailure) -> None:
         """A failure found elsewhere (an unhealthy device, a host that stopped answering)."""

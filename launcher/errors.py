@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from launcher.transport.base import HostError
-
 __all__ = ["LauncherError", "BadInput", "ClusterFileError", "HostError", "JobNotFound", "JobFailed",
            "RankFailure"]
 
@@ -31,6 +29,15 @@ class ClusterFileError(BadInput):
         self.path, self.field, self.problem = path, field, problem
 
 
+class HostError(Exception):
+    """A host could not be reached, authenticated or used; carries the host and the cause."""
+
+    def __init__(self, host: str, cause: str):
+        super().__init__(f"{host}: {cause}")
+        self.host = host
+        self.cause = cause
+
+
 class JobNotFound(BadInput):
     """No job directory of that id; lists the ones that exist."""
 
@@ -46,12 +53,14 @@ class RankFailure(Exception):
 
     def __init__(self, rank: Optional[int], host: str, exit_code: Optional[int] = None,
                  signal: Optional[int] = None, log_tail: Sequence[str] = (), reason: str = "",
-                 time: Optional[float] = None, who: str = ""):
+                 time: Optional[float] = None, who: str = "", kind: str = "exit"):
         how = reason or (f"killed by signal {signal}" if signal else f"exit code {exit_code}")
         who = who or (f"rank {rank}" if rank is not None else "")
         super().__init__(f"{who} on {host}: {how}" if who else f"{host}: {how}")
         self.rank, self.host, self.exit_code, self.signal = rank, host, exit_code, signal
         self.log_tail, self.reason, self.time, self.who = list(log_tail), how, time, who
+        #: exit (an exit code or signal), hang, lost (agent or connection), unreachable, device, scan.
+        self.kind = kind
 
 
 class JobFailed(LauncherError):

@@ -269,6 +269,8 @@ class JobRecord:
     stop_requested: bool = False
     message: str = ""
     stragglers: Tuple[Straggler, ...] = ()
+    #: Host name -> {"state": active|spare|excluded, "reason", "replaced_by"}.
+    hosts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def current_attempt(self) -> Optional[Attempt]:
@@ -377,7 +379,8 @@ class JobRecord:
                 "launcher": self.launcher.to_dict() if self.launcher else None,
                 "cluster_file": self.cluster_file, "spec": dict(self.spec), "plan": dict(self.plan),
                 "attempts": [a.to_dict() for a in self.attempts],
-                "stragglers": [s.to_dict() for s in self.stragglers]}
+                "stragglers": [s.to_dict() for s in self.stragglers],
+                "hosts": {name: dict(state) for name, state in self.hosts.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
@@ -391,7 +394,8 @@ class JobRecord:
                    launcher=LauncherInfo.from_dict(launcher) if launcher else None,
                    attempts=tuple(Attempt.from_dict(a) for a in d.get("attempts") or ()),
                    stop_requested=bool(d.get("stop_requested", False)), message=str(d.get("message") or ""),
-                   stragglers=tuple(Straggler.from_dict(s) for s in d.get("stragglers") or ()))
+                   stragglers=tuple(Straggler.from_dict(s) for s in d.get("stragglers") or ()),
+                   hosts={str(k): dict(v) for k, v in (d.get("hosts") or {}).items()})
 
 
 class JobDir:
@@ -495,6 +499,11 @@ class JobDir:
 
     def set_state(self, state: Union[JobState, str], message: Optional[str] = None) -> JobRecord:
         return self.update(lambda r: r.with_state(state, message))
+
+    def set_hosts(self, hosts: Mapping[str, Mapping[str, Any]]) -> JobRecord:
+        """Record every host's part in the job (active, spare, excluded and why)."""
+        hosts = {name: dict(state) for name, state in hosts.items()}
+        return self.update(lambda r: dataclasses.replace(r, hosts=hosts))
 
     def set_plan(self, plan: Mapping[str, Any]) -> JobRecord:
         plan = _plain_json(plan, "plan")

@@ -34,6 +34,7 @@ from typing import IO, Callable, Deque, Dict, Iterable, List, Optional, Set, Uni
 
 from launcher.errors import BadInput
 from launcher.stragglers import DEFAULT_FACTOR, DEFAULT_WINDOW, Straggler, StragglerDetector
+from launcher.workload.base import PROGRESS_MARK, parse_progress
 
 JOB_LOG = "job.log"
 #: Rank and process log files kept open at once (least recently written closed first), so the
@@ -44,9 +45,6 @@ _HEADER_RE = re.compile(r"^=== attempt (\d+) started [^=]*===$")
 _PREFIX_RE = re.compile(r"^\[([^\s\]]+) [^\]]*\] ")
 _RANK_SOURCE_RE = re.compile(r"^r(\d+)$")
 _FRAMEWORK_RE = re.compile(r"^\[(?:INFO|DEBUG)\] [A-Z][A-Z0-9_]*\([^)]*\):\d{4}-\d\d-\d\d-")
-_LOSS_RE = re.compile(
-    r"epoch:\s*(\d+)\s+step:\s*(\d+),\s*loss is\s*([-+]?(?:[0-9.]+(?:[eE][-+]?\d+)?|nan|inf))")
-
 Sink = Callable[[str], None]
 
 
@@ -91,14 +89,6 @@ def parse_source(line: str) -> Optional[str]:
 def source_rank(source: Optional[str]) -> Optional[int]:
     m = _RANK_SOURCE_RE.match(source or "")
     return int(m.group(1)) if m else None
-
-
-def parse_loss_line(line: str) -> Optional[Dict[str, Union[int, float]]]:
-    """`{"epoch", "epoch_step", "loss"}` from a workload `epoch: N step: M, loss is X` line, else None."""
-    m = _LOSS_RE.search(line)
-    if not m:
-        return None
-    return {"epoch": int(m.group(1)), "epoch_step": int(m.group(2)), "loss": float(m.group(3))}
 
 
 def parse_ranks(text: str) -> Set[int]:
@@ -189,12 +179,13 @@ def _pop_many(queue: Deque, limit: int) -> list:
 
 
 class _Control:
-    """An item in the line queue that is not a line: an attempt start or a flush barrier."""
+    """An item in the line queue that is not a line: an attempt start, a launcher note, a flush barrier."""
 
-    __slots__ = ("attempt", "done")
+    __slots__ = ("attempt", "done", "note")
 
-    def __init__(self, attempt: Optional[int] = None, done: Optional[threading.Event] = None):
-        self.attempt, self.done = attempt, done
+    def __init__(self, attempt: Optional[int] = None, done: Optional[threading.Event] = None,
+                 note: Optional[str] = None):
+        self.attempt, self.done, self.note = attempt, done, note
 
 
 class LogAggregator:
@@ -273,6 +264,10 @@ class LogAggregator:
         """Lines from now on belong to attempt `number`: a header goes to job.log, the stream and,
         before their next line, to each process's file."""
         self._put(_Control(attempt=number))
+
+    def note(self, text: str) -> None:
+        """A launcher message in job.log and the live stream (`[launcher] text`), in order with the lines."""
+        self._put(_Control(note=text))
 
     def rank_sink(self, rank: int, host: str) -> Sink:
         """The `on_line` callback for rank `rank` running on `host`."""
@@ -380,9 +375,9 @@ class LogAggregator:
                 self._stream_differs = True
                 if kept:
                     stream_parts.append(ch.prefix + ch.nl_prefix.join(kept))
-        if "loss is" in text:
+        if PROGRESS_MARK in text:
             for line in run:
-                if "loss is" in line:
+                if PROGRESS_MARK in line:
                     warning = self._write_metrics(ch, line)
                     if warning is not None:
                         job_parts.append(warning)
@@ -426,6 +421,10 @@ class LogAggregator:
             header = attempt_header(item.attempt, self._attempt_started) + "\n"
             self._job_log.write(_encode(header))
             self._write_stream(header)
+        if item.note is not None:
+            text = "".join(f"[{LAUNCHER_SOURCE}] {line}\n" for line in item.note.splitlines())
+            self._job_log.write(_encode(text))
+            self._write_stream(text)
         if item.done is not None:
             self._flush_files()
             item.done.set()
@@ -440,7 +439,7 @@ class LogAggregator:
 
     def _write_metrics(self, ch: _Channel, line: str) -> Optional[str]:
         """Record a progress line; a straggler warning line (prefixed) when the detector flags one."""
-        record = parse_loss_line(line)
+        record = parse_progress(line)
         if record is None:
             return None
         record = {"rank": ch.rank, "source": ch.source, "host": ch.host, "attempt": self._attempt,

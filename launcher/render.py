@@ -18,14 +18,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jinja2
 
-from launcher.errors import BadInput, ClusterFileError
+from launcher.errors import BadInput
 from launcher.placement import RankSlot
 from launcher.plan import FileSpec, LaunchPlan, ProcessSpec
 from launcher.resources import templates_dir
-from launcher.spec import STAGES, TRAIN_STAGES, ClusterSpec, HostSpec, OptionValue
+from launcher.spec import STAGES, ClusterSpec, HostSpec
+from launcher.workload.base import Workload
 
-__all__ = ["render_plan", "render_rank_table", "render_hostfile", "workload_argv", "stage_output_dir",
-           "host_job_dir", "TemplateValueError", "JOB_ID", "Renderer", "template", "export_lines"]
+__all__ = ["render_plan", "render_rank_table", "render_hostfile", "host_job_dir", "TemplateValueError",
+           "JOB_ID", "Renderer", "template", "export_lines"]
 
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -33,9 +34,6 @@ _HOSTFILE_WORD = re.compile(r"[A-Za-z0-9._:-]+")
 RANK_TABLE = "rank_table.json"
 HOSTFILE = "hostfile"
 MSRUN_ENTRY = "msrun_entry.py"
-SCHEDULER_MODULE = "refinenet.scheduler"
-STAGE_MODULES = {"r1": "refinenet.train", "r2": "refinenet.train", "eval": "refinenet.evaluate",
-                 "export": "refinenet.export"}
 
 
 class TemplateValueError(jinja2.TemplateError):
@@ -135,70 +133,9 @@ def render_hostfile(spec: ClusterSpec, slots: Sequence[RankSlot]) -> str:
     return template("hostfile.j2").render(hosts=rows)
 
 
-def stage_output_dir(spec: ClusterSpec, host: HostSpec, stage: str) -> str:
-    """`<host workdir>/<job.output_dir>/<stage>` (an absolute output_dir is used as is)."""
-    return posixpath.normpath(posixpath.join(host.workdir, spec.job.output_dir, stage))
-
-
 def host_job_dir(host: HostSpec, job_id: str) -> str:
     """Where the launcher keeps a job's files on a host (rank table, hostfile, logs of scripts)."""
     return posixpath.join(host.workdir, ".refinenet", "jobs", job_id)
-
-
-def _stage_defaults(spec: ClusterSpec, host: HostSpec, stage: str) -> Dict[str, OptionValue]:
-    job = spec.job
-
-    def latest(of: str) -> str:
-        return "latest:" + posixpath.join(stage_output_dir(spec, host, of), "ckpt")
-
-    out = stage_output_dir(spec, host, stage)
-    if stage == "r1":
-        return {"stage": "r1", "device": spec.device, "data": job.data, "output-dir": out,
-                "pretrained": job.pretrained}
-    if stage == "r2":
-        return {"stage": "r2", "device": spec.device, "data": job.data, "output-dir": out,
-                "pretrained": latest("r1")}
-    if stage == "eval":
-        return {"device": spec.device, "data-lst": job.val_data, "ckpt": latest("r2"),
-                "output": posixpath.join(out, "eval.json")}
-    return {"device": spec.device, "ckpt": latest("r2"), "format": "MINDIR",
-            "output": posixpath.join(out, "refinenet")}
-
-
-_REQUIRED = {"r1": ("data", "job.data"), "r2": ("data", "job.data"), "eval": ("data-lst", "job.val_data")}
-
-
-def workload_argv(spec: ClusterSpec, host: HostSpec, stage: str, resume: Optional[str] = None
-                  ) -> Tuple[str, List[str]]:
-    """(module, arguments) of the stage's workload command on `host`.
-
-    Defaults from `job`, then `job.stage_overrides[stage]` (null or false drops an option, true
-    makes it a bare flag, a list gives several values), then `--resume`, then `job.extra_args`
-    for the training stages.
-    """
-    options = _stage_defaults(spec, host, stage)
-    options.update(spec.job.stage_overrides.get(stage, {}))
-    if resume is not None:
-        options["resume"] = resume
-    required = _REQUIRED.get(stage)
-    if required and options.get(required[0]) in (None, False, ""):
-        raise ClusterFileError(spec.source, required[1],
-                               f"required for stage {stage} "
-                               f"(or set job.stage_overrides.{stage}.{required[0]})")
-    args: List[str] = []
-    for name, value in options.items():
-        if value is None or value is False:
-            continue
-        args.append(f"--{name}")
-        if value is True:
-            continue
-        if isinstance(value, tuple):
-            args.extend(str(v) for v in value)
-        else:
-            args.append(str(value))
-    if stage in TRAIN_STAGES:
-        args.extend(spec.job.extra_args)
-    return STAGE_MODULES[stage], args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,9 +146,10 @@ class Renderer:
     """Builds one plan; holds what every backend needs (spec, hosts, placement, ids). Each backend's
     `render(renderer)` (launcher/backends) adds its processes and files."""
 
-    def __init__(self, spec: ClusterSpec, slots: Tuple[RankSlot, ...], stage: str, job_dir: str,
+    def __init__(self, spec: ClusterSpec, slots: Tuple[RankSlot, ...], workload: Workload, job_dir: str,
                  job_id: str, attempt: int, resume: Union[str, Mapping[str, str], None]):
-        self.spec, self.slots, self.stage, self.job_dir = spec, slots, stage, job_dir
+        self.spec, self.slots, self.workload, self.job_dir = spec, slots, workload, job_dir
+        self.stage = workload.stage
         self.job_id, self.attempt, self.resume = job_id, attempt, resume
         self.hosts = {h.name: h for h in spec.hosts}
         self.by_host: Dict[str, List[RankSlot]] = {}
@@ -246,6 +184,7 @@ class Renderer:
             env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
         env.update(self.spec.env)
         env.update(host.env)
+        env.update(self.workload.env(self.spec, host, self.resume_for(host)))
         env["REFINENET_JOB_ID"] = self.job_id
         env["MS_TOPO_TIMEOUT"] = str(self.spec.timeouts.cluster_s)
         env["MS_NODE_TIMEOUT"] = str(self.spec.timeouts.heartbeat_s)
@@ -263,11 +202,13 @@ class Renderer:
             return {"ASCEND_RT_VISIBLE_DEVICES": ids}
         return {}
 
+    def workload_argv(self, host: HostSpec) -> List[str]:
+        """Every rank's command on `host` (the workload decides; see launcher/workload)."""
+        return self.workload.argv(self.spec, host, self.resume_for(host))
+
     def workload_command(self, host: HostSpec) -> str:
         if host.name not in self._commands:
-            module, args = workload_argv(self.spec, host, self.stage, self.resume_for(host))
-            self._commands[host.name] = template("worker.sh.j2").render(
-                python=host.python, module=module, args=args)
+            self._commands[host.name] = template("worker.sh.j2").render(argv=self.workload_argv(host))
         return self._commands[host.name]
 
     def add(self, name: str, host: HostSpec, role: str, ranks: Sequence[int], command: str,
@@ -289,7 +230,7 @@ class Renderer:
     def scheduler(self) -> None:
         host = self.master
         env = {**self.base_env(host), "MS_ROLE": "MS_SCHED", **self.sched_env()}
-        command = template("worker.sh.j2").render(python=host.python, module=SCHEDULER_MODULE, args=[])
+        command = template("worker.sh.j2").render(argv=self.workload.scheduler_argv(host))
         proc = self.add("scheduler", host, "scheduler", (), command, env, "scheduler.log")
         self.env_file("scheduler.env", "environment of the scheduler", host.name, proc.env)
 
@@ -342,7 +283,8 @@ class Renderer:
 
 
 def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_dir: str, *, job_id: str,
-                attempt: int = 0, resume: Union[str, Mapping[str, str], None] = None) -> LaunchPlan:
+                attempt: int = 0, resume: Union[str, Mapping[str, str], None] = None,
+                workload: Optional[Workload] = None) -> LaunchPlan:
     """Render every artifact of one attempt of `stage`; starts nothing, touches no file.
 
     `resume` (an absolute checkpoint path on the hosts, or host name -> its path there) becomes
@@ -350,15 +292,18 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
     and device.
     """
     from launcher.backends import backend_for
+    from launcher.workload import workload_for
 
-    if stage not in STAGES:
-        raise BadInput(f"--stage: {stage!r} is not one of {', '.join(STAGES)}")
+    if workload is None:
+        if stage not in STAGES:
+            raise BadInput(f"--stage: {stage!r} is not one of {', '.join(STAGES)}")
+        workload = workload_for(stage)
     if not JOB_ID.fullmatch(job_id):
         raise BadInput(f"--job-id: {job_id!r} is not a job id (letters, digits, '.', '_', '-')")
     if spec.master.port == "auto":
         raise BadInput("master.port is auto: pick a port before rendering (launcher.spec.with_master_port)")
     if resume is not None:
-        if stage not in TRAIN_STAGES:
+        if not workload.resumable:
             raise BadInput(f"resume: stage {stage} does not train, there is nothing to resume")
         paths = [resume] if isinstance(resume, str) else list(resume.values())
         missing = sorted({s.host for s in slots} - set(resume)) if not isinstance(resume, str) else []
@@ -372,9 +317,9 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
     if attempt < 0:
         raise BadInput(f"attempt: {attempt} is negative")
     slots = tuple(slots)
-    single = stage not in TRAIN_STAGES
+    single = workload.single_process
     run_slots = slots[:1] if single else slots
-    r = Renderer(spec, run_slots, stage, os.fspath(job_dir), job_id, attempt, resume)
+    r = Renderer(spec, run_slots, workload, os.fspath(job_dir), job_id, attempt, resume)
     if single:
         r.single_process()
     else:
@@ -384,7 +329,7 @@ def render_plan(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_di
     if not single and spec.backend in ("dynamic", "msrun") and spec.master.host not in order:
         order.insert(0, spec.master.host)
     return LaunchPlan(
-        job_id=job_id, cluster=spec.name, stage=stage, backend=spec.backend, device=spec.device,
+        job_id=job_id, cluster=spec.name, stage=workload.stage, backend=spec.backend, device=spec.device,
         attempt=attempt, resume=resume if resume is None or isinstance(resume, str) else dict(resume),
         job_dir=os.fspath(job_dir), master_addr=spec.master.addr,
         master_port=r.port, master_host=spec.master.host, slots=run_slots, processes=tuple(r.processes),

@@ -23,25 +23,28 @@ from launcher.states import JobState
 from launcher.supervisor import PlanFactory, Supervisor
 from launcher.transport.base import Transport
 from launcher.transport.factory import open_transport
-from launcher.transport.probe import check_host
+from launcher.transport.probe import check_host, free_port_on
+from launcher.workload import Workload
+
 
 #: What every host must be able to import before anything starts.
-WORKLOAD_MODULES = ("refinenet", "mindspore")
-
-
-def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None) -> Dict[str, Transport]:
+def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None, workload: Optional[Workload] = None
+                  ) -> Dict[str, Transport]:
     """One transport per host; every host checked at once (bounded width), each with one command
     (reachable, python runs and imports the workload, working directory writable) and, unless
     `health.preflight` is off, the preflight gate (disk, master port, devices) from the same facts.
+    The workload's modules must import and its input files exist on every host.
     `BadInput` naming every failing host; nothing is started anywhere then."""
     from launcher.health.preflight import PreflightReport, host_checks
 
     transports = {h.name: open_transport(h) for h in spec.hosts}
+    modules = workload.required_modules if workload else ("mindspore",)
 
     def check(host: HostSpec):
         t = transports[host.name]
         try:
-            info = check_host(t, host.python, host.workdir, WORKLOAD_MODULES)
+            info = check_host(t, host.python, host.workdir, modules,
+                              files=workload.data_files(spec, host) if workload else ())
         except HostError as exc:
             raise HostError(host.name, f"{host.name} ({host.address}): {exc.cause}") from None
         return host_checks(spec, host, t, info=info) if spec.health.preflight else []
@@ -66,13 +69,33 @@ def close_all(transports: Dict[str, Transport]) -> None:
     fan_out(lambda t: t.close(), transports.values(), key=lambda t: t.host)
 
 
-def _health_factory(spec: ClusterSpec, transports: Dict[str, Transport], job: JobDir):
+def _health_factory(transports: Dict[str, Transport], job: JobDir):
     from launcher.health.watch import attempt_health_watch
 
-    def factory(plan, pids_by_host, ranks_by_host):
+    def factory(spec, plan, pids_by_host, ranks_by_host):
         return attempt_health_watch(spec, transports, plan, pids_by_host, ranks_by_host,
                                     job.path / "health.jsonl")
     return factory
+
+
+def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport], workload: Workload,
+                   err: IO[str]) -> None:
+    """Check the spares like the hosts, all at once; one that fails is left out of the pool (said, not
+    fatal: the job can run without it)."""
+    if pool is None or not pool.spares:
+        return
+    for host in pool.spares:
+        transports[host.name] = open_transport(host)
+
+    def check(host: HostSpec):
+        check_host(transports[host.name], host.python, host.workdir, workload.required_modules,
+                   files=workload.data_files(spec, host))
+
+    result = fan_out(check, pool.spares, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
+    for name, exc in sorted(result.failed.items()):
+        print(f"refinenet-launch: spare {name} left out: {exc.cause}", file=err, flush=True)
+        pool.spares = [h for h in pool.spares if h.name != name]
+        transports.pop(name).close()
 
 
 @contextlib.contextmanager
@@ -98,23 +121,34 @@ def _stop_on_signals(supervisor: Supervisor):
 
 def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespace,
             out: Optional[IO[str]] = None, err: Optional[IO[str]] = None) -> int:
-    """Run `args.stage` of `spec` to a final state: 0 succeeded, 1 failed (or stopped), 2 bad input."""
+    """Run the plan factory's workload on `spec` to a final state: 0 succeeded, 1 failed (or stopped),
+    2 bad input."""
     out, err = out or sys.stdout, err or sys.stderr
-    first_plan = plan_factory(0, None)
+    workload = plan_factory.workload
+    pool = getattr(plan_factory, "pool", None)
     ranks = parse_ranks(args.ranks) if getattr(args, "ranks", None) else None
-    transports = connect_hosts(spec, err)
+    transports = connect_hosts(spec, err, workload)
     try:
+        connect_spares(spec, pool, transports, workload, err)
+        if spec.master.port == "auto" and not spec.host(spec.master.host).is_local:
+            master = spec.host(spec.master.host)
+            plan_factory.pick_port = lambda: free_port_on(transports[master.name], master.python)
+        first_plan = plan_factory(0, None)
         job = JobDir.create(args.runs_dir if not args.job_dir else _parent(args.job_dir),
-                            cluster=spec.name, stage=args.stage, spec=_spec_data(spec, args),
+                            cluster=spec.name, stage=workload.stage, spec=_spec_data(spec, args),
                             cluster_file=getattr(args, "cluster_path", ""), job_id=args.job_id,
                             plan=first_plan.to_dict())
         print(f"refinenet-launch: job {job.job_id} ({job.path})", file=err, flush=True)
+        if pool is not None:
+            job.set_hosts(pool.states())
         with job.open_logs(stream=out, ranks=ranks, straggler_factor=spec.health.straggler_factor,
                            straggler_window=spec.health.straggler_window,
                            show_framework_logs=bool(getattr(args, "show_framework_logs", False))) as logs:
-            supervisor = Supervisor(spec, args.stage, plan_factory, job, transports, logs,
-                                    health_factory=_health_factory(spec, transports, job), out=err,
-                                    fanout=spec.launch.fanout)
+            supervisor = Supervisor(spec, workload.stage, plan_factory, job, transports, logs,
+                                    health_factory=_health_factory(transports, job), out=err,
+                                    fanout=spec.launch.fanout, workload=workload, pool=pool)
+            for name, why in (pool.excluded.items() if pool is not None else ()):
+                logs.note(f"host {name} excluded ({why}); its ranks run on spare {pool.replaced_by[name]}")
             with _stop_on_signals(supervisor):
                 state = supervisor.run()
         return _report(job, state, supervisor, err)
@@ -129,14 +163,17 @@ def _parent(job_dir: str) -> str:
 
 
 def _spec_data(spec: ClusterSpec, args: argparse.Namespace) -> dict:
-    """The cluster file's data as parsed, for `stop` to rebuild transports from job.json."""
-    from launcher.spec import load_yaml
+    """The cluster file's data with the command line's `--override`s applied, for `stop` to rebuild
+    the hosts from job.json exactly as the launch saw them."""
+    from launcher.spec import apply_overrides, load_yaml, parse_override
 
     try:
         with open(args.cluster_path, encoding="utf-8") as f:
-            return load_yaml(f.read(), args.cluster_path)
+            data = load_yaml(f.read(), args.cluster_path)
     except (OSError, AttributeError):
         return spec.to_dict()
+    overrides = dict(parse_override(o) for o in getattr(args, "override", None) or ())
+    return apply_overrides(data, overrides, args.cluster_path) if overrides else data
 
 
 def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) -> int:

@@ -117,6 +117,8 @@ class RestartPolicy:
     backoff_s: float = 5.0
     backoff_max_s: float = 60.0
     backoff_factor: float = 2.0
+    #: A host that is the root cause this many failed attempts in a row is replaced by a spare (0: never).
+    exclude_after: int = 2
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,12 @@ class ClusterSpec:
     env: Mapping[str, str]
     source: str
     launch: LaunchSpec = LaunchSpec()
+    #: Hosts standing by to take the ranks of an excluded host (same schema as `hosts`).
+    spares: Tuple[HostSpec, ...] = ()
 
     def host(self, name: str) -> HostSpec:
-        for h in self.hosts:
+        """The host or spare called `name`."""
+        for h in (*self.hosts, *self.spares):
             if h.name == name:
                 return h
         raise KeyError(name)
@@ -405,7 +410,7 @@ def _kind(value: Any) -> str:
 
 
 _TOP_KEYS = ("name", "backend", "device", "hosts", "master", "job", "restart", "health", "timeouts", "env",
-             "launch")
+             "launch", "spares")
 _HOST_KEYS = ("name", "address", "ssh", "devices", "ranks", "device_ips", "hccn_conf", "python", "workdir",
               "env")
 _SSH_KEYS = ("user", "port", "key_file", "known_hosts", "host_key_policy", "connect_timeout_s", "use_agent")
@@ -430,6 +435,12 @@ def parse_cluster(data: Any, source: str, *, cwd: Optional[str] = None,
     defaults = _LocalDefaults(cwd or os.getcwd(), local_python or sys.executable)
     hosts = tuple(_parse_host(c, raw, f"hosts[{i}]", device, defaults) for i, raw in enumerate(raw_hosts))
     _check_hosts(c, hosts, backend, device)
+    raw_spares = top.get("spares")
+    if raw_spares is not None and not isinstance(raw_spares, list):
+        raise c.fail("spares", f"expected a list of hosts, got {_kind(raw_spares)}")
+    spares = tuple(_parse_host(c, raw, f"spares[{i}]", device, defaults)
+                   for i, raw in enumerate(raw_spares or ()))
+    _check_spares(c, hosts, spares, backend, device)
 
     master = _parse_master(c, top.get("master"), hosts)
     job = _parse_job(c, top.get("job"))
@@ -439,7 +450,26 @@ def parse_cluster(data: Any, source: str, *, cwd: Optional[str] = None,
     launch = _parse_launch(c, top.get("launch"))
     return ClusterSpec(name=name, backend=backend, device=device, hosts=hosts, master=master, job=job,
                        restart=restart, health=health, timeouts=timeouts, env=env, source=source,
-                       launch=launch)
+                       launch=launch, spares=spares)
+
+
+def _check_spares(c: _Checker, hosts: Tuple[HostSpec, ...], spares: Tuple[HostSpec, ...], backend: str,
+                  device: str) -> None:
+    """Spares obey the rules of hosts, and no name or address (where it identifies a server) repeats."""
+    if not spares:
+        return
+    _check_hosts(c, spares, backend if backend != "mpirun" else "dynamic", device)
+    names = {h.name for h in hosts}
+    addresses = {h.address for h in hosts}
+    for i, s in enumerate(spares):
+        if s.name in names:
+            raise c.fail(f"spares[{i}].name", f"{s.name!r} is also a host: a spare must be another host")
+        if backend in ("rank_table", "msrun", "mpirun") and s.address in addresses:
+            raise c.fail(f"spares[{i}].address", f"{s.address!r} is also a host's address")
+        if backend == "mpirun":
+            for attr in ("python", "workdir"):
+                if getattr(s, attr) != getattr(hosts[0], attr):
+                    raise c.fail(f"spares[{i}].{attr}", f"backend mpirun: must equal hosts[0].{attr}")
 
 
 def _parse_launch(c: _Checker, raw: Any) -> LaunchSpec:
@@ -695,7 +725,8 @@ def _parse_extra_args(c: _Checker, raw: Any, where: str) -> Tuple[str, ...]:
 
 
 def _parse_restart(c: _Checker, raw: Any) -> RestartPolicy:
-    r = c.mapping(raw, "restart", ("max_restarts", "backoff_s", "backoff_max_s", "backoff_factor"))
+    r = c.mapping(raw, "restart", ("max_restarts", "backoff_s", "backoff_max_s", "backoff_factor",
+                                   "exclude_after"))
     d = RestartPolicy()
     backoff = c.number(r.get("backoff_s", d.backoff_s), "restart.backoff_s")
     backoff_max = c.number(r.get("backoff_max_s", max(d.backoff_max_s, backoff)), "restart.backoff_max_s")
@@ -704,7 +735,8 @@ def _parse_restart(c: _Checker, raw: Any) -> RestartPolicy:
     return RestartPolicy(
         max_restarts=c.integer(r.get("max_restarts", d.max_restarts), "restart.max_restarts", lo=0),
         backoff_s=backoff, backoff_max_s=backoff_max,
-        backoff_factor=c.number(r.get("backoff_factor", d.backoff_factor), "restart.backoff_factor", lo=1.0))
+        backoff_factor=c.number(r.get("backoff_factor", d.backoff_factor), "restart.backoff_factor", lo=1.0),
+        exclude_after=c.integer(r.get("exclude_after", d.exclude_after), "restart.exclude_after", lo=0))
 
 
 def _parse_health(c: _Checker, raw: Any) -> HealthPolicy:

@@ -14,7 +14,7 @@ SIGTERM with SIGCONT, grace, SIGKILL of every group and descendant) and waits fo
 """
 from __future__ import annotations
 
-import posixpath
+import dataclasses
 import queue
 import sys
 import threading
@@ -25,13 +25,14 @@ from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, T
 from launcher.agent.session import AgentEvent, AgentSession, start_session
 from launcher.attempt import Attempt, Member, describe_status
 from launcher.backends import Backend, backend_for
+from launcher.ckpt_copy import CopyResult, copy_checkpoint
 from launcher.errors import RankFailure
+from launcher.exclusion import HostPool, HostTracker, NoSpareLeft
 from launcher.fanout import DEFAULT_WIDTH, fan_out
 from launcher.jobs import Failure, JobDir, ProcessRecord
 from launcher.logs import LogAggregator, rank_source
 from launcher.plan import LaunchPlan, write_plan
 from launcher.policy import Action, Decision, decide
-from launcher.render import TRAIN_STAGES, stage_output_dir
 from launcher.resume import (
     CheckpointInfo,
     ResumeChoice,
@@ -41,9 +42,10 @@ from launcher.resume import (
     parse_scan,
     parse_skipped,
 )
-from launcher.spec import ClusterSpec, HostSpec
+from launcher.spec import ClusterSpec
 from launcher.states import JobState, RankState
 from launcher.transport.base import HostError, Transport
+from launcher.workload import Workload, workload_for
 
 #: `plan_factory(attempt, resume)`; `resume` maps host name -> checkpoint path on that host.
 PlanFactory = Callable[..., LaunchPlan]
@@ -78,8 +80,9 @@ class HealthWatch:
         pass
 
 
-#: `health_factory(plan, pids_by_host, ranks_by_host) -> HealthWatch`
-HealthFactory = Callable[[LaunchPlan, Mapping[str, List[int]], Mapping[str, List[int]]], HealthWatch]
+#: `health_factory(spec, plan, pids_by_host, ranks_by_host) -> HealthWatch` (spec: the active hosts)
+HealthFactory = Callable[[ClusterSpec, LaunchPlan, Mapping[str, List[int]], Mapping[str, List[int]]],
+                         HealthWatch]
 
 
 class Supervisor:
@@ -94,8 +97,14 @@ class Supervisor:
                  transports: Mapping[str, Transport], logs: LogAggregator, *,
                  health_factory: Optional[HealthFactory] = None, out: IO[str] = sys.stderr,
                  poll_s: float = 0.1, wait: Optional[Callable[[float], bool]] = None,
-                 fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time):
+                 fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time,
+                 workload: Optional[Workload] = None, pool: Optional[HostPool] = None):
         self.spec, self.stage, self.plan_factory = spec, stage, plan_factory
+        self.workload = workload or workload_for(stage)
+        #: Active, spare and excluded hosts; None when the cluster has no spares (nothing to exclude).
+        self.pool = pool
+        self.tracker = HostTracker(spec.restart.exclude_after)
+        self.copies: List[CopyResult] = []
         self.job, self.transports, self.logs = job, transports, logs
         self.backend: Backend = backend_for(spec.backend)
         self.health_factory = health_factory
@@ -141,6 +150,8 @@ class Supervisor:
             self.job.end_attempt(outcome, record, job_state=decision.job_state, message=decision.reason)
             if decision.action == Action.FINISH:
                 return decision.job_state
+            if not self._exclude_if_needed(failure):
+                return JobState.FAILED
             self.restarts_used += 1
             self.say(f"attempt {number} failed: {failure}; {decision.reason} of the job, "
                      f"in {decision.delay_s:g} s")
@@ -148,6 +159,32 @@ class Supervisor:
                 self.job.set_state(JobState.STOPPED, "stop requested during backoff")
                 self.say("stop requested during backoff: no further attempt")
                 return JobState.STOPPED
+
+    def _exclude_if_needed(self, failure: Optional[RankFailure]) -> bool:
+        """Take out a host the policy blames and move its ranks to a spare; False when none is left
+        (the job then ends FAILED, its message naming every excluded host and why)."""
+        if self.pool is None:
+            return True
+        exclusion = self.tracker.observe(failure)
+        if exclusion is None:
+            return True
+        try:
+            spare = self.pool.exclude(exclusion.host, exclusion.reason)
+        except NoSpareLeft as exc:
+            self.job.set_hosts(self.pool.states())
+            self.job.set_state(JobState.FAILED, str(exc))
+            self.say(str(exc))
+            self.logs.note(str(exc))
+            return False
+        self.tracker.streak.clear()
+        self.spec = self.pool.spec
+        self.plan_factory = self.plan_factory.with_spec(self.spec)
+        self.job.set_hosts(self.pool.states())
+        text = (f"host {exclusion.host} excluded ({exclusion.reason}); its ranks move to spare "
+                f"{spare.name}")
+        self.say(text)
+        self.logs.note(text)
+        return True
 
     def decide(self, result: AttemptResult) -> Decision:
         """The restart policy's answer for how `result` ended."""
@@ -165,13 +202,13 @@ class Supervisor:
         """Start, watch and tear down attempt `number`; later attempts of a training stage resume."""
         timeline = {"start": time.monotonic()}
         choice: Optional[ResumeChoice] = None
-        if number > 1 and self.stage in TRAIN_STAGES:
+        if number > 1 and self.workload.resumable:
             try:
                 choice = self.find_resume()
             except HostError as exc:
                 self.job.begin_attempt(None)
-                failure = RankFailure(None, exc.host, reason=f"cannot read the checkpoint manifests there: "
-                                                             f"{exc.cause}", time=self.clock())
+                failure = RankFailure(None, exc.host, reason=f"cannot read or carry the checkpoints there: "
+                                                             f"{exc.cause}", time=self.clock(), kind="scan")
                 timeline["failed"] = timeline["gone"] = time.monotonic()
                 return AttemptResult(number, JobState.FAILED, failure, None, 0.0, timeline)
         point = choice.point if choice else None
@@ -236,15 +273,14 @@ class Supervisor:
         """(document, output sinks, tail sinks) of `host`'s agent for `plan`."""
         spec_host = self.spec.host(host)
         procs = plan.processes_on(host)
-        metrics_dir = (posixpath.join(self._output_dir(spec_host), "metrics")
-                       if self.stage in TRAIN_STAGES else None)
         processes, sinks, tails, tail_sinks = [], [], [], []
         for p in procs:
             carries = self.backend.carries_ranks(p)
             entry: Dict[str, Any] = {"name": p.name, "argv": ["bash", "-c", p.command], "env": dict(p.env),
                                      "cwd": p.cwd, "watch": carries and p.role == "rank"}
-            if metrics_dir and p.role == "rank":
-                entry["metrics"] = posixpath.join(metrics_dir, f"rank_{p.ranks[0]}.jsonl")
+            metrics = p.role == "rank" and self.workload.metrics_file(self.spec, spec_host, p.ranks[0])
+            if metrics:
+                entry["metrics"] = metrics
             processes.append(entry)
             sinks.append(self.backend.sink(p, plan, self.logs))
             for t in self.backend.tails(p, plan):
@@ -259,28 +295,24 @@ class Supervisor:
                     "files": files, "processes": processes, "tails": tails}
         return document, sinks, tail_sinks
 
-    def _output_dir(self, host: HostSpec) -> str:
-        override = self.spec.job.stage_overrides.get(self.stage, {}).get("output-dir")
-        if isinstance(override, str) and override:
-            return posixpath.normpath(posixpath.join(host.workdir, override))
-        return stage_output_dir(self.spec, host, self.stage)
-
     # -- resume
 
     def find_resume(self) -> ResumeChoice:
         """The newest checkpoint complete on every host that saves them (the hosts of the ranks),
         read through the transports, all hosts at once; `HostError` when a host cannot be asked."""
         assert self._plan is not None, "resume is looked up after a first attempt"
-        names = sorted({slot.host for slot in self._plan.slots})
+        active = {h.name for h in self.spec.hosts}
+        ran = {slot.host for slot in self._plan.slots}
+        names = sorted(ran & active)
+        fresh = sorted(h for h in (slot.host for slot in self.plan_factory.slots) if h not in ran)
 
         def scan(name: str) -> Tuple[Optional[Sequence[CheckpointInfo]], List[Skipped]]:
             host = self.spec.host(name)
-            ckpt_dir = posixpath.join(self._output_dir(host), "ckpt")
-            result = self.transports[name].exec(
-                [host.python, "-m", "refinenet.manifest", "scan", ckpt_dir, "--verify"], cwd=host.workdir,
-                timeout=SCAN_TIMEOUT_S)
+            ckpt_dir = self.workload.checkpoint_dir(self.spec, host)
+            argv = self.workload.scan_argv(host, ckpt_dir)
+            result = self.transports[name].exec(argv, cwd=host.workdir, timeout=SCAN_TIMEOUT_S)
             if not result.ok:
-                raise HostError(name, f"`python -m refinenet.manifest scan {ckpt_dir}` exited "
+                raise HostError(name, f"`{' '.join(argv[1:])}` exited "
                                       f"{result.returncode}: {result.stderr.strip()[-300:]}")
             try:
                 return parse_scan(result.stdout), parse_skipped(name, result.stderr)
@@ -299,7 +331,32 @@ class Supervisor:
         else:
             fallback = " (falling back to an older one)" if choice.passed_over else ""
             self.say(f"resuming from {choice.point.describe()}{fallback}")
+            if fresh:
+                choice = self._carry_to(choice, names[0], fresh)
         return choice
+
+    def _carry_to(self, choice: ResumeChoice, source: str, hosts: Sequence[str]) -> ResumeChoice:
+        """Copy the resume checkpoint from `source` to each of `hosts` (spares that hold none) and verify
+        it there; the choice with their paths added. `HostError` naming the host on failure."""
+        point = choice.point
+        paths = dict(point.paths)
+
+        def carry(name: str) -> CopyResult:
+            host = self.spec.host(name)
+            target_dir = self.workload.checkpoint_dir(self.spec, host)
+            return copy_checkpoint(self.transports[source], point.paths[source], self.transports[name],
+                                   target_dir, lambda d: self.workload.scan_argv(host, d), cwd=host.workdir)
+
+        done = fan_out(carry, hosts, key=str, width=self.fanout, catch=(HostError, OSError))
+        for name, exc in done.failed.items():
+            raise exc if isinstance(exc, HostError) else HostError(name, f"copying the checkpoint: {exc}")
+        for name in hosts:
+            copy = done.succeeded[name]
+            self.copies.append(copy)
+            paths[name] = copy.path
+            self.say(copy.describe())
+            self.logs.note(copy.describe())
+        return dataclasses.replace(choice, point=dataclasses.replace(point, paths=paths))
 
     # -- helpers
 
@@ -353,7 +410,7 @@ class _AttemptRun:
             if isinstance(exc, _Skipped):
                 continue
             cause = exc.cause if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
-            self.attempt.host_lost(host, f"cannot start the host agent: {cause}", now)
+            self.attempt.host_lost(host, f"cannot start the host agent: {cause}", now, kind="unreachable")
         if sup.stop_event.is_set():
             self.attempt.stop()
 
@@ -374,7 +431,7 @@ class _AttemptRun:
                 self.attempt.stop()
             mono = time.monotonic()
             if self.health is None and sup.health_factory is not None and self.attempt.all_started():
-                self.health = sup.health_factory(self.plan, *self._pids_and_ranks())
+                self.health = sup.health_factory(sup.spec, self.plan, *self._pids_and_ranks())
             if self.health is not None:
                 for failure in self.health.failures():
                     self.attempt.failed(failure)

@@ -157,6 +157,17 @@ def write_manifest(ckpt_path: PathLike, manifest: Manifest) -> Path:
     return path
 
 
+def mark_complete(ckpt_path: PathLike, *, epoch: int, step: int, steps_per_epoch: int, stage: str = "command",
+                  rank: int = 0) -> Path:
+    """For any program launched by refinenet-launch: declare a checkpoint written completely (call it
+    after the file is closed). `epoch` counts from 1, `step` is the step within the epoch. Name the
+    file `ckpt_name(epoch, step)` in `$REFINENET_CKPT_DIR` so a restart finds it."""
+    global_step = (epoch - 1) * steps_per_epoch + step
+    manifest = make_manifest(ckpt_path, stage=stage, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
+                             global_step=global_step, rank=rank)
+    return write_manifest(ckpt_path, manifest)
+
+
 def read_manifest(path: PathLike) -> Manifest:
     try:
         text = Path(path).read_text()
@@ -226,12 +237,19 @@ def scan(directory: PathLike, *, check_hash: bool = True) -> Tuple[List[ScanEntr
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refinenet.manifest",
-                                     description="Read RefineNet checkpoint manifests.")
+                                     description="Read and write checkpoint manifests.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_scan = sub.add_parser("scan", help="print the complete checkpoints of DIR as JSON, newest first")
     p_scan.add_argument("dir", help="checkpoint folder (or a training --output-dir holding ckpt/)")
     p_scan.add_argument("--verify", action="store_true", help="also check each file's sha256")
+    p_mark = sub.add_parser("mark", help="write the manifest of a checkpoint that is completely written")
+    p_mark.add_argument("ckpt", help="the checkpoint file, named refinenet-<epoch>_<step>.ckpt")
+    p_mark.add_argument("--steps-per-epoch", type=int, required=True)
+    p_mark.add_argument("--stage", default="command")
+    p_mark.add_argument("--rank", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "mark":
+        return _mark(args)
     target = Path(args.dir)
     if target.exists() and not target.is_dir():
         print(f"error: {target}: not a directory", file=sys.stderr)
@@ -242,6 +260,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path, why in skipped:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(json.dumps([e.to_json() for e in complete]))
+    return 0
+
+
+def _mark(args: argparse.Namespace) -> int:
+    parsed = parse_ckpt_name(Path(args.ckpt).name)
+    if parsed is None:
+        print(f"error: {args.ckpt}: not named {PREFIX}-<epoch>_<step>.ckpt", file=sys.stderr)
+        return 2
+    if not Path(args.ckpt).is_file():
+        print(f"error: {args.ckpt}: no such file", file=sys.stderr)
+        return 2
+    epoch, step = parsed
+    print(mark_complete(args.ckpt, epoch=epoch, step=step, steps_per_epoch=args.steps_per_epoch,
+                        stage=args.stage, rank=args.rank))
     return 0
 
 

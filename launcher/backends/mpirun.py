@@ -9,7 +9,7 @@ from typing import Callable, Dict, List
 from launcher.backends.base import Backend, Sink
 from launcher.logs import LogAggregator
 from launcher.plan import LaunchPlan, ProcessSpec
-from launcher.render import HOSTFILE, render_hostfile, template, workload_argv
+from launcher.render import HOSTFILE, render_hostfile, template
 
 _TAG = re.compile(r"\[\d+,(\d+)\]<std(?:out|err|diag)>:")
 
@@ -51,12 +51,11 @@ class MpirunBackend(Backend):
         hostfile = r.copy_to_hosts(HOSTFILE, render_hostfile(r.spec, r.slots), [head])[head.name]
         env = {**r.base_env(head), "MS_SCHED_HOST": r.spec.master.addr, "MS_SCHED_PORT": str(r.port),
                **r.visible_devices_env(head)}
-        module, args = workload_argv(r.spec, head, r.stage, r.resume_for(head))
         as_root = os.geteuid() == 0 if head.ssh is None else head.ssh.user == "root"
         command = template("mpirun.sh.j2").render(
             world_size=r.world, hostfile=hostfile,
             output_dir=posixpath.join(r.attempt_dir(head), "mpirun_output"), workdir=head.workdir,
-            as_root=as_root, forward=list(env), python=head.python, module=module, args=args)
+            as_root=as_root, forward=list(env), argv=r.workload_argv(head))
         proc = r.add("mpirun", head, "mpirun", [s.rank for s in r.slots], command, env, "mpirun.log")
         for slot in r.slots:
             r.rank_env_file(slot, proc.env, notes=[

@@ -15,7 +15,7 @@ from typing import Dict, Sequence
 from launcher.backends.base import Backend, Tail
 from launcher.errors import ClusterFileError
 from launcher.plan import LaunchPlan, ProcessSpec
-from launcher.render import MSRUN_ENTRY, RANK_TABLE, render_rank_table, template, workload_argv
+from launcher.render import MSRUN_ENTRY, RANK_TABLE, render_rank_table, template
 from launcher.spec import uses_rank_table
 
 _LOG_DIR = re.compile(r"--log_dir=(\S+)")
@@ -50,7 +50,7 @@ class MsrunBackend(Backend):
                                      [r.hosts[h] for h in r.by_host])
         for name, host_slots in r.by_host.items():
             host = r.hosts[name]
-            module, args = workload_argv(r.spec, host, r.stage, r.resume_for(host))
+            argv = r.workload_argv(host)
             python_dir = posixpath.dirname(host.python) if "/" in host.python else ""
             python = "python3" if posixpath.basename(host.python).startswith("python3") else "python"
             command = template("msrun.sh.j2").render(
@@ -59,7 +59,7 @@ class MsrunBackend(Backend):
                 node_rank=host_slots[0].node_rank,
                 log_dir=posixpath.join(r.attempt_dir(host), "msrun_log"),
                 cluster_time_out=r.spec.timeouts.cluster_s, rank_table_file=table_paths.get(name, ""),
-                no_tail_rank=r.world, entry=entries[name], task=python, module=module, args=args)
+                no_tail_rank=r.world, entry=entries[name], task=python, argv=argv)
             env = {**r.base_env(host), **r.visible_devices_env(host)}
             proc = r.add(f"msrun-{name}", host, "msrun", [s.rank for s in host_slots], command, env,
                             f"msrun_{name}.log")

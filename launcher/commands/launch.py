@@ -8,6 +8,7 @@ to `launcher.runner.run_job`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import socket
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import IO, Callable, Dict, Mapping, Optional, Sequence
 
 from launcher.errors import BadInput, HostError
+from launcher.exclusion import HostPool, NoSpareLeft
 from launcher.hccn import discover_device_ips, needs_discovery
 from launcher.jobs import RUNS_DIR_ENV, new_job_id, resolve_runs_dir
 from launcher.placement import RankSlot, place
@@ -31,21 +33,23 @@ from launcher.spec import (
     with_max_restarts,
     with_stage_options,
 )
+from launcher.workload import Workload, workload_for
 
 __all__ = ["build_parser", "run", "prepare", "make_plan_factory", "describe", "folder_reader", "host_reader",
            "resolve_cluster_path", "free_port", "plan_summary"]
-
-PlanFactory = Callable[..., LaunchPlan]
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Launch one stage of RefineNet training, evaluation or export on a cluster.",
-        epilog="Subcommands: logs, status, stop, list, health (refinenet-launch SUBCOMMAND --help).")
+        epilog="Any program instead of a RefineNet stage: refinenet-launch --cluster FILE [options] -- "
+               "COMMAND [ARGS...] (docs/workload-contract.md). Subcommands: logs, status, stop, list, "
+               "health, report, top (refinenet-launch SUBCOMMAND --help).")
     parser.add_argument("--cluster", required=True, metavar="FILE",
                         help="cluster file (YAML, see docs/cluster-config.md) or the name of a shipped one, "
                              "e.g. local-cpu")
-    parser.add_argument("--stage", required=True, choices=STAGES, help="what to run")
+    parser.add_argument("--stage", choices=STAGES,
+                        help="the RefineNet stage to run (or give a command after --)")
     parser.add_argument("--dry-run", action="store_true",
                         help="render everything into the job directory and print the plan; start nothing")
     parser.add_argument("--job-dir", metavar="DIR", help="job directory (default: RUNS_DIR/JOB_ID)")
@@ -65,9 +69,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a cluster file field before validation, e.g. master.port=9000 or "
                              "'hosts[0].device_ips=[10.0.0.1, 10.0.0.2]' (repeatable)")
+    parser.add_argument("--exclude-host", action="append", default=[], metavar="NAME",
+                        help="a host known to be bad: its ranks go to a spare of the cluster file from the "
+                             "start (repeatable)")
     parser.add_argument("--hccn-conf-dir", metavar="DIR",
                         help="read device IPs from DIR/<host name>.conf (or DIR/hccn.conf) on this machine "
                              "instead of each host's hccn_conf")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                        help="run this command as every rank instead of a RefineNet stage")
     return parser
 
 
@@ -154,19 +163,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def workload_of(args: argparse.Namespace) -> Workload:
+    """The workload the arguments ask for: `--stage STAGE` or `-- COMMAND ...`, exactly one."""
+    command = list(getattr(args, "command", None) or [])
+    if command and command[0] != "--":
+        raise BadInput(f"unexpected argument {command[0]!r}: a command to run goes after --")
+    command = command[1:]
+    if command and args.stage:
+        raise BadInput(f"give --stage or a command after --, not both (--stage {args.stage}, "
+                       f"command {' '.join(command)!r})")
+    if not command and not args.stage:
+        raise BadInput("nothing to run: give --stage r1|r2|eval|export, or a command after --")
+    if command and args.set:
+        raise BadInput("--set gives options of a RefineNet stage; with a command, put options on its "
+                       "command line")
+    return workload_for(args.stage, command)
+
+
 def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
     """(spec, slots, job_id, job_dir, plan_factory) from the parsed arguments; raises on any bad input."""
+    workload = workload_of(args)
+    stage = workload.stage
     cluster_path = resolve_cluster_path(args.cluster)
     overrides: Dict[str, object] = dict(parse_override(o) for o in args.override)
     spec = load_cluster(cluster_path, overrides or None)
     if args.max_restarts is not None:
         spec = with_max_restarts(spec, args.max_restarts)
     if args.set:
-        spec = with_stage_options(spec, args.stage, args.set)
+        spec = with_stage_options(spec, stage, args.set)
+    pool = _host_pool(spec, getattr(args, "exclude_host", None) or [])
+    spec = pool.spec if pool is not None else spec
     device_ips = {}
-    if needs_discovery(spec):
+    everyone = dataclasses.replace(spec, hosts=spec.hosts + spec.spares)
+    if needs_discovery(everyone):
         reader = read_file or (folder_reader(args.hccn_conf_dir) if args.hccn_conf_dir else host_reader())
-        device_ips = discover_device_ips(spec, reader)
+        device_ips = discover_device_ips(everyone, reader)
     slots = place(spec, device_ips)
     _check_ranks(args.ranks, len(slots))
 
@@ -174,21 +205,62 @@ def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
     if job_id is None and args.job_dir and JOB_ID.fullmatch(Path(args.job_dir).name):
         job_id = Path(args.job_dir).name
     if job_id is None:
-        job_id = new_job_id(spec.name, args.stage)
+        job_id = new_job_id(spec.name, stage)
     if not JOB_ID.fullmatch(job_id):
         raise BadInput(f"--job-id: {job_id!r} is not a job id (letters, digits, '.', '_', '-')")
     job_dir = Path(args.job_dir) if args.job_dir else resolve_runs_dir(args.runs_dir) / job_id
-    factory = make_plan_factory(spec, slots, args.stage, str(job_dir.absolute()), job_id)
+    factory = make_plan_factory(spec, slots, stage, str(job_dir.absolute()), job_id, workload)
+    factory.device_ips, factory.pool = device_ips, pool
     return spec, slots, job_id, job_dir, factory
 
 
+def _host_pool(spec: ClusterSpec, exclude: Sequence[str]) -> Optional[HostPool]:
+    """The job's host pool when it has spares (or hosts to exclude): `--exclude-host` applied."""
+    if not spec.spares and not exclude:
+        return None
+    pool = HostPool(spec, list(spec.spares))
+    names = {h.name for h in spec.hosts}
+    for name in exclude:
+        if name not in names:
+            known = ", ".join(sorted(names))
+            raise BadInput(f"--exclude-host: {name!r} is not a host of {spec.name} (hosts: {known})")
+        try:
+            pool.exclude(name, "excluded by --exclude-host")
+        except NoSpareLeft as exc:
+            raise BadInput(f"--exclude-host: {exc}") from None
+    return pool
+
+
+class PlanFactory:
+    """`factory(attempt=0, resume=None) -> LaunchPlan`. With `master.port: auto` every attempt gets a
+    port `pick_port()` found free (on this machine unless the runner points it at the master host)."""
+
+    def __init__(self, spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_dir: str, job_id: str,
+                 workload: Optional[Workload] = None):
+        self.spec, self.slots, self.stage, self.job_dir, self.job_id = spec, slots, stage, job_dir, job_id
+        self.workload = workload or workload_for(stage)
+        self.pick_port: Callable[[], int] = free_port
+        self.device_ips: Mapping[str, Mapping[int, str]] = {}
+        self.pool: Optional[HostPool] = None
+
+    def with_spec(self, spec: ClusterSpec) -> PlanFactory:
+        """The same factory for `spec` (hosts changed: an excluded host's ranks on a spare)."""
+        other = PlanFactory(spec, place(spec, self.device_ips), self.stage, self.job_dir, self.job_id,
+                            self.workload)
+        other.pick_port, other.device_ips, other.pool = self.pick_port, self.device_ips, self.pool
+        return other
+
+    def __call__(self, attempt: int = 0, resume: Optional[str] = None) -> LaunchPlan:
+        spec = self.spec
+        if spec.master.port == "auto":
+            spec = with_master_port(spec, self.pick_port())
+        return render_plan(spec, self.slots, self.stage, self.job_dir, job_id=self.job_id, attempt=attempt,
+                           resume=resume, workload=self.workload)
+
+
 def make_plan_factory(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, job_dir: str,
-                      job_id: str) -> PlanFactory:
-    """`factory(attempt=0, resume=None) -> LaunchPlan`; `master.port: auto` gets a fresh port per attempt."""
-    def factory(attempt: int = 0, resume: Optional[str] = None) -> LaunchPlan:
-        concrete = spec if spec.master.port != "auto" else with_master_port(spec, free_port())
-        return render_plan(concrete, slots, stage, job_dir, job_id=job_id, attempt=attempt, resume=resume)
-    return factory
+                      job_id: str, workload: Optional[Workload] = None) -> PlanFactory:
+    return PlanFactory(spec, slots, stage, job_dir, job_id, workload)
 
 
 def _check_ranks(text: Optional[str], world: int) -> None:

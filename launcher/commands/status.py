@@ -69,7 +69,8 @@ def collect(job: JobDir, record: JobRecord) -> Dict[str, Any]:
             "attempts": [{k: v for k, v in a.to_dict().items() if k != "processes"} for a in record.attempts],
             "processes": processes,
             "metrics": {str(rank): rec for rank, rec in sorted(job.last_metrics().items())},
-            "stragglers": [s.to_dict() for s in job.read_stragglers()]}
+            "stragglers": [s.to_dict() for s in job.read_stragglers()],
+            "hosts": {name: dict(state) for name, state in record.hosts.items()}}
 
 
 def _format_metrics(rec: Dict[str, Any]) -> str:
@@ -107,6 +108,13 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
                 "STOPPED", "SUCCEEDED", "FAILED"):
             out.append(f"          nothing watches this job: `refinenet-launch stop {status['job_id']}` "
                        f"ends what is left of it")
+    for i, (name, h) in enumerate(sorted((status.get("hosts") or {}).items())):
+        label = "hosts     " if i == 0 else "          "
+        detail = ""
+        if h.get("state") == "excluded":
+            detail = f": {h.get('reason')}" + (f" (ranks moved to {h['replaced_by']})" if h.get("replaced_by")
+                                               else "")
+        out.append(f"{label}{name} {h.get('state')}{detail}")
     for a in attempts:
         span = f"{format_time(a['started'])} -> {format_time(a['ended'])}".rstrip(" ->")
         extra = []

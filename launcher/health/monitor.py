@@ -23,6 +23,8 @@ from launcher.health.samples import HealthSampleWriter, plain
 __all__ = ["HealthFailure", "HealthMonitor"]
 
 FAILED_STATUSES = ("zombie", "gone", "dead")
+#: Hosts sampled at once: sampling is not urgent, and its threads count against the launcher's budget.
+SAMPLE_WIDTH = 8
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class HealthMonitor:
     def sample_once(self) -> List[Dict[str, Any]]:
         """Sample every host now, append the records to the file, and return them."""
         with self._sample_lock:
-            records = parallel_map(self._sample_host, list(self.spec.hosts))
+            records = parallel_map(self._sample_host, list(self.spec.hosts), max_workers=SAMPLE_WIDTH)
             for record in records:
                 try:
                     self.writer.write(record)

@@ -28,7 +28,8 @@ class AttemptHealthWatch:
             if f.kind not in FAILING_KINDS:
                 continue
             ranks = self.ranks_by_host.get(f.host) or [None]
-            out.append(RankFailure(ranks[0], f.host, reason=f"unhealthy {f.kind}: {f.detail}"))
+            kind = "device" if f.kind == "device" else "unreachable"
+            out.append(RankFailure(ranks[0], f.host, reason=f"unhealthy {f.kind}: {f.detail}", kind=kind))
         return out
 
     def stop(self) -> None:

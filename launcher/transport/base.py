@@ -8,18 +8,11 @@ from __future__ import annotations
 import abc
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
-LineCallback = Callable[[str], None]
+from launcher.errors import HostError
 
-
-class HostError(Exception):
-    """A host could not be reached, authenticated or used; carries the host and the cause."""
-
-    def __init__(self, host: str, cause: str):
-        super().__init__(f"{host}: {cause}")
-        self.host = host
-        self.cause = cause
+__all__ = ["HostError", "CommandResult", "HostInfo", "Transport"]
 
 
 @dataclass(frozen=True)
@@ -46,41 +39,6 @@ class HostInfo:
     facts: Mapping[str, str] = field(default_factory=dict)
 
 
-class RemoteProcess(abc.ABC):
-    """A long-running command started by `Transport.run`, in its own process group under a guard.
-
-    The guard kills the group when the launcher's side of the connection goes away, so a dead
-    launcher leaves nothing behind. `pid`/`pgid` are the host-side ids of the command itself.
-    """
-
-    host: str
-    pid: int
-    pgid: int
-
-    @abc.abstractmethod
-    def poll(self) -> Optional[int]:
-        """Exit status if finished (negative signal number when killed by a signal), else None."""
-
-    @abc.abstractmethod
-    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
-        """Wait up to `timeout` seconds; the exit status, or None if still running."""
-
-    @abc.abstractmethod
-    def kill_group(self, sig: int = signal.SIGTERM) -> None:
-        """Send `sig` to the command's whole process group on its host."""
-
-    def terminate(self, grace: float = 5.0) -> Optional[int]:
-        """SIGTERM the group, wait `grace` seconds, then SIGKILL it; returns the exit status."""
-        if self.poll() is not None:
-            return self.poll()
-        self.kill_group(signal.SIGTERM)
-        code = self.wait(grace)
-        if code is None:
-            self.kill_group(signal.SIGKILL)
-            code = self.wait(grace)
-        return code
-
-
 class Transport(abc.ABC):
     """Run commands and move files on one host.
 
@@ -90,11 +48,6 @@ class Transport(abc.ABC):
     """
 
     host: str
-
-    @abc.abstractmethod
-    def run(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
-            cwd: Optional[str] = None, on_line: Optional[LineCallback] = None) -> RemoteProcess:
-        """Start `argv` in its own session; `on_line` receives each whole stdout/stderr line."""
 
     def start_agent(self, argv: Sequence[str], stdin: bytes):
         """Start a host agent (`launcher.agent`): `argv` with `stdin` written to it first; returns an
@@ -113,6 +66,16 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write `path` on the host atomically, creating parent folders."""
+
+    def read_chunks(self, path: str, chunk: int = 1 << 22) -> Iterator[bytes]:
+        """The contents of `path` in pieces, for files too large to hold at once."""
+        yield self.read_file(path)
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644) -> int:
+        """Write `path` atomically from pieces; returns the bytes written."""
+        data = b"".join(chunks)
+        self.write_file(path, data, mode)
+        return len(data)
 
     @abc.abstractmethod
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,

@@ -1,10 +1,10 @@
-"""Keeps one command and its whole process group from outliving the launcher.
+"""Keeps one short command (`Transport.exec`) and its whole process group from outliving the launcher.
 
 Runs on every host with the host's own python and only the standard library, either as
 `python -m launcher.transport.guard MODE` or as this file's source: `python -c SOURCE MODE`
 (the transports send the source on stdin, ahead of the header: see `guarded.BOOTSTRAP`).
 
-Protocol (modes `run` and `exec`). The launcher writes one JSON line on the guard's stdin,
+Protocol (mode `exec`). The launcher writes one JSON line on the guard's stdin,
 ``{"argv": [...], "env": {NAME: VALUE}, "cwd": DIR, "grace": SECONDS, "nonce": HEX}``
 (`env` is laid over the guard's own environment), and keeps stdin open for the life of the
 command; each further line ``signal N`` sends signal N to the command's process group.
@@ -16,11 +16,7 @@ forwarded to the group.
 The command runs in its own session (setsid), so its process group id is its pid. When the
 command ends, members of its group still alive get the same SIGTERM/grace/SIGKILL treatment.
 
-`run`: the command's stdout and stderr both go to the guard's stdout, one stream. The guard's
-stderr is a side channel of JSON lines prefixed ``refinenet-guard ``:
-``{"event": "started", "pid": P, "pgid": G}``, ``{"event": "error", "message": M}`` (the
-command could not start), ``{"event": "exit", "status": S}``.
-`exec`: the command keeps separate stdout and stderr; when it and its group are gone the guard
+The command keeps separate stdout and stderr; when it and its group are gone the guard
 appends ``"\\n" + nonce + " " + S + "\\n"`` to stderr so the status survives transports that
 only carry 0-255.
 
@@ -40,7 +36,6 @@ import subprocess
 import sys
 import time
 
-PREFIX = "refinenet-guard "
 FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 CANNOT_START = 127
 NOT_FOUND = 1
@@ -149,29 +144,16 @@ class Guard:
         self.pgid = None
         self.control = b""
 
-    def report(self, **event):
-        if self.mode != "run":
-            return
-        try:
-            os.write(2, (PREFIX + json.dumps(event) + "\n").encode("utf-8"))
-        except OSError:
-            pass
-
     def start(self):
         try:
             self.proc = subprocess.Popen(
                 self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT if self.mode == "run" else None,
                 start_new_session=True, close_fds=True)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             message = f"cannot start {self.argv[0] if self.argv else '(empty command)'}: {exc}"
-            if self.mode == "run":
-                self.report(event="error", message=message)
-            else:
-                os.write(2, (message + "\n").encode("utf-8", "replace"))
+            os.write(2, (message + "\n").encode("utf-8", "replace"))
             return False
         self.pgid = self.proc.pid
-        self.report(event="started", pid=self.proc.pid, pgid=self.pgid)
         return True
 
     def leader_exited(self):
@@ -271,13 +253,10 @@ class Guard:
     def finish(self):
         self.stop_group()
         status = self.proc.wait()
-        if self.mode == "run":
-            self.report(event="exit", status=status)
-        else:
-            try:
-                os.write(2, f"\n{self.nonce} {status}\n".encode("ascii"))
-            except OSError:
-                pass
+        try:
+            os.write(2, f"\n{self.nonce} {status}\n".encode("ascii"))
+        except OSError:
+            pass
         return exit_status(status)
 
 
@@ -320,7 +299,7 @@ def supervise(mode):
 
 def main(argv):
     mode = argv[0] if argv else ""
-    if mode in ("run", "exec"):
+    if mode == "exec":
         return supervise(mode)
     if mode == "kill" and len(argv) in (3, 4) and argv[1].isdigit() and argv[2].isdigit():
         tag = None
@@ -331,7 +310,7 @@ def main(argv):
                 return 2
             tag = (name, value)
         return signal_group(int(argv[1]), int(argv[2]), tag)
-    sys.stderr.write("usage: guard run|exec  (header on stdin)\n       guard kill PGID SIGNAL [NAME=VALUE]\n")
+    sys.stderr.write("usage: guard exec  (header on stdin)\n       guard kill PGID SIGNAL [NAME=VALUE]\n")
     return 2
 
 

@@ -7,18 +7,28 @@ environment.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from launcher.transport import guard
-from launcher.transport.base import CommandResult, HostError, HostInfo, LineCallback, Transport
-from launcher.transport.guarded import GuardedProcess, guard_argv, guard_header, guard_stdin
+from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
+from launcher.transport.guarded import (
+    guard_argv,
+    guard_header,
+    guard_stdin,
+    new_nonce,
+    split_exec_trailer,
+    status_from_exit_code,
+)
 from launcher.transport.probe import parse_probe, probe_argv
 
 DEFAULT_GRACE_S = 2.0
@@ -30,34 +40,8 @@ class LocalTransport(Transport):
     def __init__(self, host: str = "localhost", *, grace_s: float = DEFAULT_GRACE_S):
         self.host = host
         self.grace_s = grace_s
-        self._processes: list = []
         self._streams: list = []
         self._lock = threading.Lock()
-
-    def run(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
-            cwd: Optional[str] = None, on_line: Optional[LineCallback] = None) -> GuardedProcess:
-        header = guard_header(argv, env, cwd, self.grace_s)
-        guard_proc = subprocess.Popen(guard_argv(sys.executable, "run"), stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-                                      start_new_session=True)
-        out_fd, side_fd = guard_proc.stdout.fileno(), guard_proc.stderr.fileno()
-
-        def write_control(data: bytes) -> None:
-            guard_proc.stdin.write(data)
-
-        def release() -> None:
-            guard_proc.wait()
-            guard_proc.stdin.close()
-            guard_proc.stderr.close()
-
-        process = GuardedProcess(
-            self.host, read_out=lambda n: os.read(out_fd, n), read_side=lambda n: os.read(side_fd, n),
-            write_control=write_control, hangup=guard_proc.stdin.close, guard_exit_code=guard_proc.wait,
-            signal_group=self.kill_group, on_line=on_line, release=release, argv=argv)
-        guard_proc.stdin.write(guard_stdin(header))
-        with self._lock:
-            self._processes = [p for p in self._processes if p.poll() is None] + [process]
-        return process.start()
 
     def start_agent(self, argv: Sequence[str], stdin: bytes) -> _PipeStream:
         argv = [sys.executable, *argv[1:]]
@@ -78,19 +62,25 @@ class LocalTransport(Transport):
 
     def exec(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
              cwd: Optional[str] = None, timeout: float = 60.0) -> CommandResult:
-        full_env = dict(os.environ, **{str(k): str(v) for k, v in (env or {}).items()})
+        """Run under the guard's exec mode, as on SSH hosts: the command and everything it starts end
+        with the launcher, and a timeout ends them too."""
+        nonce = new_nonce()
+        header = guard_header(argv, env, cwd, self.grace_s, nonce)
+        proc = subprocess.Popen(guard_argv(sys.executable, "exec"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            proc = subprocess.Popen([str(a) for a in argv], env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        except OSError as exc:
-            return CommandResult(guard.CANNOT_START, "", f"cannot start {argv[0]}: {exc}\n")
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_group(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise HostError(self.host, f"{argv[0]} did not finish within {timeout:g} s") from None
-        return CommandResult(proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+            proc.stdin.write(guard_stdin(header))
+            proc.stdin.flush()
+            out, err, finished = _read_both(proc, time.monotonic() + timeout)
+        finally:
+            proc.stdin.close()
+        code = proc.wait()
+        if not finished:
+            raise HostError(self.host, f"{argv[0]} did not finish within {timeout:g} s")
+        err, status = split_exec_trailer(err, nonce)
+        if status is None:
+            status = status_from_exit_code(code)
+        return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
     def read_file(self, path: str) -> bytes:
         return Path(path).read_bytes()
@@ -113,6 +103,34 @@ class LocalTransport(Transport):
                 pass
             raise
 
+    def read_chunks(self, path: str, chunk: int = 1 << 22) -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(chunk)
+                if not data:
+                    return
+                yield data
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644) -> int:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        written = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for data in chunks:
+                    f.write(data)
+                    written += len(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return written
+
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
                    verify_env: Optional[Tuple[str, str]] = None) -> bool:
         code = guard.signal_group(int(pgid), int(sig), verify_env)
@@ -126,12 +144,28 @@ class LocalTransport(Transport):
     def close(self) -> None:
         """Hang up on every command still running: their guards take their process groups down."""
         with self._lock:
-            processes, self._processes = self._processes, []
             streams, self._streams = self._streams, []
-        for process in processes:
-            process.hangup()
         for stream in streams:
             stream.close()
+
+
+def _read_both(proc: subprocess.Popen, deadline: float) -> Tuple[bytes, bytes, bool]:
+    """Stdout and stderr of `proc` until both close; False as third item when `deadline` passed first."""
+    chunks = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    with selectors.DefaultSelector() as sel:
+        for fd in chunks:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]), False
+            for key, _ in sel.select(min(left, 1.0)):
+                data = os.read(key.fd, 1 << 16)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    sel.unregister(key.fd)
+    return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()]), True
 
 
 class _PipeStream:

@@ -45,7 +45,9 @@ except OSError as exc:
 
 FACTS_SCRIPT = """\
 import importlib.util, json, os, platform, socket, sys, tempfile
-modules, directory = sys.argv[2:], sys.argv[1]
+directory, nfiles = sys.argv[1], int(sys.argv[2])
+files, modules = sys.argv[3:3 + nfiles], sys.argv[3 + nfiles:]
+absent = [f for f in files if not os.path.exists(f)]
 missing = {}
 for name in modules:
     try:
@@ -64,7 +66,14 @@ except OSError as exc:
 print(json.dumps({"hostname": socket.gethostname(), "python": sys.executable,
                   "version": platform.python_version(), "platform": platform.platform(),
                   "machine": platform.machine(), "cpus": str(os.cpu_count()),
-                  "missing": missing, "not_writable": writable}))
+                  "missing": missing, "not_writable": writable, "absent": absent}))
+"""
+
+PORT_SCRIPT = """\
+import socket
+s = socket.socket()
+s.bind(("", 0))
+print(s.getsockname()[1])
 """
 
 
@@ -98,16 +107,20 @@ def parse_probe(host: str, python: str, result: CommandResult) -> HostInfo:
                     python_version=facts.pop("version"), facts=facts)
 
 
-def facts_argv(python: str, directory: str, modules: Sequence[str]) -> list:
-    return [python, "-c", FACTS_SCRIPT, directory, *modules]
+def facts_argv(python: str, directory: str, modules: Sequence[str], files: Sequence[str] = ()) -> list:
+    return [python, "-c", FACTS_SCRIPT, directory, str(len(files)), *files, *modules]
 
 
-def check_host(transport, python: str, directory: str, modules: Sequence[str] = ()) -> HostInfo:
-    """One command: the host answers, `python` runs and imports `modules`, `directory` is writable.
-
-    `HostError` naming what is wrong; the host's facts otherwise."""
+def check_host(transport, python: str, directory: str, modules: Sequence[str] = (),
+               files: Sequence[str] = ()) -> HostInfo:
+    """One command: the host answers, `python` runs and imports `modules`, `directory` is writable,
+    every one of `files` exists. `HostError` naming what is wrong; the host's facts otherwise."""
     host = transport.host
-    facts: Dict[str, Any] = answer(host, python, transport.exec(facts_argv(python, directory, modules)))
+    argv = facts_argv(python, directory, modules, files)
+    facts: Dict[str, Any] = answer(host, python, transport.exec(argv))
+    absent = facts.pop("absent", []) or []
+    if absent:
+        raise HostError(host, f"input file(s) missing there: {', '.join(absent)}")
     missing = facts.pop("missing", {}) or {}
     if missing:
         listed = "; ".join(f"{name} ({why})" for name, why in sorted(missing.items()))
@@ -132,3 +145,11 @@ def check_writable(transport, directory: str, python: str = "python3") -> None:
     result = answer(transport.host, python, transport.exec(writable_argv(python, directory)))
     if not result.get("ok"):
         raise HostError(transport.host, f"cannot write in {directory}: {result.get('error')}")
+
+
+def free_port_on(transport, python: str) -> int:
+    """A TCP port free on the transport's host now (for `master.port: auto` on a remote master)."""
+    result = transport.exec([python, "-c", PORT_SCRIPT])
+    if not result.ok or not result.stdout.strip().isdigit():
+        raise HostError(transport.host, f"cannot find a free port there: {result.stderr.strip()[-200:]}")
+    return int(result.stdout.strip())

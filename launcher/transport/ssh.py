@@ -12,27 +12,28 @@ POSIX login shell and a python 3.6+ (`python`, default `python3`) for the guard.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import getpass
 import logging
 import os
 import posixpath
 import secrets
+import select
 import shlex
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import paramiko
 
 from launcher.transport import guard
-from launcher.transport.base import CommandResult, HostError, HostInfo, LineCallback, Transport
+from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
 from launcher.transport.guarded import (
     CHUNK,
-    GuardedProcess,
     guard_argv,
     guard_header,
     guard_source,
@@ -212,22 +213,6 @@ class SshTransport(Transport):
 
     # -- commands -----------------------------------------------------------------------------
 
-    def run(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
-            cwd: Optional[str] = None, on_line: Optional[LineCallback] = None) -> GuardedProcess:
-        header = guard_header(argv, env, cwd, self.grace_s)
-        chan = self._channel()
-        try:
-            chan.exec_command(self._guard_command("run"))
-            chan.sendall(guard_stdin(header))
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            chan.close()
-            raise HostError(self.host, f"cannot start {argv[0]}: {exc}") from exc
-        process = GuardedProcess(
-            self.host, read_out=chan.recv, read_side=chan.recv_stderr, write_control=chan.sendall,
-            hangup=chan.shutdown_write, guard_exit_code=chan.recv_exit_status,
-            signal_group=self.kill_group, on_line=on_line, release=chan.close, argv=argv)
-        return process.start()
-
     def start_agent(self, argv: Sequence[str], stdin: bytes) -> _ChannelStream:
         chan = self._channel()
         try:
@@ -338,6 +323,55 @@ class SshTransport(Transport):
             except (paramiko.SSHException, EOFError) as exc:
                 raise HostError(self.host, f"writing {path} failed: {exc}") from exc
 
+    def read_chunks(self, path: str, chunk: int = 1 << 22) -> Iterator[bytes]:
+        """Read over a connection of its own SFTP session, so other file operations are not held up."""
+        sftp = self._new_sftp()
+        try:
+            with sftp.open(path, "rb") as f:
+                f.prefetch()
+                while True:
+                    data = f.read(chunk)
+                    if not data:
+                        return
+                    yield data
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, f"no such file on {self.host}", path) from None
+        except (paramiko.SSHException, EOFError) as exc:
+            raise HostError(self.host, f"reading {path} failed: {exc}") from exc
+        finally:
+            sftp.close()
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644) -> int:
+        directory, name = posixpath.split(path)
+        tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        sftp = self._new_sftp()
+        written = 0
+        try:
+            self._makedirs(sftp, directory)
+            try:
+                with sftp.open(tmp, "wb") as f:
+                    f.set_pipelined(True)
+                    for data in chunks:
+                        f.write(data)
+                        written += len(data)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+                    sftp.remove(tmp)
+                raise
+        except (paramiko.SSHException, EOFError) as exc:
+            raise HostError(self.host, f"writing {path} failed: {exc}") from exc
+        finally:
+            sftp.close()
+        return written
+
+    def _new_sftp(self) -> paramiko.SFTPClient:
+        try:
+            return paramiko.SFTPClient.from_transport(self.connect())
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostError(self.host, f"cannot open SFTP: {exc}") from exc
+
     @staticmethod
     def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
         missing = []
@@ -401,33 +435,28 @@ class _ChannelStream:
 
 
 def _collect(chan: paramiko.Channel, timeout: float) -> Tuple[bytes, bytes, Optional[int]]:
-    """All of a channel's stdout and stderr and its exit code; code None when `timeout` ran out."""
+    """All of a channel's stdout and stderr and its exit code; code None when `timeout` ran out.
+
+    One loop reads both streams (the channel's fileno wakes `select` for either), so a short command
+    costs no thread of its own."""
     deadline = time.monotonic() + timeout
-    chunks = {"err": []}
-
-    def drain_err() -> None:
-        try:
-            while True:
-                data = chan.recv_stderr(CHUNK)
-                if not data:
-                    return
-                chunks["err"].append(data)
-        except (OSError, EOFError):
-            return
-
-    reader = threading.Thread(target=drain_err, daemon=True)
-    reader.start()
     out: List[bytes] = []
-    try:
-        while True:
-            chan.settimeout(max(0.01, deadline - time.monotonic()))
-            data = chan.recv(CHUNK)
-            if not data:
+    err: List[bytes] = []
+    while True:
+        progressed = False
+        while chan.recv_ready():
+            out.append(chan.recv(CHUNK))
+            progressed = True
+        while chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(CHUNK))
+            progressed = True
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            if chan.eof_received or chan.closed:
                 break
-            out.append(data)
-    except socket.timeout:
-        return b"".join(out), b"".join(chunks["err"]), None
-    reader.join(max(0.0, deadline - time.monotonic()))
-    if reader.is_alive() or not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
-        return b"".join(out), b"".join(chunks["err"]), None
-    return b"".join(out), b"".join(chunks["err"]), chan.recv_exit_status()
+        if progressed:
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"".join(out), b"".join(err), None
+        select.select([chan], [], [], min(left, 0.5))
+    return b"".join(out), b"".join(err), chan.recv_exit_status()

@@ -12,6 +12,7 @@ import re
 from typing import Dict, List, Optional, Tuple, Union
 
 #: Progress lines every workload may print: `epoch: N step: M, loss is X` (the ModelZoo format).
+PROGRESS_MARK = "loss is"
 _PROGRESS = re.compile(
     r"epoch:\s*(\d+)\s+step:\s*(\d+),\s*loss is\s*([-+]?(?:[0-9.]+(?:[eE][-+]?\d+)?|nan|inf))")
 #: MindSpore's dynamic-cluster scheduler, run by the dynamic, msrun and mpirun backends.
@@ -52,6 +53,10 @@ class Workload:
     def env(self, spec, host, resume: Optional[str] = None) -> Dict[str, str]:
         """Variables the rank environment gets besides the backend's (none by default)."""
         return {}
+
+    def data_files(self, spec, host) -> List[str]:
+        """Input files every rank on `host` reads (the host check finds a missing one first)."""
+        return []
 
     def output_dir(self, spec, host) -> str:
         """Where this workload's outputs go on `host`: `<workdir>/<job.output_dir>/<stage>`."""

@@ -3,8 +3,9 @@
 Every rank runs COMMAND with the backend's rank environment. Resume contract: before a restart the
 launcher looks for complete checkpoints (checkpoint file + manifest, `refinenet.manifest`) in the
 directory it gave the program as `REFINENET_CKPT_DIR`; the newest one complete on every host is
-passed back as `REFINENET_RESUME=PATH` and in place of a `{resume}` argument (a `{resume}` argument
-is dropped, with the option before it when that is `--something`, when there is nothing to resume).
+passed back as `REFINENET_RESUME=PATH` and in place of `{resume}` in the arguments. With nothing to
+resume, an argument that is just `{resume}` is dropped (with the option before it when that is
+`--something`) and `{resume}` inside a longer argument becomes empty.
 """
 from __future__ import annotations
 
@@ -42,8 +43,11 @@ class CommandWorkload(Workload):
                 out.append(arg)
             elif resume is not None:
                 out.append(arg.replace(RESUME_PLACEHOLDER, resume))
-            elif arg == RESUME_PLACEHOLDER and out and out[-1].startswith("--"):
-                out.pop()
+            elif arg == RESUME_PLACEHOLDER:
+                if out and out[-1].startswith("--"):
+                    out.pop()
+            else:
+                out.append(arg.replace(RESUME_PLACEHOLDER, ""))
         return out
 
     def env(self, spec, host, resume: Optional[str] = None) -> Dict[str, str]:

@@ -6,6 +6,7 @@ from typing import List
 import pytest
 
 from tests.e2e import standin
+from tests.e2e.slurm import SlurmCluster
 from tests.e2e.sshd import ClientKey, SshAgent, SshHost, SshServer, start_servers, stop_servers
 
 SIMULATED_HOSTS = (("host-a", "127.0.0.2"), ("host-b", "127.0.0.3"))
@@ -53,6 +54,14 @@ def scale_servers(tmp_path_factory, ssh_client_key) -> List[SshServer]:
         yield servers
     finally:
         stop_servers(servers)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> SlurmCluster:
+    """A real 2-node Slurm cluster (n1, n2, partition `debug`); clients need `slurm_cluster.env`.
+    Fails, naming the missing program, when the Slurm packages are not installed."""
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -240,6 +240,9 @@ def cluster_file(folder: Path, hosts: Sequence, ranks: Union[int, Sequence[int]]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     counts = [ranks] * len(hosts) if isinstance(ranks, int) else list(ranks)
+    for h in hosts:
+        Path(h.workdir).mkdir(parents=True, exist_ok=True)
+        (Path(h.workdir) / "train.lst").write_text("stand-in\n")
     data = {"name": name, "backend": "dynamic", "device": "cpu",
             "hosts": [{**h.spec_dict(), "ranks": n, "python": python} for h, n in zip(hosts, counts)],
             "env": dict(env),

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from launcher.placement import place
-from launcher.render import render_plan, workload_argv
+from launcher.render import render_plan
 from launcher.spec import parse_cluster
+from launcher.workload import RefineNetWorkload
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +66,7 @@ def test_hostile_values_never_execute(tmp_path, backend, device):
     assert not marker.exists()
     assert list(tmp_path.glob("**/MARKER")) == []
     if backend in ("dynamic", "rank_table"):
-        _, args = workload_argv(spec, spec.hosts[0], "r1")
+        args = RefineNetWorkload("r1").arguments(spec, spec.hosts[0])
         res = outputs["r0"]
         assert res.returncode == 0, res.stderr
         assert res.stdout == " ".join(["-m", "refinenet.train", *args]) + "\n"

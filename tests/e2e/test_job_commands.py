@@ -1,6 +1,7 @@
 """`refinenet-launch logs|status|list|stop` through the real CLI, on job directories with real processes."""
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -264,18 +265,34 @@ while True:
 
 
 def test_ranks_run_through_the_local_transport_then_stop_status_logs(runs, env, capsys):
+    from launcher.agent.session import start_session
     from launcher.transport.local import LocalTransport
 
     job = JobDir.create(runs, cluster="twohost", stage="r1", spec=SPEC, launcher=dead_launcher())
     job.begin_attempt()
     with job.open_logs() as agg:
         agg.start_attempt(1)
-        procs = []
+        events = queue.Queue()
         for rank, host in ((0, "host-a"), (1, "host-b")):
-            proc = LocalTransport(host).run([sys.executable, "-c", RANK], env={JOB_ID_ENV: job.job_id},
-                                            on_line=agg.rank_sink(rank, host))
-            job.record_process(ProcessRecord.for_rank(rank, host, proc.pid, proc.pgid))
-            procs.append(proc)
+            process = {"name": f"r{rank}", "argv": [sys.executable, "-c", RANK],
+                       "env": {JOB_ID_ENV: job.job_id}, "cwd": "/"}
+            doc = {"job_id": job.job_id, "attempt": 1, "host": host, "grace": 5.0, "hang_s": None,
+                   "files": [], "tails": [], "processes": [process]}
+            start_session(LocalTransport(host), sys.executable, doc, [agg.rank_sink(rank, host)], [], events)
+        statuses = {}
+
+        def next_event():
+            event = events.get(timeout=30)
+            if event.kind == "started":
+                job.record_process(ProcessRecord.for_rank(int(event.host == "host-b"), event.host,
+                                                          event.data["pid"], event.data["pgid"]))
+            if event.kind == "exit":
+                statuses[event.host] = event.data["status"]
+            return event
+
+        ready = 0
+        while ready < 2:
+            ready += next_event().kind == "ready"
         job.set_state(JobState.RUNNING)
         deadline = time.monotonic() + 30
         while [t is not None for t in agg.last_activity().values()] != [True, True]:
@@ -284,7 +301,9 @@ def test_ranks_run_through_the_local_transport_then_stop_status_logs(runs, env, 
         stop = subprocess.run([sys.executable, "-m", "launcher.cli", "stop", job.job_id, "--grace", "5"],
                               env=env, capture_output=True, text=True, timeout=120)
         assert stop.returncode == 0, stop.stdout + stop.stderr
-        assert [p.wait(10) for p in procs] == [-signal.SIGTERM, -signal.SIGTERM]
+        while len(statuses) < 2:
+            next_event()
+        assert statuses == {"host-a": -signal.SIGTERM, "host-b": -signal.SIGTERM}
     code, out, _ = cli(capsys, "status", job.job_id)
     assert code == 0 and "state     STOPPED" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("r0 ", "r1 "))]

@@ -148,23 +148,28 @@ def test_two_ssh_hosts_each_keep_their_own_checkpoint(tmp_path, child_env, datas
 
 @pytest.mark.parametrize("backend", ["dynamic", "msrun", "mpirun"])
 def test_a_rank_failing_at_start_stops_the_job(tmp_path, child_env, dataset, backend):
-    """A rank exits at once on a bad data path; the ranks waiting for the cluster and the scheduler are
-    stopped well before the cluster timeout. dynamic and msrun: rank 1's host (its own workdir) has no
-    copy of the data. mpirun runs one command line everywhere, so every rank gets the bad path."""
+    """A rank exits at once on a bad data list (it exists, so the host check passes, but names images
+    that do not); the ranks waiting for the cluster and the scheduler are stopped well before the
+    cluster timeout. dynamic and msrun: rank 1's host (its own workdir) has the bad list. mpirun runs
+    one command line everywhere, so every rank gets the bad list."""
     runs = tmp_path / "runs"
+    bad_list = "missing/a.jpg missing/a.png\n"
     if backend == "mpirun":
         cluster = cluster_file(tmp_path, "bad-mpirun", backend, [{"name": "local", "ranks": 2}],
                                str(dataset / LIST), "out")
-        bad_rank, bad_host, missing = 0, "local", "/nonexistent does not exist"
-        extra = ["--set", "data=/nonexistent"]
+        (tmp_path / "bad.lst").write_text(bad_list)
+        bad_rank, bad_host, missing = 0, "local", "file not found"
+        extra = ["--set", f"data={tmp_path / 'bad.lst'}"]
     else:
         for name in ("host-a", "host-b"):
             (tmp_path / name).mkdir()
         copy_dataset(dataset, tmp_path / "host-a" / "data")
+        (tmp_path / "host-b" / "data").mkdir()
+        (tmp_path / "host-b" / "data" / LIST).write_text(bad_list)
         hosts = [{"name": "host-a", "address": "127.0.0.1", "ranks": 1, "workdir": str(tmp_path / "host-a")},
                  {"name": "host-b", "address": "127.0.0.2", "ranks": 1, "workdir": str(tmp_path / "host-b")}]
         cluster = cluster_file(tmp_path, f"bad-{backend}", backend, hosts, f"data/{LIST}", "out")
-        bad_rank, bad_host, missing, extra = 1, "host-b", f"data/{LIST} does not exist", []
+        bad_rank, bad_host, missing, extra = 1, "host-b", "file not found", []
     started = time.monotonic()
     res = launch(cluster, runs, tmp_path, child_env, *extra, timeout=120)
     elapsed = time.monotonic() - started

@@ -30,14 +30,25 @@ def missing_python(host: dict, tmp_path: Path) -> dict:
     return dict(host, python="/nonexistent/bin/python3")
 
 
+def missing_data(host: dict, tmp_path: Path) -> dict:
+    """A host whose working directory lacks the stage's input file."""
+    workdir = tmp_path / "workdir-without-data"
+    workdir.mkdir()
+    return dict(host, workdir=str(workdir))
+
+
 @pytest.mark.parametrize("break_host, cause", [
     (unreachable, "refused"),
     (unknown_host_key, "host key"),
     (missing_python, "/nonexistent/bin/python3"),
-], ids=["unreachable", "unknown-host-key", "missing-python"])
+    (missing_data, "input file(s) missing there: "),
+], ids=["unreachable", "unknown-host-key", "missing-python", "missing-data"])
 def test_a_bad_host_fails_the_host_check_and_nothing_starts(tmp_path, child_env, ssh_hosts, break_host,
                                                             cause):
     good, bad = (dict(h.spec_dict(), ranks=1) for h in ssh_hosts)
+    for host in (good, bad):
+        (Path(host["workdir"]) / "data").mkdir(parents=True, exist_ok=True)
+        (Path(host["workdir"]) / "data" / "train.txt").write_text("a.jpg a.png\n")
     bad = break_host(bad, tmp_path)
     name = f"badhost-{uuid.uuid4().hex[:8]}"
     spec = {"name": name, "backend": "dynamic", "device": "cpu", "hosts": [good, bad],
@@ -55,6 +66,8 @@ def test_a_bad_host_fails_the_host_check_and_nothing_starts(tmp_path, child_env,
     assert len(problems) == 1 and problems[0].lstrip().startswith(f"{bad['name']} ({bad['address']})"), \
         res.stderr
     assert cause in problems[0], res.stderr
+    if break_host is missing_data:
+        assert problems[0].endswith(f"{bad['workdir']}/data/train.txt"), res.stderr
     assert res.stdout == ""
     assert not runs.exists() or not any(runs.iterdir())
     for host in ssh_hosts:

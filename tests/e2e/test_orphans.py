@@ -1,8 +1,8 @@
 """A launcher killed with SIGKILL leaves no process behind, on the local host or on SSH hosts.
 
 A launcher-like parent process starts process trees (a shell with `sleep` children, one subtree
-ignoring SIGTERM so only SIGKILL ends it) through the transports, prints their ids and waits; the
-test SIGKILLs it and checks that every process of every tree, and every guard, is gone within 5 s.
+ignoring SIGTERM so only SIGKILL ends it) through host agents, prints their ids and waits; the
+test SIGKILLs it and checks that every process of every tree, and every agent, is gone within 5 s.
 """
 import json
 import os
@@ -19,19 +19,28 @@ pytestmark = pytest.mark.e2e
 TREE = "sleep 300 & sh -c 'trap \"\" TERM; sleep 300' & sleep 300 & wait"
 
 PARENT = """
-import json, sys, time
+import json, queue, sys, time
 from types import SimpleNamespace
+from launcher.agent.session import start_session
 from launcher.transport.factory import open_transport
 
-procs = []
+events, sessions = queue.Queue(), []
 for spec in json.loads(sys.argv[1]):
     ssh = SimpleNamespace(**spec["ssh"]) if spec.get("ssh") else None
     host = SimpleNamespace(name=spec["name"], address=spec["address"], ssh=ssh, python=spec.get("python"))
-    transport = open_transport(host)
-    for rank in range(2):
-        procs.append(transport.run(["sh", "-c", sys.argv[2]], env={"REFINENET_JOB_ID": "orphan-test"},
-                                   on_line=print))
-print(json.dumps([[p.host, p.pid, p.pgid] for p in procs]), flush=True)
+    processes = [{"name": f"r{rank}", "argv": ["sh", "-c", sys.argv[2]], "cwd": "/",
+                  "env": {"REFINENET_JOB_ID": "orphan-test"}} for rank in range(2)]
+    doc = {"job_id": "orphan-test", "attempt": 1, "host": host.name, "grace": 2.0, "hang_s": None,
+           "files": [], "tails": [], "processes": processes}
+    sessions.append(start_session(open_transport(host), host.python or "python3", doc, [print, print], [],
+                                  events))
+started, ready = [], 0
+while ready < len(sessions):
+    event = events.get(timeout=30)
+    if event.kind == "started":
+        started.append([event.host, event.data["pid"], event.data["pgid"]])
+    ready += event.kind == "ready"
+print(json.dumps(started), flush=True)
 while True:
     time.sleep(60)
 """
@@ -108,7 +117,7 @@ ESCAPING_TREE = "setsid sleep 301 & setsid sh -c 'trap \"\" TERM; sleep 302' & s
 
 
 def test_processes_that_leave_the_group_are_ended_too(child_env):
-    """msrun starts its workers in sessions of their own: the guard must end them all the same."""
+    """msrun starts its workers in sessions of their own: the agent must end them all the same."""
     local = {"name": "local", "address": "localhost", "ssh": None}
     parent = subprocess.Popen([sys.executable, "-c", PARENT, json.dumps([local]), ESCAPING_TREE],
                               env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -116,13 +125,14 @@ def test_processes_that_leave_the_group_are_ended_too(child_env):
         started = json.loads(parent.stdout.readline())
         everything = []
         for _, pid, _ in started:
-            guard = psutil.Process(pid).parent()
+            shell = psutil.Process(pid)
+            agent = shell.parent()
             deadline = time.monotonic() + 10
-            while len(guard.children(recursive=True)) < 5 and time.monotonic() < deadline:
+            while len(shell.children(recursive=True)) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            tree = guard.children(recursive=True)
+            tree = shell.children(recursive=True) + [shell]
             assert sum(1 for p in tree if os.getsid(p.pid) != pid) >= 2, [p.cmdline() for p in tree]
-            everything += tree + [guard]
+            everything += tree + [agent]
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         killed = time.monotonic()

@@ -84,6 +84,9 @@ def cluster_file(folder: Path, python: str, *, steps: int, step_s: float, max_re
     hosts = [local]
     if ssh_host is not None:
         hosts.append({**ssh_host.spec_dict(), "ranks": 1, "python": python})
+    for host in hosts:
+        Path(host["workdir"]).mkdir(parents=True, exist_ok=True)
+        (Path(host["workdir"]) / "train.lst").write_text("stand-in\n")
     data = {"name": "faults", "backend": "dynamic", "device": "cpu", "hosts": hosts,
             "env": {"FAKE_STEPS": str(steps), "FAKE_STEP_S": str(step_s), **(env or {})},
             "job": {"data": "train.lst", "output_dir": "out"},

@@ -1,15 +1,19 @@
-"""Both transports, local and SSH (a real sshd on 127.0.0.2), through the same tests and interface."""
+"""Both transports, local and SSH (a real sshd on 127.0.0.2), through the same tests and interface:
+short commands, files, and host agents started through them."""
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, List
 
 import psutil
 import pytest
 
+from launcher.agent.session import start_session
 from launcher.transport.base import HostError, Transport
 from launcher.transport.factory import open_transport
 from launcher.transport.local import LocalTransport
@@ -76,18 +80,57 @@ def wait_members(pgid, count, timeout=5.0):
     return members
 
 
-def test_runs_with_env_and_cwd_and_reports_real_ids(host):
-    lines = []
-    proc = host.transport.run(["sh", "-c", 'echo "value=$GREETING"; pwd; echo to-stderr >&2; exit 7'],
-                              env={"GREETING": "hello world; $(id)"}, cwd=str(host.workdir),
-                              on_line=lines.append)
-    assert proc.wait(10) == 7
-    assert lines == ["value=hello world; $(id)", str(host.workdir), "to-stderr"]
-    assert proc.pid == proc.pgid > 1
-    assert proc.poll() == 7
+class Agent:
+    """A host agent started through the host's transport, with its lines and events collected."""
+
+    def __init__(self, host: Host, processes, tails=(), hang_s=None, grace=1.0):
+        self.lines: Dict[str, List[str]] = {}
+        self.events: queue.Queue = queue.Queue()
+        self.seen: List = []
+        procs = [{"name": f"p{i}", "cwd": str(host.workdir), "env": {}, **p} for i, p in enumerate(processes)]
+        doc = {"job_id": "t", "attempt": 1, "host": "h", "grace": grace, "hang_s": hang_s, "files": [],
+               "processes": procs, "tails": list(tails)}
+        sinks = [lambda line, n=p["name"]: self.lines.setdefault(n, []).append(line) for p in procs]
+        tail_sinks = [lambda line, j=j: self.lines.setdefault(f"t{j}", []).append(line)
+                      for j in range(len(tails))]
+        self.session = start_session(host.transport, host.python, doc, sinks, tail_sinks, self.events)
+
+    def until(self, predicate, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.seen.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(f"no such event in {timeout} s: {[(e.kind, dict(e.data)) for e in self.seen]}")
+
+    def pids(self) -> List[int]:
+        self.until(lambda e: e.kind == "ready")
+        return [e.data["pid"] for e in self.seen if e.kind == "started"]
+
+    def statuses(self) -> Dict[int, int]:
+        self.until(lambda e: e.kind == "done")
+        return {e.index: e.data["status"] for e in self.seen if e.kind == "exit"}
 
 
-def test_merged_lines_arrive_in_order_whole_and_complete(host):
+def sh(script, **kw):
+    return {"argv": ["sh", "-c", script], **kw}
+
+
+def test_processes_run_with_env_and_cwd_and_report_real_ids(host):
+    agent = Agent(host, [sh('echo "value=$GREETING"; pwd; echo to-stderr >&2; exit 7',
+                            env={"GREETING": "hello world; $(id)"})])
+    pids = agent.pids()
+    assert agent.statuses() == {0: 7}
+    assert agent.lines["p0"] == ["value=hello world; $(id)", str(host.workdir), "to-stderr"]
+    started = [e for e in agent.seen if e.kind == "started"][0]
+    assert started.data["pid"] == started.data["pgid"] == pids[0] > 1
+
+
+def test_lines_arrive_in_order_whole_and_complete(host):
     script = (
         "import sys\n"
         "for i in range(3000):\n"
@@ -96,90 +139,88 @@ def test_merged_lines_arrive_in_order_whole_and_complete(host):
         "sys.stdout.write('L' * 300000 + '\\n')\n"
         "sys.stdout.write('no newline at the end'); sys.stdout.flush()\n"
     )
-    lines = []
-    proc = host.transport.run([host.python, "-c", script], on_line=lines.append)
-    assert proc.wait(30) == 0
-    assert lines[:3000] == [f"line {i} {'x' * (i % 50)}" for i in range(3000)]
-    assert lines[3000:] == ["L" * 300000, "no newline at the end"]
+    agent = Agent(host, [{"argv": [host.python, "-c", script]}])
+    assert agent.statuses() == {0: 0}
+    lines = agent.lines["p0"]
+    out = [f"line {i} {'x' * (i % 50)}" for i in range(3000) if i % 3]
+    err = [f"line {i} {'x' * (i % 50)}" for i in range(3000) if i % 3 == 0]
+    assert [x for x in lines if x.startswith("line") and int(x.split()[1]) % 3] == out
+    assert [x for x in lines if x.startswith("line") and int(x.split()[1]) % 3 == 0] == err
+    stdout = [x for x in lines if not (x.startswith("line") and int(x.split()[1]) % 3 == 0)]
+    assert stdout[-2:] == ["L" * 300000, "no newline at the end"]
 
 
 def test_many_fast_writers_lose_nothing(host):
-    runs = 8
-    lines = [[] for _ in range(runs)]
-    procs = [host.transport.run(["seq", "1", "20000"], on_line=lines[r].append) for r in range(runs)]
-    assert [p.wait(60) for p in procs] == [0] * runs
+    agent = Agent(host, [{"argv": ["seq", "1", "20000"]} for _ in range(8)])
+    assert agent.statuses() == {i: 0 for i in range(8)}
     expected = [str(i) for i in range(1, 20001)]
-    assert all(got == expected for got in lines)
+    assert all(agent.lines[f"p{i}"] == expected for i in range(8))
 
 
-def test_exit_codes_and_signal_deaths(host):
-    t = host.transport
-    assert t.run(["sh", "-c", "exit 200"]).wait(10) == 200
-    assert t.run(["sh", "-c", "exit 0"]).wait(10) == 0
-    assert t.run(["sh", "-c", "kill -KILL $$"]).wait(10) == -signal.SIGKILL
-    assert t.run(["sh", "-c", "kill -TERM $$"]).wait(10) == -signal.SIGTERM
+def test_exit_codes_signal_deaths_and_commands_that_cannot_start(host):
+    agent = Agent(host, [sh("exit 200"), sh("exit 0"), sh("kill -KILL $$"), sh("kill -TERM $$"),
+                         {"argv": ["no-such-program", "--flag"]},
+                         {"argv": ["true"], "cwd": str(host.workdir / "missing")}])
+    assert agent.statuses() == {0: 200, 1: 0, 2: -signal.SIGKILL, 3: -signal.SIGTERM, 4: 127, 5: 127}
+    errors = [e.data["message"] for e in agent.seen if e.kind == "error"]
+    assert any("no-such-program" in m for m in errors)
+    assert any("No such file or directory" in m for m in errors)
 
 
-def test_a_command_that_cannot_start_is_a_host_error(host):
-    with pytest.raises(HostError, match="no-such-program"):
-        host.transport.run(["no-such-program", "--flag"])
-    with pytest.raises(HostError, match="No such file or directory"):
-        host.transport.run(["true"], cwd=str(host.workdir / "missing"))
-
-
-def test_kill_group_takes_the_whole_tree(host):
-    proc = host.transport.run(["sh", "-c", "sleep 60 & sleep 60 & sh -c 'sleep 60' & wait"])
-    members = wait_members(proc.pgid, 5)
-    assert len(members) >= 5 and proc.pid in members
-    proc.kill_group(signal.SIGTERM)
-    assert proc.wait(10) == -signal.SIGTERM
-    assert wait_gone(members) == []
-
-
-def test_terminate_escalates_to_sigkill(host):
-    lines = []
-    proc = host.transport.run(["sh", "-c", "trap '' TERM; echo ready; sleep 60 & wait"], on_line=lines.append)
-    while not lines:
-        time.sleep(0.02)
-    members = wait_members(proc.pgid, 2)
+def test_stop_takes_every_tree_and_escalates_to_sigkill(host):
+    agent = Agent(host, [sh("sleep 60 & sleep 60 & sh -c 'sleep 60' & wait"),
+                         sh("trap '' TERM; echo ready; sleep 60 & wait")], grace=0.5)
+    pids = agent.pids()
+    members = wait_members(pids[0], 5) + wait_members(pids[1], 2)
     started = time.monotonic()
-    assert proc.terminate(grace=0.5) == -signal.SIGKILL
+    agent.session.stop(signal.SIGTERM)
+    statuses = agent.statuses()
     assert time.monotonic() - started < 5
+    assert statuses == {0: -signal.SIGTERM, 1: -signal.SIGKILL}
     assert wait_gone(members) == []
 
 
-def test_stray_processes_of_a_finished_command_are_cleaned_up(host):
-    lines = []
-    proc = host.transport.run(["sh", "-c", "sleep 60 & echo $!; exit 0"], on_line=lines.append)
-    assert proc.wait(10) == 0
-    assert wait_gone([int(lines[0])]) == []
+def test_stray_processes_of_a_finished_process_are_cleaned_up(host):
+    agent = Agent(host, [sh("sleep 60 & echo $!; exit 0")])
+    assert agent.statuses() == {0: 0}
+    assert wait_gone([int(agent.lines["p0"][0])]) == []
 
 
-def test_signals_to_the_guard_reach_the_command(host):
-    lines = []
+def test_signals_reach_every_process_group(host):
     script = "trap 'echo got USR1; exit 3' USR1; echo ready; while :; do sleep 0.05; done"
-    proc = host.transport.run(["sh", "-c", script], on_line=lines.append)
-    while "ready" not in lines:
+    agent = Agent(host, [sh(script), sh(script)])
+    agent.pids()
+    deadline = time.monotonic() + 10
+    while len(agent.lines) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
-    guard = psutil.Process(proc.pid).parent()
-    assert "guard" in " ".join(guard.cmdline()) or guard.name().startswith("python")
-    guard.send_signal(signal.SIGUSR1)
-    assert proc.wait(10) == 3
-    assert lines[-1] == "got USR1"
+    agent.session.signal(signal.SIGUSR1)
+    assert agent.statuses() == {0: 3, 1: 3}
+    assert "got USR1" in agent.lines["p0"] and "got USR1" in agent.lines["p1"]
+
+
+def test_files_are_followed_and_silence_is_reported(host):
+    log = host.workdir / "sub" / "worker_0.log"
+    agent = Agent(host, [sh(f"mkdir -p {host.workdir}/sub; echo one >> {log}; echo two >> {log}; sleep 30",
+                            watch=True)], tails=[{"path": str(log), "watch": False}], hang_s=1.0)
+    hang = agent.until(lambda e: e.kind == "hang")
+    assert hang.index == 0 and hang.data["silent_s"] >= 1.0
+    assert agent.lines["t0"][:2] == ["one", "two"]
+    agent.session.stop(signal.SIGTERM)
+    assert agent.statuses() == {0: -signal.SIGTERM}
 
 
 def test_kill_group_by_id_from_another_transport_checks_the_job_tag(host, request):
     job = f"job-{request.node.name}"
-    proc = host.transport.run(["sh", "-c", "sleep 60 & wait"], env={TAG: job})
-    members = wait_members(proc.pgid, 2)
+    agent = Agent(host, [sh("sleep 60 & wait", env={TAG: job})])
+    pgid = agent.pids()[0]
+    members = wait_members(pgid, 2)
     with (LocalTransport("local") if isinstance(host.transport, LocalTransport)
           else open_transport(request.getfixturevalue("ssh_hosts")[0])) as other:
-        assert other.kill_group(proc.pgid, signal.SIGTERM, verify_env=(TAG, "some-other-job")) is False
-        assert proc.poll() is None
-        assert other.kill_group(proc.pgid, signal.SIGTERM, verify_env=(TAG, job)) is True
-        assert proc.wait(10) == -signal.SIGTERM
+        assert other.kill_group(pgid, signal.SIGTERM, verify_env=(TAG, "some-other-job")) is False
+        assert other.kill_group(pgid, signal.SIGTERM, verify_env=(TAG, job)) is True
+        assert agent.statuses() == {0: -signal.SIGTERM}
         assert wait_gone(members) == []
-        assert other.kill_group(proc.pgid, signal.SIGTERM) is False
+        assert other.kill_group(pgid, signal.SIGTERM) is False
 
 
 def test_exec_separates_streams_and_times_out_killing_the_command(host):
@@ -228,28 +269,28 @@ def test_probe_and_preflight_checks(host):
         check_writable(host.transport, str(host.workdir / "ro" / "file" / "sub"), host.python)
 
 
-def test_closing_the_transport_kills_what_it_runs(host):
-    proc = host.transport.run(["sh", "-c", "sleep 60 & sleep 60 & wait"])
-    members = wait_members(proc.pgid, 3)
+def test_closing_the_transport_ends_its_agents(host):
+    agent = Agent(host, [sh("sleep 60 & sleep 60 & wait")])
+    members = wait_members(agent.pids()[0], 3)
     host.transport.close()
     assert wait_gone(members) == []
-    assert proc.wait(5) is not None
+    assert agent.session.wait(10)
 
 
 def test_one_transport_serves_many_threads(host):
     results = [None] * 8
 
     def work(i):
-        lines = []
-        code = host.transport.run(["sh", "-c", f"echo {i}"], on_line=lines.append).wait(30)
+        agent = Agent(host, [sh(f"echo {i}")])
+        code = agent.statuses()
         path = host.workdir / f"f{i}"
         host.transport.write_file(str(path), str(i).encode())
         echoed = host.transport.exec(["echo", str(i)]).stdout
-        results[i] = (code, lines, host.transport.read_file(str(path)), echoed)
+        results[i] = (code, agent.lines["p0"], host.transport.read_file(str(path)), echoed)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [(0, [str(i)], str(i).encode(), f"{i}\n") for i in range(8)]
+    assert results == [({0: 0}, [str(i)], str(i).encode(), f"{i}\n") for i in range(8)]

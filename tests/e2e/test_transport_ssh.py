@@ -1,4 +1,5 @@
 """SSH connection handling against real sshd servers: host keys, authentication, unreachable hosts, agent."""
+import queue
 import socket
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.agent.session import start_session
 from launcher.transport.base import HostError
 from launcher.transport.factory import open_transport
 from tests.e2e.sshd import ClientKey, free_port
@@ -17,6 +19,23 @@ pytestmark = pytest.mark.e2e
 
 def with_ssh(host, **changes):
     return replace(host, ssh=replace(host.ssh, **changes))
+
+
+def run_agent(transport, python, argv, timeout=30.0):
+    """(exit status, output lines) of `argv` run by a host agent started through `transport`."""
+    events, lines = queue.Queue(), []
+    doc = {"job_id": "t", "attempt": 1, "host": transport.host, "grace": 1.0, "hang_s": None, "files": [],
+           "tails": [], "processes": [{"name": "p", "argv": list(argv), "cwd": "/", "env": {}}]}
+    start_session(transport, python, doc, [lines.append], [], events)
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        event = events.get(timeout=timeout)
+        if event.kind == "exit":
+            status = event.data["status"]
+        if event.kind in ("done", "lost"):
+            return status, lines
+    raise AssertionError("the agent did not finish")
 
 
 def test_unknown_host_key_is_refused_with_the_command_that_trusts_it(ssh_hosts, tmp_path):
@@ -114,7 +133,7 @@ def test_one_connection_serves_commands_and_files(ssh_hosts):
     host = ssh_hosts[0]
     with open_transport(host) as transport:
         connection = transport.connect()
-        transport.run(["true"]).wait(10)
+        assert run_agent(transport, host.python, ["true"]) == (0, [])
         transport.exec(["true"])
         transport.write_file(f"{host.workdir}/one-connection", b"x")
         transport.read_file(f"{host.workdir}/one-connection")
@@ -130,6 +149,4 @@ def test_the_guard_needs_only_a_bare_python_on_the_host(ssh_hosts):
         assert transport.python == bare
         result = transport.exec([bare, "-c", "import launcher"], cwd="/")
         assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
-        lines = []
-        assert transport.run(["sh", "-c", "echo bare; exit 5"], cwd="/", on_line=lines.append).wait(10) == 5
-        assert lines == ["bare"]
+        assert run_agent(transport, bare, ["sh", "-c", "echo bare; exit 5"]) == (5, ["bare"])

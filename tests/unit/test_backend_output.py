@@ -74,7 +74,8 @@ def test_msrun_runs_beside_the_launchers_scheduler_through_its_entry():
     assert [f.path for f in plan.files] == [entry]
     assert "--master_port=8118" in argv
     cut = argv.index(entry)
-    assert argv[cut - 1:cut + 6] == ["python3", entry, "python3", "-m", "refinenet.train", "--stage", "r1"]
+    assert argv[cut - 1:cut + 6] == ["python3", entry, "/venv/bin/python3", "-m", "refinenet.train",
+                                     "--stage", "r1"]
     assert "--tail_worker_log=2" in argv  # no such rank: msrun echoes no worker log itself
 
 

@@ -13,12 +13,12 @@ from launcher.logs import (
     JobLogFilter,
     LogAggregator,
     parse_attempt_header,
-    parse_loss_line,
     parse_ranks,
     parse_source,
     source_rank,
     tail_lines,
 )
+from launcher.workload.base import parse_progress
 
 
 class SlowStream(io.StringIO):
@@ -161,10 +161,10 @@ def test_process_names_must_not_look_like_ranks(tmp_path):
 
 
 def test_parsers():
-    assert parse_loss_line("epoch: 12 step: 284, loss is 0.7524967") == {
+    assert parse_progress("epoch: 12 step: 284, loss is 0.7524967") == {
         "epoch": 12, "epoch_step": 284, "loss": pytest.approx(0.7524967)}
-    assert parse_loss_line("epoch: 1 step: 2, loss is 1.5e-03")["loss"] == pytest.approx(0.0015)
-    assert parse_loss_line("Train epoch time: 5465.635 ms") is None
+    assert parse_progress("epoch: 1 step: 2, loss is 1.5e-03")["loss"] == pytest.approx(0.0015)
+    assert parse_progress("Train epoch time: 5465.635 ms") is None
     assert parse_ranks("0,3") == {0, 3} and parse_ranks("0-2, 6") == {0, 1, 2, 6}
     for bad in ("", "a", "3-1", "1,,2"):
         with pytest.raises(BadInput, match="--ranks"):

@@ -120,7 +120,7 @@ def test_msrun_command_per_host():
                     "--cluster_time_out": "300",
                     "--rank_table_file": "/w/.refinenet/jobs/j1/rank_table.json"}
     task = argv.index("/w/.refinenet/jobs/j1/msrun_entry.py") + 1
-    assert argv[task:task + 5] == ["python", "-m", "refinenet.train", "--stage", "r1"]
+    assert argv[task:task + 5] == ["/opt/venv/bin/python", "-m", "refinenet.train", "--stage", "r1"]
     gpu_hosts = [dict(h, device_ips=None) for h in hosts]
     for h in gpu_hosts:
         del h["device_ips"]

@@ -215,9 +215,6 @@ class FakeTransport(Transport):
         document = json.loads(stdin.rstrip(b"\n").rsplit(b"\n", 1)[-1])
         return FakeAgent(self.cluster, self.host, document)
 
-    def run(self, argv, *, env=None, cwd=None, on_line=None):
-        raise AssertionError("processes are started by host agents")
-
     def exec(self, argv, *, env=None, cwd=None, timeout=60.0):
         c = self.cluster
         if list(argv[1:4]) == ["-m", "refinenet.manifest", "scan"]:
@@ -293,7 +290,7 @@ def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None,
 
     transports = {h: FakeTransport(h, cluster) for h in HOSTS}
     sup = Supervisor(spec, "r1", factory, job, transports, logs, out=Messages(messages), poll_s=0.01,
-                     wait=record_wait, health_factory=(lambda plan, pids, ranks: health) if health else None)
+                     wait=record_wait, health_factory=(lambda spec, plan, pids, ranks: health) if health else None)
     return Run(sup, job, cluster, waits, messages)
 
 
@@ -520,7 +517,7 @@ def test_a_host_that_cannot_be_scanned_costs_a_restart_not_the_progress(tmp_path
     assert run_to_end(run) == JobState.SUCCEEDED
     record = run.job.read()
     assert [a.state for a in record.attempts] == [JobState.FAILED, JobState.FAILED, JobState.SUCCEEDED]
-    assert "cannot read the checkpoint manifests" in record.attempts[1].failure.reason
+    assert "cannot read or carry the checkpoints there" in record.attempts[1].failure.reason
     assert record.attempts[1].processes == ()
     assert "--resume /w/b/out/r1/ckpt/refinenet-1_4.ckpt" in cluster.commands(2)["r1"]
 

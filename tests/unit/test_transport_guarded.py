@@ -1,18 +1,17 @@
-"""The pure parts of the transports: line splitting, the guard protocol's framing, the factory's choices."""
-import io
+"""The pure parts of the transports and agents: the guard's framing, the agent stream's frames, the
+factory's choices."""
 import json
+import queue
 import signal
-import threading
 from types import SimpleNamespace
 
 import pytest
 
+from launcher.agent import host_agent
+from launcher.agent.session import AgentSession, agent_argv, agent_stdin
 from launcher.transport import guard
-from launcher.transport.base import HostError
 from launcher.transport.factory import open_transport
 from launcher.transport.guarded import (
-    GuardedProcess,
-    LineSplitter,
     guard_argv,
     guard_header,
     guard_source,
@@ -25,26 +24,71 @@ from launcher.transport.ssh import SshTransport
 from tests.e2e.sshd import OpenSshMissing, require
 
 
-def split(chunks):
-    lines = []
-    splitter = LineSplitter(lines.append)
-    for chunk in chunks:
-        splitter.feed(chunk)
-    splitter.close()
-    return lines
+class Stream:
+    """An agent stream over bytes given in chunks (as a transport might deliver them)."""
+
+    def __init__(self, chunks, code=None):
+        self.chunks, self.code, self.written = list(chunks), code, []
+
+    def read(self, n):
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def write(self, data):
+        self.written.append(data)
+
+    def close(self):
+        pass
+
+    def exit_code(self, timeout):
+        return self.code
 
 
-def test_lines_are_whole_however_the_bytes_arrive():
-    data = "α first line\nsecond\n\nthird ü".encode()
-    expected = ["α first line", "second", "", "third ü"]
+def play(chunks, code=None, processes=2, tails=1):
+    lines = {}
+    events = queue.Queue()
+    sinks = [lambda line, i=i: lines.setdefault(f"p{i}", []).append(line) for i in range(processes)]
+    tail_sinks = [lambda line, j=j: lines.setdefault(f"t{j}", []).append(line) for j in range(tails)]
+    session = AgentSession("node-1", Stream(chunks, code), sinks, tail_sinks, events)
+    assert session.wait(5)
+    got = []
+    while not events.empty():
+        got.append(events.get())
+    return session, lines, got
+
+
+def test_frames_keep_each_line_with_its_process_however_the_bytes_arrive():
+    data = ("o 0 α first line\ne 0 to stderr\no 1 other\nt 0 from a file\no 0 \n"
+            '! {"event": "exit", "i": 0, "status": -9, "t": 1.5}\n! {"event": "done", "t": 2}\n').encode()
     for size in (1, 2, 3, 7, len(data)):
-        assert split([data[i:i + size] for i in range(0, len(data), size)]) == expected
+        _, lines, events = play([data[i:i + size] for i in range(0, len(data), size)])
+        assert lines == {"p0": ["α first line", "to stderr", ""], "p1": ["other"], "t0": ["from a file"]}
+        assert [(e.kind, e.index, dict(e.data)) for e in events] == [
+            ("exit", 0, {"i": 0, "status": -9, "t": 1.5}), ("done", None, {"t": 2})]
 
 
-def test_a_final_newline_gives_no_empty_line_and_bad_bytes_are_replaced():
-    assert split([b"a\nb\n"]) == ["a", "b"]
-    assert split([b"ok \xff\n"]) == ["ok \ufffd"]
-    assert split([]) == []
+def test_a_stream_that_ends_without_done_is_a_lost_agent_with_the_shells_words():
+    _, _, events = play([b"sh: 1: python3: not found\n"], code=127)
+    assert [e.kind for e in events] == ["lost"]
+    assert events[0].data["detail"] == "sh: 1: python3: not found" and events[0].data["code"] == 127
+    _, _, events = play([b"o 0 x\n"], code=None)
+    assert events[0].kind == "lost" and "closed" in events[0].data["detail"]
+
+
+def test_stop_and_signal_are_control_lines():
+    session, _, _ = play([b'! {"event": "done"}\n'])
+    session.stop(signal.SIGINT)
+    session.signal(signal.SIGUSR1)
+    assert session.stream.written == [b"stop 2\n", b"signal 10\n"]
+
+
+def test_the_agent_is_stdlib_only_and_travels_on_stdin():
+    source = open(host_agent.__file__).read()
+    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"errno", "json", "os", "select", "signal", "subprocess", "sys", "time", "ctypes"}
+    argv = agent_argv("/usr/bin/python3")
+    assert argv[:3] == ["/usr/bin/python3", "-S", "-c"] and argv[4] == "agent" and len(argv[3]) < 300
+    data = agent_stdin({"processes": []})
+    assert int(argv[5]) == len(data) - len(b'{"processes":[]}\n')
 
 
 def test_exec_trailer_is_split_off_exactly():
@@ -78,8 +122,8 @@ def test_guard_source_is_stdlib_only():
 
 
 def test_guard_command_line_is_short_and_the_source_travels_on_stdin():
-    argv = guard_argv("/usr/bin/python3", "run")
-    assert argv[:3] == ["/usr/bin/python3", "-S", "-c"] and argv[4] == "run" and len(argv[3]) < 300
+    argv = guard_argv("/usr/bin/python3", "exec")
+    assert argv[:3] == ["/usr/bin/python3", "-S", "-c"] and argv[4] == "exec" and len(argv[3]) < 300
     data = guard_stdin(b"HEADER\n")
     assert int(argv[5]) == len(data) - len(b"HEADER\n") and data.endswith(b"HEADER\n")
 
@@ -112,70 +156,6 @@ def test_factory_picks_local_or_ssh_and_fills_defaults():
 def test_unknown_host_key_policy_is_refused():
     with pytest.raises(ValueError, match="host_key_policy"):
         SshTransport("n", "h", host_key_policy="yes-please")
-
-
-def fake_process(side: bytes, out: bytes = b"", exit_code=None, hold=None, write_control=None, kills=None):
-    """A GuardedProcess over in-memory streams; `hold` (an Event) keeps the side channel open until set."""
-    side_stream, out_stream = io.BytesIO(side), io.BytesIO(out)
-
-    def read_side(n):
-        data = side_stream.read(n)
-        if not data and hold is not None:
-            hold.wait(10)
-        return data
-
-    lines = []
-    proc = GuardedProcess(
-        "node-1", read_out=out_stream.read, read_side=read_side,
-        write_control=write_control or (lambda data: None), hangup=lambda: None,
-        guard_exit_code=lambda: exit_code, signal_group=lambda pgid, sig: kills.append((pgid, sig)),
-        on_line=lines.append, argv=["train"])
-    return proc, lines
-
-
-STARTED = b'refinenet-guard {"event": "started", "pid": 4242, "pgid": 4242}\n'
-
-
-def test_process_reports_ids_lines_and_the_guards_exact_status():
-    proc, lines = fake_process(STARTED + b'refinenet-guard {"event": "exit", "status": 130}\n', b"a\nb",
-                               exit_code=130)
-    proc.start()
-    assert (proc.pid, proc.pgid) == (4242, 4242)
-    assert proc.wait(5) == 130 and lines == ["a", "b"] and not proc.connection_lost
-
-
-def test_a_guard_that_never_started_is_a_host_error_with_the_shells_words():
-    proc, _ = fake_process(b"sh: 1: python3: not found\n", exit_code=127)
-    with pytest.raises(HostError, match="python3: not found") as err:
-        proc.start()
-    assert err.value.host == "node-1"
-
-
-def test_losing_the_connection_reads_as_a_hangup():
-    proc, _ = fake_process(STARTED, exit_code=-1)
-    proc.start()
-    assert proc.wait(5) == -signal.SIGHUP and proc.connection_lost
-
-
-def test_kill_group_goes_through_the_guard_and_falls_back_to_the_id():
-    hold, sent, kills = threading.Event(), [], []
-    proc, _ = fake_process(STARTED, hold=hold, write_control=sent.append, kills=kills)
-    proc.start()
-    proc.kill_group(signal.SIGTERM)
-    assert sent == [b"signal 15\n"] and kills == []
-
-    def broken(data):
-        raise OSError("channel closed")
-
-    proc2, _ = fake_process(STARTED, hold=hold, write_control=broken, kills=kills)
-    proc2.start()
-    proc2.kill_group(signal.SIGKILL)
-    assert kills == [(4242, signal.SIGKILL)]
-    hold.set()
-    proc.wait(5)
-    proc2.wait(5)
-    proc.kill_group(signal.SIGKILL)
-    assert sent == [b"signal 15\n"]
 
 
 def test_missing_openssh_fails_with_the_setup_command():

@@ -1,0 +1,137 @@
+"""A host that keeps failing is excluded and a spare takes its ranks, with the real training workload.
+
+Three simulated SSH hosts, each its own sshd and working directory: a and b run the two ranks, c stands
+by. b's `python` kills its training process as soon as the attempt has written its first checkpoint
+there, every time. With `restart.exclude_after: 2`, b is the root cause twice, is excluded, and the
+third attempt runs on a and c: the checkpoint it resumes from is copied from a to c through the
+transports and verified on c. The job ends 0, its final checkpoint on c equals (bit for bit) the one
+an uninterrupted run of the same job writes, and `status` shows b excluded with the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.sshd import SshServer, start_servers, stop_servers
+from tests.e2e.test_resilience_faults import tagged
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+EPOCHS = 3
+R1 = {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": EPOCHS, "save-epochs": 1, "seed": 1,
+      "workers": 1, "base-lr": 0.002, "mode": "pynative"}
+
+#: b's python: training is killed (exit 137) once this attempt wrote a checkpoint manifest on b.
+DIES_AFTER_CHECKPOINT = """#!/bin/bash
+if [ "$1" = "-m" ] && [ "$2" = "refinenet.train" ]; then
+  ckpt={ckpt}
+  before=$(ls "$ckpt"/*.json 2>/dev/null | wc -l)
+  {py} "$@" & pid=$!
+  while kill -0 $pid 2>/dev/null; do
+    if [ "$(ls "$ckpt"/*.json 2>/dev/null | wc -l)" -gt "$before" ]; then kill -9 $pid; exit 137; fi
+    sleep 0.1
+  done
+  wait $pid
+  exit $?
+fi
+exec {py} "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def three_hosts(tmp_path_factory, ssh_client_key):
+    servers = start_servers(tmp_path_factory.mktemp("spares"), ssh_client_key, 3, base="127.0.2.",
+                            name="host-{}")
+    try:
+        yield servers
+    finally:
+        stop_servers(servers)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("spare-data")
+    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
+                ["lists", "--data-root", str(root)]):
+        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
+                       timeout=120)
+    return root / "sbd_train_lst.txt"
+
+
+def cluster(path: Path, hosts, spares, out: str, data: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "spares", "backend": "dynamic", "device": "cpu",
+        "hosts": hosts, "spares": spares,
+        "job": {"data": str(data), "output_dir": out, "stage_overrides": {"r1": dict(R1)}},
+        "restart": {"max_restarts": 3, "backoff_s": 0.5, "backoff_max_s": 0.5, "exclude_after": 2},
+        "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
+        "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}}))
+    return path
+
+
+def launch(cluster_path: Path, runs: Path, job_id: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher.cli", "--cluster", str(cluster_path), "--stage",
+                           "r1", "--runs-dir", str(runs), "--job-id", job_id], env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def final_ckpt(server: SshServer, out: str) -> Path:
+    return Path(server.workdir) / out / "r1" / "ckpt" / f"refinenet-{EPOCHS}_3.ckpt"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_failing_host_is_replaced_by_a_spare_with_its_checkpoint(tmp_path, three_hosts, dataset, child_env):
+    a, b, c = three_hosts
+    hosts = [dict(s.host().spec_dict(), ranks=1) for s in three_hosts]
+    runs = tmp_path / "runs"
+
+    reference = cluster(tmp_path / "reference.yaml", hosts[:2], [], "out-reference", dataset)
+    res = launch(reference, runs, "reference", child_env)
+    assert res.returncode == 0, res.stderr
+    expected = sha256(final_ckpt(b, "out-reference"))
+
+    out = "out-spares"
+    wrapper = tmp_path / "b-python"
+    wrapper.write_text(DIES_AFTER_CHECKPOINT.format(py=sys.executable,
+                                                    ckpt=Path(b.workdir) / out / "r1" / "ckpt"))
+    wrapper.chmod(0o755)
+    hosts[1]["python"] = str(wrapper)
+    path = cluster(tmp_path / "spares.yaml", hosts[:2], hosts[2:], out, dataset)
+    res = launch(path, runs, "with-spare", child_env)
+    assert res.returncode == 0, res.stderr[-6000:]
+    assert tagged("with-spare") == []
+
+    record = json.loads((runs / "with-spare" / "job.json").read_text())
+    states = [a_["state"] for a_ in record["attempts"]]
+    assert states == ["FAILED", "FAILED", "SUCCEEDED"], res.stderr[-4000:]
+    assert all(a_["failure"]["host"] == "host-2" and a_["failure"]["exit_code"] == 137
+               for a_ in record["attempts"][:2])
+    assert record["hosts"]["host-2"]["state"] == "excluded"
+    assert "root cause of 2 failed attempts in a row" in record["hosts"]["host-2"]["reason"]
+    assert record["hosts"]["host-2"]["replaced_by"] == "host-3"
+    assert record["hosts"]["host-3"]["state"] == "active"
+    assert "host host-2 excluded" in res.stderr and "its ranks move to spare host-3" in res.stderr
+    assert "copied from host-1 to host-3" in res.stderr and "verified there" in res.stderr
+    third = record["attempts"][2]
+    assert {p["host"] for p in third["processes"] if p["name"].startswith("r")} == {"host-1", "host-3"}
+    log = (runs / "with-spare" / "logs" / "job.log").read_text()
+    assert "[launcher] host host-2 excluded" in log
+    resumed = third["resume"].split(" ")[0]
+    copied = Path(c.workdir) / out / "r1" / "ckpt" / resumed
+    assert copied.exists() and copied.with_suffix(".json").exists()
+    assert sha256(copied) == sha256(Path(a.workdir) / out / "r1" / "ckpt" / resumed)
+    assert sha256(final_ckpt(c, out)) == expected
+
+    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", "with-spare", "--runs-dir",
+                             str(runs)], env=child_env, capture_output=True, text=True, timeout=60)
+    assert "host-2 excluded: root cause of 2 failed attempts in a row" in status.stdout
+    assert "(ranks moved to host-3)" in status.stdout
