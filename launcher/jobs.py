@@ -187,6 +187,8 @@ class Attempt:
     resume: Optional[str] = None
     failure: Optional[Failure] = None
     processes: Tuple[ProcessRecord, ...] = ()
+    #: The stage it ran (a multi-stage job runs its stages as attempts in order).
+    stage: str = ""
 
     @property
     def ranks(self) -> List[ProcessRecord]:
@@ -196,8 +198,8 @@ class Attempt:
         return next((p for p in self.processes if p.name == name), None)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"number": self.number, "state": self.state.value, "started": self.started,
-                "ended": self.ended, "resume": self.resume,
+        return {"number": self.number, "stage": self.stage, "state": self.state.value,
+                "started": self.started, "ended": self.ended, "resume": self.resume,
                 "failure": self.failure.to_dict() if self.failure else None,
                 "processes": [p.to_dict() for p in self.processes]}
 
@@ -207,7 +209,8 @@ class Attempt:
         return cls(number=int(d["number"]), state=JobState(d.get("state", "STARTING")),
                    started=_opt_float(d.get("started")), ended=_opt_float(d.get("ended")),
                    resume=d.get("resume"), failure=Failure.from_dict(failure) if failure else None,
-                   processes=tuple(ProcessRecord.from_dict(p) for p in d.get("processes") or ()))
+                   processes=tuple(ProcessRecord.from_dict(p) for p in d.get("processes") or ()),
+                   stage=str(d.get("stage") or ""))
 
 
 @dataclass(frozen=True)
@@ -285,8 +288,11 @@ class JobRecord:
         return [p for a in self.attempts for p in a.processes if not p.state.is_final]
 
     def with_state(self, state: Union[JobState, str], message: Optional[str] = None) -> JobRecord:
-        """Move the job to `state` (guarded); an unfinished current attempt follows it."""
-        new = check_job_transition(self.state, state, what=f"job {self.job_id}")
+        """Move the job to `state` (guarded; staying in a non-final state is allowed: a stage of a
+        multi-stage job ends while the job runs on); an unfinished current attempt follows it."""
+        new = JobState(state)
+        if new != self.state or new.is_final:
+            new = check_job_transition(self.state, state, what=f"job {self.job_id}")
         attempts = self.attempts
         if attempts and not attempts[-1].state.is_final:
             last = attempts[-1]
@@ -305,10 +311,11 @@ class JobRecord:
             return self
         return dataclasses.replace(self, stragglers=self.stragglers + (straggler,))
 
-    def with_new_attempt(self, resume: Optional[str] = None, at: Optional[float] = None) -> JobRecord:
+    def with_new_attempt(self, resume: Optional[str] = None, at: Optional[float] = None,
+                         stage: str = "") -> JobRecord:
         new = check_job_transition(self.state, JobState.STARTING, what=f"job {self.job_id}")
         attempt = Attempt(number=len(self.attempts) + 1, state=JobState.STARTING,
-                          started=time.time() if at is None else at, resume=resume)
+                          started=time.time() if at is None else at, resume=resume, stage=stage or self.stage)
         return dataclasses.replace(self, state=new, attempts=self.attempts + (attempt,))
 
     def with_process(self, proc: ProcessRecord) -> JobRecord:
@@ -509,9 +516,10 @@ class JobDir:
         plan = _plain_json(plan, "plan")
         return self.update(lambda r: dataclasses.replace(r, plan=plan))
 
-    def begin_attempt(self, resume: Optional[str] = None) -> Attempt:
-        """Start attempt N+1 (job PENDING or RESTARTING -> STARTING); returns it."""
-        record = self.update(lambda r: r.with_new_attempt(resume))
+    def begin_attempt(self, resume: Optional[str] = None, stage: str = "") -> Attempt:
+        """Start attempt N+1 (job PENDING or RESTARTING -> STARTING, or RUNNING -> STARTING for the next
+        stage of a multi-stage job); returns it."""
+        record = self.update(lambda r: r.with_new_attempt(resume, stage=stage))
         return record.attempts[-1]
 
     def record_process(self, proc: ProcessRecord) -> JobRecord:

@@ -12,7 +12,7 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import IO, Dict, List, Optional
+from typing import IO, Dict, List, Optional, Sequence
 
 from launcher.errors import BadInput, HostError, JobFailed
 from launcher.fanout import fan_out
@@ -28,7 +28,7 @@ from launcher.workload import Workload
 
 
 #: What every host must be able to import before anything starts.
-def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None, workload: Optional[Workload] = None
+def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None, workloads: Sequence[Workload] = ()
                   ) -> Dict[str, Transport]:
     """One transport per host; every host checked at once (bounded width), each with one command
     (reachable, python runs and imports the workload, working directory writable) and, unless
@@ -38,13 +38,12 @@ def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None, workload: Op
     from launcher.health.preflight import PreflightReport, host_checks
 
     transports = {h.name: open_transport(h) for h in spec.hosts}
-    modules = workload.required_modules if workload else ("mindspore",)
+    modules = _modules(workloads)
 
     def check(host: HostSpec):
         t = transports[host.name]
         try:
-            info = check_host(t, host.python, host.workdir, modules,
-                              files=workload.data_files(spec, host) if workload else ())
+            info = check_host(t, host.python, host.workdir, modules, files=_files(workloads, spec, host))
         except HostError as exc:
             raise HostError(host.name, f"{host.name} ({host.address}): {exc.cause}") from None
         return host_checks(spec, host, t, info=info) if spec.health.preflight else []
@@ -78,8 +77,16 @@ def _health_factory(transports: Dict[str, Transport], job: JobDir):
     return factory
 
 
-def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport], workload: Workload,
-                   err: IO[str]) -> None:
+def _modules(workloads: Sequence[Workload]) -> List[str]:
+    return list(dict.fromkeys(m for w in workloads for m in w.required_modules)) or ["mindspore"]
+
+
+def _files(workloads: Sequence[Workload], spec: ClusterSpec, host: HostSpec) -> List[str]:
+    return list(dict.fromkeys(f for w in workloads for f in w.data_files(spec, host)))
+
+
+def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport],
+                   workloads: Sequence[Workload], err: IO[str]) -> None:
     """Check the spares like the hosts, all at once; one that fails is left out of the pool (said, not
     fatal: the job can run without it)."""
     if pool is None or not pool.spares:
@@ -88,8 +95,8 @@ def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport], wo
         transports[host.name] = open_transport(host)
 
     def check(host: HostSpec):
-        check_host(transports[host.name], host.python, host.workdir, workload.required_modules,
-                   files=workload.data_files(spec, host))
+        check_host(transports[host.name], host.python, host.workdir, _modules(workloads),
+                   files=_files(workloads, spec, host))
 
     result = fan_out(check, pool.spares, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
     for name, exc in sorted(result.failed.items()):
@@ -121,21 +128,27 @@ def _stop_on_signals(supervisor: Supervisor):
 
 def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespace,
             out: Optional[IO[str]] = None, err: Optional[IO[str]] = None) -> int:
-    """Run the plan factory's workload on `spec` to a final state: 0 succeeded, 1 failed (or stopped),
-    2 bad input."""
+    """Run the plan factory's workload on `spec` (or, for `--stage r1,r2,eval`, each stage in order, each
+    taking the previous one's newest checkpoint) to a final state: 0 succeeded, 1 failed (or stopped),
+    2 bad input. A failure restarts the failing stage only, from its own newest checkpoint."""
     out, err = out or sys.stdout, err or sys.stderr
-    workload = plan_factory.workload
+    stages = [s for s in (getattr(args, "stage", None) or "").split(",") if s] if not getattr(
+        args, "command", None) else []
+    factories = [plan_factory] + [plan_factory.for_stage(s) for s in stages[1:]]
+    workloads = [f.workload for f in factories]
     pool = getattr(plan_factory, "pool", None)
     ranks = parse_ranks(args.ranks) if getattr(args, "ranks", None) else None
-    transports = connect_hosts(spec, err, workload)
+    transports = connect_hosts(spec, err, workloads)
     try:
-        connect_spares(spec, pool, transports, workload, err)
+        connect_spares(spec, pool, transports, workloads, err)
         if spec.master.port == "auto" and not spec.host(spec.master.host).is_local:
             master = spec.host(spec.master.host)
-            plan_factory.pick_port = lambda: free_port_on(transports[master.name], master.python)
+            for factory in factories:
+                factory.pick_port = lambda: free_port_on(transports[master.name], master.python)
         first_plan = plan_factory(0, None)
+        label = ",".join(stages) if len(stages) > 1 else plan_factory.workload.stage
         job = JobDir.create(args.runs_dir if not args.job_dir else _parent(args.job_dir),
-                            cluster=spec.name, stage=workload.stage, spec=_spec_data(spec, args),
+                            cluster=spec.name, stage=label, spec=_spec_data(spec, args),
                             cluster_file=getattr(args, "cluster_path", ""), job_id=args.job_id,
                             plan=first_plan.to_dict())
         print(f"refinenet-launch: job {job.job_id} ({job.path})", file=err, flush=True)
@@ -144,13 +157,23 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
         with job.open_logs(stream=out, ranks=ranks, straggler_factor=spec.health.straggler_factor,
                            straggler_window=spec.health.straggler_window,
                            show_framework_logs=bool(getattr(args, "show_framework_logs", False))) as logs:
-            supervisor = Supervisor(spec, workload.stage, plan_factory, job, transports, logs,
-                                    health_factory=_health_factory(transports, job), out=err,
-                                    fanout=spec.launch.fanout, workload=workload, pool=pool)
             for name, why in (pool.excluded.items() if pool is not None else ()):
                 logs.note(f"host {name} excluded ({why}); its ranks run on spare {pool.replaced_by[name]}")
-            with _stop_on_signals(supervisor):
-                state = supervisor.run()
+            supervisor, current = None, spec
+            for index, factory in enumerate(factories):
+                if supervisor is not None:
+                    factory = factory.with_spec(supervisor.spec)
+                    current = supervisor.spec
+                    logs.note(f"stage {factory.stage} ({index + 1} of {len(factories)}) starts")
+                supervisor = Supervisor(current, factory.stage, factory, job, transports, logs,
+                                        health_factory=_health_factory(transports, job), out=err,
+                                        fanout=spec.launch.fanout, workload=factory.workload, pool=pool,
+                                        last_stage=index == len(factories) - 1,
+                                        first_attempt=len(job.read().attempts) + 1)
+                with _stop_on_signals(supervisor):
+                    state = supervisor.run()
+                if state != JobState.SUCCEEDED:
+                    break
         return _report(job, state, supervisor, err)
     finally:
         close_all(transports)

@@ -3,7 +3,7 @@
 Job lifecycle::
 
     PENDING ──► STARTING ──► RUNNING ──► SUCCEEDED
-       │           │            │
+       │           │            │  └──► STARTING (next stage of a multi-stage job)
        │           ├────────────┴──► RESTARTING ──► STARTING (next attempt)
        │           │                     │
        └───────────┴─────────────────────┴──► FAILED | STOPPED
@@ -76,7 +76,7 @@ JOB_TRANSITIONS: Mapping[JobState, FrozenSet[JobState]] = {
     JobState.STARTING: frozenset(
         {JobState.RUNNING, JobState.RESTARTING, JobState.FAILED, JobState.STOPPED}),
     JobState.RUNNING: frozenset(
-        {JobState.SUCCEEDED, JobState.RESTARTING, JobState.FAILED, JobState.STOPPED}),
+        {JobState.SUCCEEDED, JobState.STARTING, JobState.RESTARTING, JobState.FAILED, JobState.STOPPED}),
     JobState.RESTARTING: frozenset({JobState.STARTING, JobState.FAILED, JobState.STOPPED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),

@@ -98,13 +98,17 @@ class Supervisor:
                  health_factory: Optional[HealthFactory] = None, out: IO[str] = sys.stderr,
                  poll_s: float = 0.1, wait: Optional[Callable[[float], bool]] = None,
                  fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time,
-                 workload: Optional[Workload] = None, pool: Optional[HostPool] = None):
+                 workload: Optional[Workload] = None, pool: Optional[HostPool] = None,
+                 last_stage: bool = True, first_attempt: int = 1):
         self.spec, self.stage, self.plan_factory = spec, stage, plan_factory
         self.workload = workload or workload_for(stage)
         #: Active, spare and excluded hosts; None when the cluster has no spares (nothing to exclude).
         self.pool = pool
         self.tracker = HostTracker(spec.restart.exclude_after)
         self.copies: List[CopyResult] = []
+        #: False for a stage that other stages follow: its success leaves the job RUNNING.
+        self.last_stage = last_stage
+        self.first_attempt = first_attempt
         self.job, self.transports, self.logs = job, transports, logs
         self.backend: Backend = backend_for(spec.backend)
         self.health_factory = health_factory
@@ -137,7 +141,7 @@ class Supervisor:
 
     def run(self) -> JobState:
         """Run attempts until a final state; returns it."""
-        number = 0
+        number = self.first_attempt - 1
         while True:
             number += 1
             result = self.run_attempt(number)
@@ -147,7 +151,10 @@ class Supervisor:
             outcome = JobState.STOPPED if decision.job_state == JobState.STOPPED else result.state
             failure = result.failure
             record = Failure.from_rank_failure(failure) if failure else None
-            self.job.end_attempt(outcome, record, job_state=decision.job_state, message=decision.reason)
+            job_state = decision.job_state
+            if job_state == JobState.SUCCEEDED and not self.last_stage:
+                job_state = JobState.RUNNING
+            self.job.end_attempt(outcome, record, job_state=job_state, message=decision.reason)
             if decision.action == Action.FINISH:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
@@ -202,11 +209,11 @@ class Supervisor:
         """Start, watch and tear down attempt `number`; later attempts of a training stage resume."""
         timeline = {"start": time.monotonic()}
         choice: Optional[ResumeChoice] = None
-        if number > 1 and self.workload.resumable:
+        if number > self.first_attempt and self.workload.resumable:
             try:
                 choice = self.find_resume()
             except HostError as exc:
-                self.job.begin_attempt(None)
+                self.job.begin_attempt(None, stage=self.stage)
                 failure = RankFailure(None, exc.host, reason=f"cannot read or carry the checkpoints there: "
                                                              f"{exc.cause}", time=self.clock(), kind="scan")
                 timeline["failed"] = timeline["gone"] = time.monotonic()
@@ -216,7 +223,7 @@ class Supervisor:
         self._plan = plan
         self.job.set_plan(plan.to_dict())
         write_plan(plan, self.job.path)
-        self.job.begin_attempt(choice.describe() if point else None)
+        self.job.begin_attempt(choice.describe() if point else None, stage=self.stage)
         self.logs.start_attempt(number)
         self._lines_at_start = {src: a.lines for src, a in self.logs.activity().items()}
         self.say(f"attempt {number}: {plan.world_size} rank(s) on {len(plan.hosts)} host(s), backend "

@@ -13,7 +13,7 @@ import importlib
 import socket
 import sys
 from pathlib import Path
-from typing import IO, Callable, Dict, Mapping, Optional, Sequence
+from typing import IO, Callable, Dict, List, Mapping, Optional, Sequence
 
 from launcher.errors import BadInput, HostError
 from launcher.exclusion import HostPool, NoSpareLeft
@@ -48,8 +48,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--cluster", required=True, metavar="FILE",
                         help="cluster file (YAML, see docs/cluster-config.md) or the name of a shipped one, "
                              "e.g. local-cpu")
-    parser.add_argument("--stage", choices=STAGES,
-                        help="the RefineNet stage to run (or give a command after --)")
+    parser.add_argument("--stage", type=_stages, metavar="STAGE[,STAGE...]",
+                        help=f"the RefineNet stage(s) to run, in order, as one job: {', '.join(STAGES)}, "
+                             f"e.g. r1,r2,eval, or all (= {','.join(ALL_STAGES)}); or a command after --")
     parser.add_argument("--dry-run", action="store_true",
                         help="render everything into the job directory and print the plan; start nothing")
     parser.add_argument("--job-dir", metavar="DIR", help="job directory (default: RUNS_DIR/JOB_ID)")
@@ -78,6 +79,26 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
                         help="run this command as every rank instead of a RefineNet stage")
     return parser
+
+
+#: What `--stage all` runs.
+ALL_STAGES = ("r1", "r2", "eval")
+
+
+def _stages(text: str) -> str:
+    """`r1`, `r1,r2,eval` or `all` -> the comma-separated stages; each must be a stage, none twice."""
+    names = list(ALL_STAGES) if text.strip() == "all" else [p.strip() for p in text.split(",")]
+    for name in names:
+        if name not in STAGES:
+            raise argparse.ArgumentTypeError(f"{name!r} is not a stage ({', '.join(STAGES)}, or all)")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r} names a stage twice")
+    return ",".join(names)
+
+
+def stages_of(args: argparse.Namespace) -> List[str]:
+    """The stages a launch runs in order (one for a single stage or a command)."""
+    return args.stage.split(",") if getattr(args, "stage", None) else []
 
 
 def _non_negative(text: str) -> int:
@@ -177,7 +198,10 @@ def workload_of(args: argparse.Namespace) -> Workload:
     if command and args.set:
         raise BadInput("--set gives options of a RefineNet stage; with a command, put options on its "
                        "command line")
-    return workload_for(args.stage, command)
+    if not command and "," in args.stage and args.set:
+        raise BadInput("--set applies to one stage: with several, use job.stage_overrides in the cluster "
+                       "file")
+    return workload_for(args.stage.split(",")[0] if args.stage else "", command)
 
 
 def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
@@ -205,7 +229,7 @@ def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
     if job_id is None and args.job_dir and JOB_ID.fullmatch(Path(args.job_dir).name):
         job_id = Path(args.job_dir).name
     if job_id is None:
-        job_id = new_job_id(spec.name, stage)
+        job_id = new_job_id(spec.name, "-".join(stages_of(args)) if "," in (args.stage or "") else stage)
     if not JOB_ID.fullmatch(job_id):
         raise BadInput(f"--job-id: {job_id!r} is not a job id (letters, digits, '.', '_', '-')")
     job_dir = Path(args.job_dir) if args.job_dir else resolve_runs_dir(args.runs_dir) / job_id
@@ -242,6 +266,12 @@ class PlanFactory:
         self.pick_port: Callable[[], int] = free_port
         self.device_ips: Mapping[str, Mapping[int, str]] = {}
         self.pool: Optional[HostPool] = None
+
+    def for_stage(self, stage: str) -> PlanFactory:
+        """The factory of another RefineNet stage of the same job (same hosts, placement, job)."""
+        other = PlanFactory(self.spec, self.slots, stage, self.job_dir, self.job_id, workload_for(stage))
+        other.pick_port, other.device_ips, other.pool = self.pick_port, self.device_ips, self.pool
+        return other
 
     def with_spec(self, spec: ClusterSpec) -> PlanFactory:
         """The same factory for `spec` (hosts changed: an excluded host's ranks on a spare)."""
@@ -345,6 +375,11 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
         plan = factory(0, None)
         written = write_plan(plan, job_dir)
         describe(plan, spec, written, out)
+        for stage in stages_of(args)[1:]:
+            later = factory.for_stage(stage)(0, None)
+            out.write(f"\nthen stage {stage} (same job, after {plan.stage} succeeded):\n")
+            for p in later.processes:
+                out.write(f"  [{p.host}] {p.name}: {p.command}\n")
         out.write(f"\ndry run: nothing started; plan in {job_dir / PLAN_FILE}\n")
         return 0
     run_job = _optional("launcher.runner", "run_job")

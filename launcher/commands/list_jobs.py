@@ -16,6 +16,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _stage(record) -> str:
+    """The job's stage; for a multi-stage job the stage in progress (or last run) is marked."""
+    if "," not in record.stage:
+        return record.stage
+    current = record.attempts[-1].stage if record.attempts else ""
+    return ",".join(f"[{s}]" if s == current else s for s in record.stage.split(","))
+
+
 def format_table(rows: Sequence[Sequence[str]]) -> List[str]:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -26,7 +34,7 @@ def format_table(rows: Sequence[Sequence[str]]) -> List[str]:
 def _summary(job: JobDir, record: JobRecord) -> dict:
     attempt = record.current_attempt
     return {"job_id": record.job_id, "state": record.state.value, "cluster": record.cluster,
-            "stage": record.stage, "created": record.created, "attempts": len(record.attempts),
+            "stage": _stage(record), "created": record.created, "attempts": len(record.attempts),
             "ranks": len(attempt.ranks) if attempt else 0, "path": str(job.path),
             "failure": attempt.failure.summary() if attempt and attempt.failure else ""}
 

@@ -98,7 +98,10 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
     if status["message"]:
         out.append(f"message   {status['message']}")
     source = f" ({status['cluster_file']})" if status["cluster_file"] else ""
-    out.append(f"cluster   {status['cluster']}{source}, stage {status['stage']}")
+    stage = status["stage"]
+    if "," in stage and attempts:
+        stage += f" (now {attempts[-1].get('stage') or '?'})"
+    out.append(f"cluster   {status['cluster']}{source}, stage {stage}")
     launcher = status["launcher"]
     if launcher:
         alive = ("running" if launcher["alive"] else "not running") if launcher["this_machine"] else (
@@ -125,7 +128,9 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
             where = f"rank {f['rank']} on {f['host']}: " if f.get("rank") is not None else ""
             extra.append(where + f["reason"])
         label = "attempts  " if a is attempts[0] else "          "
-        out.append(f"{label}{a['number']} {a['state']} {span}" + ("  " + "; ".join(extra) if extra else ""))
+        what = f" {a['stage']}" if "," in status["stage"] and a.get("stage") else ""
+        notes = "  " + "; ".join(extra) if extra else ""
+        out.append(f"{label}{a['number']}{what} {a['state']} {span}{notes}")
     if status["processes"]:
         rows = [("PROCESS", "HOST", "PID", "PGID", "STATE", "EXIT", "OUTPUT", "LAST LINE")]
         for p in status["processes"]:
