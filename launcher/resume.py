@@ -143,11 +143,3 @@ def choose_resume(scans: Mapping[str, Sequence[CheckpointInfo]]) -> Optional[Res
     first = next(iter(by_host.values()))[key]
     return ResumePoint(name=first.name, epoch=first.epoch, step=first.step, global_step=first.global_step,
                        paths={host: d[key].path for host, d in by_host.items()})
-
-
-def skipped_newer(scans: Mapping[str, Sequence[CheckpointInfo]],
-                  chosen: Optional[ResumePoint]) -> Dict[str, list]:
-    """Checkpoints newer than the chosen one that some host lacks: what the log should explain."""
-    floor = chosen.global_step if chosen else -1
-    return {host: sorted(c.name for c in infos if c.global_step > floor)
-            for host, infos in scans.items() if any(c.global_step > floor for c in infos)}

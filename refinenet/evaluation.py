@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -24,7 +24,8 @@ from refinenet.data.listfile import load_image_list
 from refinenet.palette import IGNORE_LABEL, VOC_CLASSES
 
 __all__ = ["EvalResult", "ExportedModel", "ModelMismatch", "check_consistent", "evaluate", "format_result",
-           "load_image_list", "models_by_size", "preprocess_image", "scale_crop_sizes", "BGR_MEAN", "BGR_STD"]
+           "load_image_list", "models_by_size", "preprocess_image", "report_result",
+           "run_exported_evaluation", "scale_crop_sizes", "BGR_MEAN", "BGR_STD"]
 
 BGR_MEAN = (103.53, 116.28, 123.675)
 BGR_STD = (57.375, 57.120, 58.395)
@@ -271,3 +272,27 @@ def report_result(result: EvalResult, output: Optional[str] = None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, json.loads(result.to_json()))
         print(f"wrote {out}", flush=True)
+
+
+def run_exported_evaluation(by_size: Mapping[int, ExportedModel], args, *, crop_size: int, batch_size: int,
+                            num_classes: int, engine: str) -> int:
+    """Evaluate exported models, one per input size, as the command line `args` asks (`data_lst`,
+    `scales`, `flip`, `ignore_label`, `output`) and report the result.
+
+    `engine` names what runs the models in the `evaluating ...` line. Returns the exit status: 0, or 2
+    after printing the `DataError` of an unreadable image or label.
+    """
+    def predict_logits(x: np.ndarray) -> np.ndarray:
+        return by_size[x.shape[2]](x)
+
+    used = [f"{m.path} ({size}px)" for size, m in by_size.items()]
+    print(f"evaluating {', '.join(used)} on {args.data_lst} with {engine}", flush=True)
+    try:
+        result = evaluate(predict_logits, args.data_lst, batch_size=batch_size, crop_size=crop_size,
+                          scales=args.scales, flip=args.flip, num_classes=num_classes,
+                          ignore_label=args.ignore_label)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    report_result(result, args.output)
+    return 0

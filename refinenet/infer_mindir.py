@@ -21,10 +21,9 @@ from refinenet.data.errors import DataError
 from refinenet.evaluation import (
     ModelMismatch,
     check_consistent,
-    evaluate,
     load_image_list,
     models_by_size,
-    report_result,
+    run_exported_evaluation,
 )
 from refinenet.export import UsageError, check_writable, use_device
 from refinenet.presets import DEVICES
@@ -146,21 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UsageError, ModelMismatch, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-
-    def predict_logits(x: np.ndarray) -> np.ndarray:
-        return by_size[x.shape[2]](x)
-
-    used = [f"{m.path} ({size}px)" for size, m in by_size.items()]
-    print(f"evaluating {', '.join(used)} on {args.data_lst} with MindSpore ({args.device})", flush=True)
-    try:
-        result = evaluate(predict_logits, args.data_lst, batch_size=batch, crop_size=crop_size,
-                          scales=args.scales, flip=args.flip, num_classes=classes,
-                          ignore_label=args.ignore_label)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    report_result(result, args.output)
-    return 0
+    return run_exported_evaluation(by_size, args, crop_size=crop_size, batch_size=batch, num_classes=classes,
+                                   engine=f"MindSpore ({args.device})")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,22 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from refinenet.data.errors import DataError
-from refinenet.evaluation import evaluate, load_image_list, report_result, scale_crop_sizes
+from refinenet.evaluation import (
+    ModelMismatch,
+    check_consistent,
+    load_image_list,
+    models_by_size,
+    run_exported_evaluation,
+)
 from refinenet.export import UsageError, check_writable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+FLAG, FORMAT = "--onnx", "ONNX"
 
 
 @dataclass(frozen=True)
@@ -87,52 +94,8 @@ def open_model(path: str, provider: str) -> OnnxModel:
     return OnnxModel(path, session, inputs[0].name, _static(batch), height, _static(outputs[0].shape[1]))
 
 
-def models_by_size(models: Sequence[OnnxModel], crop_size: int,
-                   scales: Sequence[float]) -> Dict[int, OnnxModel]:
-    """The model for each input size the scales need; `UsageError` when a size has none."""
-    by_size: Dict[int, OnnxModel] = {}
-    for m in models:
-        if m.size in by_size:
-            raise UsageError(f"--onnx: {by_size[m.size].path} and {m.path} both take {m.size}x{m.size} input")
-        by_size[m.size] = m
-    needed = scale_crop_sizes(crop_size, scales)
-    for scale, size in zip(scales, needed):
-        if size not in by_size:
-            have = ", ".join(f"{m.path} ({m.size}px)" for m in models)
-            raise UsageError(f"--scales: scale {scale:g} needs a model with {size}x{size} input, have "
-                             f"{have}. An exported model has a fixed input size, so multi-scale evaluation "
-                             f"needs one model per scale: refinenet-export --crop-size {size} ... and pass "
-                             "it as a further --onnx")
-    return {size: by_size[size] for size in needed}
-
-
-def check_consistent(models: Sequence[OnnxModel], batch_size: Optional[int],
-                     num_classes: Optional[int]) -> tuple:
-    """(batch size, class count) agreed by the command line and every model, else `UsageError`."""
-    batches = {m.batch for m in models if m.batch is not None}
-    if len(batches) > 1:
-        raise UsageError(f"--onnx: the models were exported for different batch sizes {sorted(batches)}")
-    model_batch = batches.pop() if batches else None
-    if batch_size is not None and model_batch is not None and batch_size != model_batch:
-        raise UsageError(f"--batch-size {batch_size}: {models[0].path} was exported for batch size "
-                         f"{model_batch}; drop --batch-size or re-export with refinenet-export --batch-size "
-                         f"{batch_size}")
-    batch = batch_size or model_batch or 1
-    if batch < 1:
-        raise UsageError(f"--batch-size: must be at least 1, got {batch}")
-    classes = {m.num_classes for m in models if m.num_classes is not None}
-    if len(classes) > 1:
-        raise UsageError(f"--onnx: the models have different class counts {sorted(classes)}")
-    model_classes = classes.pop() if classes else None
-    if num_classes is not None and model_classes is not None and num_classes != model_classes:
-        raise UsageError(f"--num-classes {num_classes}: the model outputs {model_classes} classes")
-    classes_final = num_classes or model_classes
-    if classes_final is None:
-        raise UsageError("--num-classes: the model's output has no fixed class count; give --num-classes")
-    return batch, classes_final
-
-
-def prepare(args: argparse.Namespace):
+def prepare(args: argparse.Namespace) -> Tuple[Dict[int, OnnxModel], int, int, int]:
+    """(model per input size, crop size, batch size, class count), or `UsageError`/`ModelMismatch`."""
     if not Path(args.data_lst).is_file():
         raise UsageError(f"--data-lst: {args.data_lst} does not exist or is not a file")
     if any(s <= 0 for s in args.scales):
@@ -146,8 +109,9 @@ def prepare(args: argparse.Namespace):
     load_image_list(args.data_lst)
     models = [open_model(path, args.provider) for path in args.onnx]
     crop_size = args.crop_size or models[0].size
-    by_size = models_by_size(models, crop_size, args.scales)
-    batch, classes = check_consistent(list(by_size.values()), args.batch_size, args.num_classes)
+    by_size = models_by_size(models, crop_size, args.scales, flag=FLAG, file_format=FORMAT)
+    batch, classes = check_consistent(list(by_size.values()), args.batch_size, args.num_classes, flag=FLAG,
+                                      file_format=FORMAT)
     return by_size, crop_size, batch, classes
 
 
@@ -155,24 +119,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         by_size, crop_size, batch, classes = prepare(args)
-    except (UsageError, DataError) as exc:
+    except (UsageError, ModelMismatch, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-
-    def predict_logits(x: np.ndarray) -> np.ndarray:
-        return by_size[x.shape[2]](x)
-
-    used: List[str] = [f"{m.path} ({size}px)" for size, m in by_size.items()]
-    print(f"evaluating {', '.join(used)} on {args.data_lst} with {args.provider}", flush=True)
-    try:
-        result = evaluate(predict_logits, args.data_lst, batch_size=batch, crop_size=crop_size,
-                          scales=args.scales, flip=args.flip, num_classes=classes,
-                          ignore_label=args.ignore_label)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    report_result(result, args.output)
-    return 0
+    return run_exported_evaluation(by_size, args, crop_size=crop_size, batch_size=batch, num_classes=classes,
+                                   engine=args.provider)
 
 
 if __name__ == "__main__":

@@ -17,24 +17,14 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from launcher.agent import host_agent
+from launcher.transport.guarded import bootstrap
 
 Sink = Callable[[str], None]
 CHUNK = 1 << 16
 
 _SOURCE = Path(host_agent.__file__).read_text(encoding="utf-8").encode("utf-8")
 
-#: Reads the agent's source from stdin (its length is the last argument) and runs it; the host needs
-#: no copy of the launcher and `ps` there shows a short command line.
-BOOTSTRAP = (
-    "import os, sys\n"
-    "n, s = int(sys.argv[-1]), b''\n"
-    "while len(s) < n:\n"
-    "    c = os.read(0, n - len(s))\n"
-    "    if not c:\n"
-    "        sys.exit(127)\n"
-    "    s += c\n"
-    "exec(compile(s, 'refinenet-agent', 'exec'))\n"
-)
+BOOTSTRAP = bootstrap("refinenet-agent")
 
 
 def agent_argv(python: str) -> List[str]:

@@ -36,7 +36,7 @@ from launcher.spec import (
 from launcher.workload import Workload, workload_for
 
 __all__ = ["build_parser", "run", "prepare", "make_plan_factory", "describe", "folder_reader", "host_reader",
-           "resolve_cluster_path", "free_port", "plan_summary"]
+           "resolve_cluster_path", "free_port"]
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -389,10 +389,3 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     args.job_id, args.job_dir = job_id, str(job_dir)
     args.cluster_path = str(resolve_cluster_path(args.cluster))
     return int(run_job(spec, factory, args) or 0)
-
-
-def plan_summary(plan: LaunchPlan) -> Mapping[str, object]:
-    """The parts of a plan a job record keeps (placement and processes, no file contents)."""
-    data = plan.to_dict()
-    return {k: data[k] for k in ("stage", "backend", "device", "attempt", "master", "placement", "processes")}
-

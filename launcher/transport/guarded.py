@@ -21,18 +21,23 @@ def guard_source() -> str:
 _GUARD_SOURCE = Path(guard.__file__).read_text(encoding="utf-8")
 _GUARD_BYTES = _GUARD_SOURCE.encode("utf-8")
 
-#: Reads the guard's source from stdin (its length is the last argument) and runs it, so the host
-#: needs no copy of the launcher and `ps` there shows a short command line, not the whole guard.
-BOOTSTRAP = (
-    "import os, sys\n"
-    "n, s = int(sys.argv[-1]), b''\n"
-    "while len(s) < n:\n"
-    "    c = os.read(0, n - len(s))\n"
-    "    if not c:\n"
-    "        sys.exit(127)\n"
-    "    s += c\n"
-    "exec(compile(s, 'refinenet-guard', 'exec'))\n"
-)
+
+
+def bootstrap(name: str) -> str:
+    """A `python -c` program that reads a program's source from stdin (its length is the last
+    argument) and runs it as `name`: the host needs no copy of the launcher, and `ps` there shows a
+    short command line. Used for the guard and for the host agent."""
+    return ("import os, sys\n"
+            "n, s = int(sys.argv[-1]), b''\n"
+            "while len(s) < n:\n"
+            "    c = os.read(0, n - len(s))\n"
+            "    if not c:\n"
+            "        sys.exit(127)\n"
+            "    s += c\n"
+            f"exec(compile(s, {name!r}, 'exec'))\n")
+
+
+BOOTSTRAP = bootstrap("refinenet-guard")
 
 
 def guard_argv(python: str, mode: str) -> list:

@@ -82,3 +82,78 @@ def test_msrun_blames_its_hosts_first_rank_and_a_stop_ends_stopped():
     s.exited("r0", -15, 1.0)
     assert s.outcome == JobState.STOPPED and s.root_cause is None
     assert {m.name for m in [x.spec for x in s.mark_stopped(2.0)]} == {"scheduler", "r1"}
+
+
+# --- the restart loop with scripted attempt results: no agents, threads or sleeps ---------------
+
+
+def scripted_supervisor(tmp_path, results, max_restarts=2, spares=()):
+    from unittest import mock
+
+    from launcher.commands.launch import make_plan_factory
+    from launcher.exclusion import HostPool
+    from launcher.jobs import JobDir
+    from launcher.supervisor import AttemptResult, Supervisor
+
+    data = {"name": "s", "backend": "dynamic", "device": "cpu",
+            "hosts": [{"name": h, "address": f"10.0.0.{i + 1}", "ranks": 1, "ssh": {}, "workdir": "/w"}
+                      for i, h in enumerate("ab")],
+            "spares": [{"name": s, "address": f"10.0.1.{i + 1}", "ranks": 1, "ssh": {}, "workdir": "/w"}
+                       for i, s in enumerate(spares)],
+            "master": {"port": 9000}, "job": {"data": "d.txt"},
+            "restart": {"max_restarts": max_restarts, "backoff_s": 1, "backoff_max_s": 3}}
+    spec = parse_cluster(data, "s.yaml")
+    job = JobDir.create(tmp_path / "runs", cluster="s", stage="r1", spec=data)
+    factory = make_plan_factory(spec, place(spec), "r1", str(job.path), job.job_id)
+    waits = []
+    logs = mock.Mock()
+    pool = HostPool(spec, list(spec.spares)) if spares else None
+    sup = Supervisor(spec, "r1", factory, job, {}, logs, out=mock.Mock(), wait=lambda s: waits.append(s),
+                     pool=pool)
+
+    def run_attempt(number):
+        state, failure = results[number - 1]
+        job.begin_attempt(None)
+        job.set_state(JobState.RUNNING)
+        return AttemptResult(number, state, failure, None, 0.0, {"failed": 0.0})
+
+    sup.run_attempt = mock.Mock(side_effect=run_attempt)
+    return sup, job, waits
+
+
+def test_restarts_are_counted_with_backoff_until_success(tmp_path):
+    from launcher.errors import RankFailure
+
+    boom = RankFailure(1, "b", exit_code=1, time=1.0)
+    sup, job, waits = scripted_supervisor(tmp_path, [(JobState.FAILED, boom), (JobState.FAILED, boom),
+                                                     (JobState.SUCCEEDED, None)])
+    assert sup.run() == JobState.SUCCEEDED
+    assert sup.run_attempt.call_count == 3 and waits == [1, 2] and sup.restarts_used == 2
+    assert [a.state for a in job.read().attempts] == [JobState.FAILED, JobState.FAILED, JobState.SUCCEEDED]
+
+
+def test_the_restart_limit_and_bad_input_end_the_job(tmp_path):
+    from launcher.errors import RankFailure
+
+    sup, job, waits = scripted_supervisor(tmp_path, [(JobState.FAILED, RankFailure(0, "a", exit_code=1))] * 2,
+                                          max_restarts=1)
+    assert sup.run() == JobState.FAILED and waits == [1] and "1 of 1 used" in job.read().message
+    bad_input = RankFailure(0, "a", exit_code=2)
+    sup, job, waits = scripted_supervisor(tmp_path / "2", [(JobState.FAILED, bad_input)])
+    assert sup.run() == JobState.FAILED and waits == [] and "not restarted" in job.read().message
+
+
+def test_a_host_without_a_spare_to_replace_it_ends_the_job_naming_it(tmp_path):
+    from launcher.errors import RankFailure
+
+    boom = RankFailure(1, "b", exit_code=1, time=1.0)
+    sup, job, _ = scripted_supervisor(tmp_path, [(JobState.FAILED, boom)] * 2 + [(JobState.SUCCEEDED, None)],
+                                      max_restarts=5, spares=("c",))
+    assert sup.run() == JobState.SUCCEEDED
+    assert [h.name for h in sup.spec.hosts] == ["a", "c"] and job.read().hosts["b"]["state"] == "excluded"
+    other = RankFailure(1, "c", exit_code=1, time=2.0)
+    failures = [(JobState.FAILED, f) for f in (boom, boom, other, other)]
+    sup, job, _ = scripted_supervisor(tmp_path / "2", failures, max_restarts=5, spares=("c",))
+    assert sup.run() == JobState.FAILED and sup.run_attempt.call_count == 4
+    message = job.read().message
+    assert "no spare is left" in message and "b: root cause" in message and "c: root cause" in message

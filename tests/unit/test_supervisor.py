@@ -289,8 +289,9 @@ def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None,
         return wait(seconds) if wait else False
 
     transports = {h: FakeTransport(h, cluster) for h in HOSTS}
+    factory_of_health = (lambda spec, plan, pids, ranks: health) if health else None
     sup = Supervisor(spec, "r1", factory, job, transports, logs, out=Messages(messages), poll_s=0.01,
-                     wait=record_wait, health_factory=(lambda spec, plan, pids, ranks: health) if health else None)
+                     wait=record_wait, health_factory=factory_of_health)
     return Run(sup, job, cluster, waits, messages)
 
 
