@@ -2,19 +2,19 @@
 
 All variants run the same writer processes (each prints `--lines` numbered lines as fast as a
 Python write loop goes). The baseline drains each pipe with 64 KiB `os.read` calls and only
-counts newlines; the transport variant runs them with `LocalTransport` and a counting `on_line`;
-the aggregator variant hands every line, through the local transport's line reader, to
-`LogAggregator` (rank files, job.log, metrics, a live stream to /dev/null, activity, tail).
-Without `launcher.transport.local` it reads the pipes with its own threads instead. Afterwards
-every rank file is checked line by line: nothing lost, per-rank order kept.
+counts newlines; the agent variant starts them all under one host agent through `LocalTransport`,
+each rank's lines going to a counting sink; the aggregator variant does the same with each rank's
+sink being `LogAggregator.rank_sink` (rank files, job.log, metrics, a live stream to /dev/null,
+activity, tail). Starting the agent and the writers is inside the timed span. Afterwards every rank
+file is checked line by line: nothing lost, per-rank order kept.
 
 Usage: python benchmarks/log_aggregation.py [--ranks 8] [--lines 200000] [--repeat 5]
 """
 from __future__ import annotations
 
 import argparse
-import codecs
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -22,10 +22,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from launcher.agent.session import AgentEvent, start_session  # noqa: E402
 from launcher.logs import JOB_LOG, LogAggregator, rank_log_name  # noqa: E402
+from launcher.transport.local import LocalTransport  # noqa: E402
 
 WRITER = r"""
 import sys
@@ -69,17 +72,30 @@ def run_raw(ranks: int, lines: int) -> float:
     return seconds
 
 
-def _local_transport():
-    try:
-        from launcher.transport.local import LocalTransport
-    except ImportError:
-        return None
-    return LocalTransport()
+def run_agent(transport, argvs: Sequence[Sequence[str]], sinks: Sequence[Callable[[str], None]]) -> None:
+    """Run `argvs` under one host agent started through `transport`, process i's lines to `sinks[i]`;
+    returns after the agent's `done` event, when every line has been handed to its sink."""
+    events: queue.Queue[AgentEvent] = queue.Queue()
+    document = {"job_id": "bench", "attempt": 1, "host": transport.host, "grace": 2.0, "hang_s": None,
+                "files": [], "tails": [],
+                "processes": [{"name": f"r{i}", "argv": list(a)} for i, a in enumerate(argvs)]}
+    session = start_session(transport, sys.executable, document, sinks, [], events)
+    statuses = {}
+    while True:
+        event = events.get(timeout=600)
+        if event.kind in ("lost", "error"):
+            raise RuntimeError(f"agent: {event.kind} {dict(event.data)}")
+        if event.kind == "exit":
+            statuses[event.index] = event.data["status"]
+        if event.kind == "done":
+            break
+    session.close()
+    session.wait(10)
+    assert statuses == {i: 0 for i in range(len(argvs))}, statuses
 
 
-def run_transport_only(ranks: int, lines: int) -> float:
-    """Seconds through the local transport with a counting callback: the reader's own share."""
-    transport = _local_transport()
+def run_agent_only(transport, ranks: int, lines: int) -> float:
+    """Seconds through the host agent with counting sinks: the agent's and the reader's own share."""
     counts = [0] * ranks
 
     def counter(r):
@@ -88,58 +104,23 @@ def run_transport_only(ranks: int, lines: int) -> float:
         return on_line
 
     t0 = time.perf_counter()
-    procs = [transport.run(writer_argv(r, lines), on_line=counter(r)) for r in range(ranks)]
-    for p in procs:
-        p.wait()
+    run_agent(transport, [writer_argv(r, lines) for r in range(ranks)], [counter(r) for r in range(ranks)])
     seconds = time.perf_counter() - t0
     assert counts == [lines] * ranks, counts
     return seconds
 
 
-def run_aggregated(ranks: int, lines: int, job_dir: Path) -> tuple:
-    """Seconds for all writers to finish with every line written by the aggregator; which reader ran."""
-    transport = _local_transport()
+def run_aggregated(transport, ranks: int, lines: int, job_dir: Path) -> float:
+    """Seconds for all writers to finish with every line written by the aggregator."""
     with open(os.devnull, "w") as devnull:
         agg = LogAggregator(job_dir / "logs", stream=devnull, metrics_file=job_dir / "metrics.jsonl")
         agg.start_attempt(1)
         t0 = time.perf_counter()
-        if transport is not None:
-            procs = [transport.run(writer_argv(r, lines), on_line=agg.rank_sink(r, "localhost"))
-                     for r in range(ranks)]
-            for p in procs:
-                p.wait()
-            reader = "launcher.transport.local.LocalTransport"
-        else:
-            procs = [subprocess.Popen(writer_argv(r, lines), stdout=subprocess.PIPE) for r in range(ranks)]
-
-            def pump(proc, sink):
-                decoder = codecs.getincrementaldecoder("utf-8")("replace")
-                fd, rest = proc.stdout.fileno(), ""
-                while True:
-                    chunk = os.read(fd, 1 << 16)
-                    text = rest + decoder.decode(chunk, final=not chunk)
-                    lines = text.split("\n")
-                    rest = lines.pop()
-                    for line in lines:
-                        sink(line)
-                    if not chunk:
-                        break
-                if rest:
-                    sink(rest)
-
-            threads = [threading.Thread(target=pump, args=(p, agg.rank_sink(r, "localhost")))
-                       for r, p in enumerate(procs)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            for p in procs:
-                p.wait()
-                p.stdout.close()
-            reader = "subprocess reader threads (64 KiB reads, split into lines)"
+        run_agent(transport, [writer_argv(r, lines) for r in range(ranks)],
+                  [agg.rank_sink(r, transport.host) for r in range(ranks)])
         agg.close()
         seconds = time.perf_counter() - t0
-    return seconds, reader
+    return seconds
 
 
 def check_files(job_dir: Path, ranks: int, lines: int) -> None:
@@ -163,21 +144,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     total = args.ranks * args.lines
-    raw_times, agg_times, transport_times, reader = [], [], [], ""
+    transport = LocalTransport()
+    load = os.getloadavg()
+    raw_times, agg_times, agent_times = [], [], []
     for _ in range(args.repeat):
         raw_times.append(run_raw(args.ranks, args.lines))
-        if _local_transport() is not None:
-            transport_times.append(run_transport_only(args.ranks, args.lines))
+        agent_times.append(run_agent_only(transport, args.ranks, args.lines))
         with tempfile.TemporaryDirectory() as tmp:
-            seconds, reader = run_aggregated(args.ranks, args.lines, Path(tmp))
+            agg_times.append(run_aggregated(transport, args.ranks, args.lines, Path(tmp)))
             check_files(Path(tmp), args.ranks, args.lines)
-        agg_times.append(seconds)
-    raw, agg = total / min(raw_times), total / min(agg_times)
-    print(f"{args.ranks} ranks x {args.lines} lines ({total} lines, best of {args.repeat}), reader: {reader}")
+    raw, only, agg = total / min(raw_times), total / min(agent_times), total / min(agg_times)
+    print(f"{args.ranks} ranks x {args.lines} lines ({total} lines, best of {args.repeat}), "
+          f"reader: one host agent through LocalTransport")
+    print(f"load average at start / end: {' '.join(f'{x:.2f}' for x in load)} / "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"raw pipe (bulk os.read, count newlines): {raw:,.0f} lines/s")
-    if transport_times:
-        only = total / min(transport_times)
-        print(f"local transport, counting callback: {only:,.0f} lines/s ({only / raw:.2f} of raw)")
+    print(f"host agent, counting sinks: {only:,.0f} lines/s ({only / raw:.2f} of raw)")
     print(f"LogAggregator (files + job.log + stream): {agg:,.0f} lines/s, zero lines lost, order kept")
     rounds = sorted(r / a for r, a in zip(raw_times, agg_times))
     print(f"aggregator / raw pipe = {agg / raw:.2f} (best of each); per round: "

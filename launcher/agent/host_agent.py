@@ -17,12 +17,12 @@ then control lines: ``stop SIG`` (send SIG first, then SIGTERM+SIGCONT, grace, S
 or SSH channel closed, even by SIGKILL): everything is torn down and the agent exits. SIGTERM,
 SIGINT and SIGHUP to the agent do the same.
 
-Stdout: one frame per line, written whole by this process only, so no two lines ever mix::
+Stdout: frames written whole by this process only, so no two processes' lines ever mix::
 
-    o I TEXT    a stdout line of process I (index into "processes")
-    e I TEXT    a stderr line of process I
-    t J TEXT    a line appended to tail J
-    ! JSON      an event: started {i, pid, pgid, t}, error {i, message}, exit {i, status, t},
+    o I N\n BYTES    N bytes of whole stdout lines (each ending in \n) of process I ("processes")
+    e I N\n BYTES    the same for its stderr
+    t J N\n BYTES    whole lines appended to tail J
+    ! JSON          an event: started {i, pid, pgid, t}, error {i, message}, exit {i, status, t},
                 hang {i or tail, silent_s, t}, ready {t}, done {t}, note {message}
 
 Exit status: the exit code, or minus the signal number. Every process runs in its own session
@@ -99,6 +99,19 @@ def live_descendants(root):
     return found
 
 
+def whole_lines(kind, index, buffered, data, out):
+    """Append one frame holding the whole lines of `buffered + data` to `out`; the partial last line
+    (cut at MAX_LINE) is returned to be buffered."""
+    data = buffered + data
+    cut = data.rfind(b"\n") + 1
+    while len(data) - cut > MAX_LINE:
+        data = data[:cut + MAX_LINE] + b"\n" + data[cut + MAX_LINE:]
+        cut += MAX_LINE + 1
+    if cut:
+        out.append(b"%s %d %d\n" % (kind, index, cut) + data[:cut])
+    return data[cut:]
+
+
 def write_file(path, content, mode):
     folder = os.path.dirname(path)
     if folder:
@@ -155,16 +168,12 @@ class Tail:
             return
         self.offset += len(data)
         self.last_output = time.monotonic()
-        lines = (self.rest + data).split(b"\n")
-        self.rest = lines.pop()
-        prefix = b"t %d " % self.index
-        for line in lines:
-            out.append(prefix + line + b"\n")
+        self.rest = whole_lines(b"t", self.index, self.rest, data, out)
 
     def close(self, out):
         self.poll(out)
         if self.rest:
-            out.append(b"t %d " % self.index + self.rest + b"\n")
+            whole_lines(b"t", self.index, self.rest, b"\n", out)
             self.rest = b""
 
 
@@ -250,23 +259,15 @@ class Agent:
             return
         except OSError:
             data = b""
-        prefix = kind + b" %d " % p.index
         if not data:
             rest = self.buffers.pop(fd, b"")
             if rest:
-                self.out.append(prefix + rest + b"\n")
+                whole_lines(kind, p.index, rest, b"\n", self.out)
             del self.by_fd[fd]
             p.open_fds.pop(fd).close()
             return
         p.last_output = time.monotonic()
-        lines = (self.buffers[fd] + data).split(b"\n")
-        rest = lines.pop()
-        while len(rest) > MAX_LINE:
-            lines.append(rest[:MAX_LINE])
-            rest = rest[MAX_LINE:]
-        self.buffers[fd] = rest
-        for line in lines:
-            self.out.append(prefix + line + b"\n")
+        self.buffers[fd] = whole_lines(kind, p.index, self.buffers[fd], data, self.out)
 
     def read_control(self):
         try:

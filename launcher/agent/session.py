@@ -1,7 +1,8 @@
 """The launcher's side of a host agent: start it through a transport, read its frames, stop it.
 
 One `AgentSession` per host per attempt: one stream (an SSH channel or a local pipe) and one reader
-thread. Output frames go straight to the sinks of their processes (whole lines, in order); events
+thread. Output frames (length-prefixed runs of whole lines) go straight to the sinks of their
+processes, a line at a time, in order; events
 (started, exit, hang, ready, done, and `lost` when the stream ends without `done`) go to one queue
 shared by every host, which the supervisor reads.
 """
@@ -89,20 +90,17 @@ class AgentSession:
     # -- reading
 
     def _read_loop(self) -> None:
-        rest = b""
+        buffer = b""
         try:
             while True:
                 data = self.stream.read(CHUNK)
                 if not data:
                     break
-                lines = (rest + data).split(b"\n")
-                rest = lines.pop()
-                for line in lines:
-                    self._frame(line)
+                buffer = self._frames(buffer + data)
         except (OSError, EOFError, ValueError):
             pass
-        if rest:
-            self._frame(rest)
+        if buffer.strip():
+            self.diagnostics.append(buffer.decode("utf-8", "replace").strip())
         if not self._saw_done:
             code = self.stream.exit_code(2.0)
             detail = "; ".join(self.diagnostics) or (
@@ -110,24 +108,47 @@ class AgentSession:
             self.events.put(AgentEvent(self.host, "lost", {"detail": detail, "code": code}))
         self.done.set()
 
-    def _frame(self, line: bytes) -> None:
-        kind = line[:2]
-        if kind in (b"o ", b"e ", b"t "):
-            space = line.find(b" ", 2)
+    def _frames(self, buffer: bytes) -> bytes:
+        """Handle every complete frame at the start of `buffer`; return what is left."""
+        at = 0
+        while True:
+            end = buffer.find(b"\n", at)
+            if end < 0:
+                return buffer[at:]
+            kind = buffer[at:at + 2]
+            if kind in (b"o ", b"e ", b"t "):
+                try:
+                    index, size = (int(x) for x in buffer[at + 2:end].split())
+                except ValueError:
+                    self._other(buffer[at:end])
+                    at = end + 1
+                    continue
+                if len(buffer) < end + 1 + size:
+                    return buffer[at:]
+                payload = buffer[end + 1:end + 1 + size]
+                at = end + 1 + size
+                self._lines(kind, index, payload)
+            else:
+                self._other(buffer[at:end])
+                at = end + 1
+
+    def _lines(self, kind: bytes, index: int, payload: bytes) -> None:
+        try:
+            sink = (self.tail_sinks if kind == b"t " else self.sinks)[index]
+        except IndexError:
+            self.diagnostics.append(f"frame for unknown output {kind.decode()}{index}")
+            return
+        lines = payload.decode("utf-8", "replace").split("\n")
+        lines.pop()
+        self.lines += len(lines)
+        for line in lines:
             try:
-                index = int(line[2:space])
-                sink = (self.tail_sinks if kind == b"t " else self.sinks)[index]
-            except (ValueError, IndexError):
-                self.diagnostics.append(line.decode("utf-8", "replace"))
-                return
-            self.lines += 1
-            text = line[space + 1:].decode("utf-8", "replace")
-            try:
-                sink(text)
+                sink(line)
             except Exception as exc:  # a consumer's bug must not stop the drain
                 self.diagnostics.append(f"output callback failed: {exc!r}")
-            return
-        if kind == b"! ":
+
+    def _other(self, line: bytes) -> None:
+        if line[:2] == b"! ":
             try:
                 event = json.loads(line[2:].decode("utf-8"))
             except ValueError:

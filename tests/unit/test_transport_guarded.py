@@ -56,21 +56,38 @@ def play(chunks, code=None, processes=2, tails=1):
     return session, lines, got
 
 
+def frame(kind, index, text):
+    data = text.encode()
+    return b"%s %d %d\n" % (kind.encode(), index, len(data)) + data
+
+
 def test_frames_keep_each_line_with_its_process_however_the_bytes_arrive():
-    data = ("o 0 α first line\ne 0 to stderr\no 1 other\nt 0 from a file\no 0 \n"
-            '! {"event": "exit", "i": 0, "status": -9, "t": 1.5}\n! {"event": "done", "t": 2}\n').encode()
+    data = (frame("o", 0, "α first line\n") + frame("e", 0, "to stderr\n") + frame("o", 1, "other\n")
+            + frame("t", 0, "from a file\nand more\n") + frame("o", 0, "\n")
+            + b'! {"event": "exit", "i": 0, "status": -9, "t": 1.5}\n! {"event": "done", "t": 2}\n')
     for size in (1, 2, 3, 7, len(data)):
         _, lines, events = play([data[i:i + size] for i in range(0, len(data), size)])
-        assert lines == {"p0": ["α first line", "to stderr", ""], "p1": ["other"], "t0": ["from a file"]}
+        assert lines == {"p0": ["α first line", "to stderr", ""], "p1": ["other"],
+                         "t0": ["from a file", "and more"]}
         assert [(e.kind, e.index, dict(e.data)) for e in events] == [
             ("exit", 0, {"i": 0, "status": -9, "t": 1.5}), ("done", None, {"t": 2})]
+
+
+def test_the_agent_frames_whole_lines_and_cuts_endless_ones():
+    out = []
+    rest = host_agent.whole_lines(b"o", 3, b"par", b"tial\nnext\nincomp", out)
+    assert out == [b"o 3 13\npartial\nnext\n"] and rest == b"incomp"
+    out = []
+    rest = host_agent.whole_lines(b"t", 0, b"", b"x" * (host_agent.MAX_LINE + 5), out)
+    assert out == [b"t 0 %d\n" % (host_agent.MAX_LINE + 1) + b"x" * host_agent.MAX_LINE + b"\n"]
+    assert rest == b"xxxxx"
 
 
 def test_a_stream_that_ends_without_done_is_a_lost_agent_with_the_shells_words():
     _, _, events = play([b"sh: 1: python3: not found\n"], code=127)
     assert [e.kind for e in events] == ["lost"]
     assert events[0].data["detail"] == "sh: 1: python3: not found" and events[0].data["code"] == 127
-    _, _, events = play([b"o 0 x\n"], code=None)
+    _, _, events = play([frame("o", 0, "x\n")], code=None)
     assert events[0].kind == "lost" and "closed" in events[0].data["detail"]
 
 
