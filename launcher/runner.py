@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from launcher.states import JobState
 from launcher.supervisor import PlanFactory, Supervisor
 from launcher.transport.base import Transport
 from launcher.transport.factory import open_transport
-from launcher.transport.probe import check_host, free_port_on
+from launcher.transport.probe import free_port_on
 from launcher.workload import Workload
 
 
@@ -35,18 +36,16 @@ def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None, workloads: S
     `health.preflight` is off, the preflight gate (disk, master port, devices) from the same facts.
     The workload's modules must import and its input files exist on every host.
     `BadInput` naming every failing host; nothing is started anywhere then."""
-    from launcher.health.preflight import PreflightReport, host_checks
+    from launcher.health.preflight import PreflightReport, launch_check
 
     transports = {h.name: open_transport(h) for h in spec.hosts}
     modules = _modules(workloads)
 
     def check(host: HostSpec):
-        t = transports[host.name]
         try:
-            info = check_host(t, host.python, host.workdir, modules, files=_files(workloads, spec, host))
+            return launch_check(spec, host, transports[host.name], modules, _files(workloads, spec, host))
         except HostError as exc:
             raise HostError(host.name, f"{host.name} ({host.address}): {exc.cause}") from None
-        return host_checks(spec, host, t, info=info) if spec.health.preflight else []
 
     result = fan_out(check, spec.hosts, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
     if result.failed:
@@ -89,14 +88,16 @@ def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport],
                    workloads: Sequence[Workload], err: IO[str]) -> None:
     """Check the spares like the hosts, all at once; one that fails is left out of the pool (said, not
     fatal: the job can run without it)."""
+    from launcher.health.preflight import launch_check
+
     if pool is None or not pool.spares:
         return
     for host in pool.spares:
         transports[host.name] = open_transport(host)
 
     def check(host: HostSpec):
-        check_host(transports[host.name], host.python, host.workdir, _modules(workloads),
-                   files=_files(workloads, spec, host))
+        launch_check(dataclasses.replace(spec, health=dataclasses.replace(spec.health, preflight=False)),
+                     host, transports[host.name], _modules(workloads), _files(workloads, spec, host))
 
     result = fan_out(check, pool.spares, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
     for name, exc in sorted(result.failed.items()):

@@ -108,6 +108,28 @@ out = {"time": time.time(), "hostname": socket.gethostname(), "psutil": psutil i
        "processes": [process(int(p)) for p in args.get("pids", [])]}
 if args.get("port") is not None:
     out["port"] = bind(int(args["port"]))
+facts = args.get("facts")
+if facts is not None:
+    import importlib.util, platform
+    missing = {}
+    for name in facts.get("modules", []):
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing[name] = "not found"
+        except Exception as exc:
+            missing[name] = "%s: %s" % (type(exc).__name__, exc)
+    problem = None
+    try:
+        os.makedirs(facts["workdir"], exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=facts["workdir"], prefix=".refinenet-write-check.")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        problem = "%s: %s" % (type(exc).__name__, exc.strerror or exc)
+    out["facts"] = {"python": sys.executable, "version": platform.python_version(),
+                    "platform": platform.platform(), "machine": platform.machine(),
+                    "cpus": str(os.cpu_count()), "missing": missing, "not_writable": problem,
+                    "absent": [f for f in facts.get("files", []) if not os.path.exists(f)]}
 print(json.dumps(out))
 """
 
@@ -173,15 +195,23 @@ class HostSample:
     dirs: Tuple[DirSample, ...] = ()
     processes: Tuple[ProcessSample, ...] = ()
     port: Optional[PortSample] = None
+    #: The launch's host check, when asked for (`host_argv(facts=...)`): python, version, missing
+    #: modules, absent input files, whether the workdir could be written.
+    facts: Optional[Mapping[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return plain(self)
 
 
 def host_argv(python: str, *, dirs: Sequence[str] = (), pids: Sequence[int] = (),
-              port: Optional[int] = None) -> list:
-    """The command that samples a host; user values travel as one JSON argument, never in the code."""
+              port: Optional[int] = None, facts: Optional[Mapping[str, Any]] = None) -> list:
+    """The command that samples a host; user values travel as one JSON argument, never in the code.
+    With `facts` ({workdir, modules, files}) it also answers the launch's host check in the same run."""
     args = {"dirs": [str(d) for d in dirs], "pids": [int(p) for p in pids], "port": port}
+    if facts is not None:
+        args["facts"] = {"workdir": str(facts["workdir"]),
+                         "modules": [str(m) for m in facts.get("modules", ())],
+                         "files": [str(f) for f in facts.get("files", ())]}
     return [python, "-c", HOST_SCRIPT, json.dumps(args)]
 
 
@@ -202,7 +232,8 @@ def parse_host_sample(text: str) -> HostSample:
             memory=_pick(MemorySample, data["memory"]),
             dirs=tuple(_pick(DirSample, {"writable": False, "exists": False, **d}) for d in data["dirs"]),
             processes=tuple(_pick(ProcessSample, p) for p in data["processes"]),
-            port=_pick(PortSample, data["port"]) if data.get("port") else None)
+            port=_pick(PortSample, data["port"]) if data.get("port") else None,
+            facts=data.get("facts"))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"host sample: not the expected JSON object ({type(exc).__name__}: {exc}): "
                          f"{lines[-1][:200]!r}") from None

@@ -10,9 +10,10 @@ from launcher.errors import LauncherError
 from launcher.health.collect import PROBE_TIMEOUT_S, dir_checks, output_dir, parallel_map, read_devices
 from launcher.health.probes import read_host
 from launcher.health.report import NO_THRESHOLDS, HealthThresholds, Verdict, format_table
-from launcher.transport.base import HostError
+from launcher.transport.base import HostError, HostInfo
 
-__all__ = ["PreflightCheck", "PreflightReport", "PreflightFailed", "run_preflight", "host_checks"]
+__all__ = ["PreflightCheck", "PreflightReport", "PreflightFailed", "run_preflight", "host_checks",
+           "launch_check"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ class PreflightReport:
 
 
 def host_checks(spec, host, transport, thresholds: HealthThresholds = NO_THRESHOLDS,
-                timeout: float = PROBE_TIMEOUT_S, info=None) -> List[PreflightCheck]:
-    """The preflight checks of one host; `info` (a `HostInfo` already gathered) saves the probe."""
+                timeout: float = PROBE_TIMEOUT_S, info=None, sample=None) -> List[PreflightCheck]:
+    """The preflight checks of one host; `info` and `sample` (gathered already, e.g. by
+    `launch_check`) save the probe and the host sample."""
     def check(name: str, ok: bool, detail: str = "") -> PreflightCheck:
         return PreflightCheck(host.name, name, ok, detail)
 
@@ -82,8 +84,9 @@ def host_checks(spec, host, transport, thresholds: HealthThresholds = NO_THRESHO
         master_port = spec.master.port
     outdir = output_dir(spec, host)
     try:
-        sample = read_host(transport, host.python, dirs=[host.workdir, outdir], port=master_port,
-                           timeout=timeout)
+        if sample is None:
+            sample = read_host(transport, host.python, dirs=[host.workdir, outdir], port=master_port,
+                               timeout=timeout)
     except HostError as exc:
         checks.append(check("host sample", False, exc.cause))
     else:
@@ -114,6 +117,35 @@ def host_checks(spec, host, transport, thresholds: HealthThresholds = NO_THRESHO
                 checks.append(check("devices", True, f"{listed} healthy" +
                                     (f" (degraded: {'; '.join(warned)})" if warned else "")))
     return checks
+
+
+def launch_check(spec, host, transport, modules: Sequence[str], files: Sequence[str],
+                 thresholds: HealthThresholds = NO_THRESHOLDS, timeout: float = PROBE_TIMEOUT_S
+                 ) -> List[PreflightCheck]:
+    """The host check before a launch, in one command on the host: python runs and finds `modules`,
+    the workdir is writable, `files` exist (`HostError` naming what is wrong), and, unless
+    `health.preflight` is off, the preflight checks (disk, master port, devices) from the same answer."""
+    master_port = spec.master.port if host.name == spec.master.host and isinstance(spec.master.port, int) \
+        else None
+    facts = {"workdir": host.workdir, "modules": list(modules), "files": list(files)}
+    try:
+        sample = read_host(transport, host.python, dirs=[host.workdir, output_dir(spec, host)],
+                           port=master_port, timeout=timeout, facts=facts)
+    except HostError as exc:
+        raise HostError(host.name, exc.cause.replace("could not sample the host", "does not run")) from None
+    found = dict(sample.facts or {})
+    if found.get("missing"):
+        listed = "; ".join(f"{name} ({why})" for name, why in sorted(found["missing"].items()))
+        raise HostError(host.name, f"python {host.python!r} cannot import: {listed}")
+    if found.get("not_writable"):
+        raise HostError(host.name, f"cannot write in {host.workdir}: {found['not_writable']}")
+    if found.get("absent"):
+        raise HostError(host.name, f"input file(s) missing there: {', '.join(found['absent'])}")
+    if not spec.health.preflight:
+        return []
+    info = HostInfo(host=host.name, hostname=sample.hostname, python=str(found.get("python", host.python)),
+                    python_version=str(found.get("version", "")))
+    return host_checks(spec, host, transport, thresholds, timeout, info=info, sample=sample)
 
 
 def run_preflight(spec, transports: Mapping[str, object], thresholds: HealthThresholds = NO_THRESHOLDS,

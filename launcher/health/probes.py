@@ -177,9 +177,9 @@ def device_probe(device: str):
 
 
 def read_host(transport, python: str, *, dirs: Sequence[str] = (), pids: Sequence[int] = (),
-              port: Optional[int] = None, timeout: float = 60.0) -> HostSample:
+              port: Optional[int] = None, timeout: float = 60.0, facts=None) -> HostSample:
     """Run `HOST_SCRIPT` with the host's python; `ProbeError` naming the host when it gives no answer."""
-    result = transport.exec(host_argv(python, dirs=dirs, pids=pids, port=port), timeout=timeout)
+    result = transport.exec(host_argv(python, dirs=dirs, pids=pids, port=port, facts=facts), timeout=timeout)
     if not result.ok:
         lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
         why = lines[-1] if lines else f"exit code {result.returncode}"

@@ -1,5 +1,6 @@
 """Both transports, local and SSH (a real sshd on 127.0.0.2), through the same tests and interface:
 short commands, files, and host agents started through them."""
+import dataclasses
 import os
 import queue
 import signal
@@ -14,10 +15,11 @@ import psutil
 import pytest
 
 from launcher.agent.session import start_session
+from launcher.health.preflight import launch_check
+from launcher.spec import parse_cluster
 from launcher.transport.base import HostError, Transport
 from launcher.transport.factory import open_transport
 from launcher.transport.local import LocalTransport
-from launcher.transport.probe import check_python_imports, check_writable
 
 pytestmark = pytest.mark.e2e
 
@@ -258,15 +260,25 @@ def test_probe_and_preflight_checks(host):
     assert info.hostname and os.path.isabs(info.python)
     with pytest.raises(HostError, match="does not run"):
         host.transport.probe("/no/such/python")
-    check_python_imports(host.transport, host.python, ["json", "launcher.transport.guard"])
+    spec = parse_cluster({"name": "t", "backend": "dynamic", "device": "cpu", "master": {"port": 9999},
+                          "health": {"check_devices": False, "min_free_disk_gb": 0.01},
+                          "hosts": [{"name": host.transport.host, "ranks": 1, "workdir": str(host.workdir),
+                                     "python": host.python}]}, "t.yaml")
+    h = spec.hosts[0]
+    (host.workdir / "data.lst").write_text("x")
+    checks = launch_check(spec, h, host.transport, ["json", "launcher.transport.guard"],
+                          [str(host.workdir / "data.lst")])
+    assert {c.check for c in checks} >= {"reachable", "workdir writable", "disk space"}
+    assert all(c.ok for c in checks)
     with pytest.raises(HostError, match="no_such_module_xyz"):
-        check_python_imports(host.transport, host.python, ["json", "no_such_module_xyz"])
-    check_writable(host.transport, str(host.workdir / "out" / "r1"), host.python)
-    assert (host.workdir / "out" / "r1").is_dir()
+        launch_check(spec, h, host.transport, ["json", "no_such_module_xyz"], [])
+    with pytest.raises(HostError, match="input file.*missing there: /nonexistent/list"):
+        launch_check(spec, h, host.transport, ["json"], ["/nonexistent/list"])
     (host.workdir / "ro").mkdir()
     (host.workdir / "ro" / "file").write_text("")
+    bad = dataclasses.replace(h, workdir=str(host.workdir / "ro" / "file" / "sub"))
     with pytest.raises(HostError, match="cannot write"):
-        check_writable(host.transport, str(host.workdir / "ro" / "file" / "sub"), host.python)
+        launch_check(spec, bad, host.transport, ["json"], [])
 
 
 def test_closing_the_transport_ends_its_agents(host):

@@ -62,7 +62,7 @@ class FakeProcess:
 
     def line(self, text: str) -> None:
         self.last_line = time.monotonic()
-        self.agent.frame(f"o {self.index} {text}")
+        self.agent.output(self.index, text)
 
     def _play(self) -> None:
         start = time.monotonic()
@@ -141,6 +141,10 @@ class FakeAgent:
 
     def frame(self, text: str) -> None:
         self.frames.put((text + "\n").encode("utf-8"))
+
+    def output(self, index: int, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
+        self.frames.put(b"o %d %d\n" % (index, len(data)) + data)
 
     def event(self, kind: str, **fields) -> None:
         self.frame("! " + json.dumps(dict(fields, event=kind, t=time.time())))
