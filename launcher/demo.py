@@ -1,11 +1,12 @@
 """The README's main job: a synthetic VOC/SBD dataset, then r1, r2 and eval of RefineNet on 2 CPU ranks.
 
-    python -m launcher.demo [--workdir DIR] [--images N] [--keep-output]
+    python -m launcher.demo [--workdir DIR] [--images N]
 
-Every stage runs through `refinenet-launch --cluster local-cpu` (cluster_configs/local-cpu.yaml:
-the dynamic backend, the launcher starting MindSpore's scheduler and one worker per rank). At the
-end: mean IoU beside an all-background predictor's, IoU per class, an HTML report of the eval job
-and prediction overlays of a few validation images.
+The three stages run as one job, `refinenet-launch --cluster local-cpu --stage r1,r2,eval`
+(cluster_configs/local-cpu.yaml: the dynamic backend, the launcher starting MindSpore's scheduler and
+one worker per rank). At the
+end: mean IoU beside an all-background predictor's, IoU per class, the job's HTML report (loss of
+both training stages, evaluation) and prediction overlays of a few validation images.
 """
 from __future__ import annotations
 
@@ -65,13 +66,13 @@ def _job_dirs() -> set:
     return set(RUNS_DIR.iterdir()) if RUNS_DIR.is_dir() else set()
 
 
-def launch(stage: str) -> Path:
-    """`refinenet-launch --cluster local-cpu --stage STAGE`; the job directory it made."""
-    print(f"\n===== refinenet-launch --cluster local-cpu --stage {stage} =====", flush=True)
+def launch(stages: str) -> Path:
+    """`refinenet-launch --cluster local-cpu --stage STAGES` (one job); the job directory it made."""
+    print(f"\n===== refinenet-launch --cluster local-cpu --stage {stages} =====", flush=True)
     before = _job_dirs()
-    code = cli.main(["--cluster", "local-cpu", "--stage", stage])
+    code = cli.main(["--cluster", "local-cpu", "--stage", stages])
     if code != 0:
-        raise SystemExit(f"demo: stage {stage} failed (exit {code})")
+        raise SystemExit(f"demo: the job of stages {stages} failed (exit {code})")
     made = sorted(_job_dirs() - before)
     return made[-1] if made else RUNS_DIR
 
@@ -123,19 +124,17 @@ def main(argv=None) -> int:
     started = time.monotonic()
     make_dataset(args.images)
     clear_output()
-    jobs = {stage: launch(stage) for stage in STAGES}
+    job = launch(",".join(STAGES))
     result = json.loads((OUTPUT_DIR / "eval" / "eval.json").read_text())
     overlays = predict(PREDICTED_IMAGES)
-    page = report(jobs["eval"])
+    page = report(job)
     elapsed = time.monotonic() - started
     print(f"\ndemo: r1 -> r2 -> eval on 2 CPU ranks, prediction and report in {elapsed:.0f} s")
     print_result(result)
     here = Path.cwd()
-    print("\njob directories:")
-    for stage, job in jobs.items():
-        print(f"  {stage:<5} {here / job}")
+    print(f"\njob directory ({', '.join(STAGES)} as one job): {here / job}")
     print(f"checkpoints:        {here / OUTPUT_DIR}/r1/ckpt, {here / OUTPUT_DIR}/r2/ckpt")
-    print(f"report of the eval job: {here / page}")
+    print(f"report:             {here / page}")
     print(f"prediction overlays ({len(overlays)}): {here / PREDICTIONS_DIR}/*_overlay.jpg")
     return 0
 

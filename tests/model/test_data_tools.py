@@ -61,6 +61,19 @@ def test_synth_is_deterministic_per_seed(tmp_path):
         np.testing.assert_array_equal(read_sbd_mat(x), read_sbd_mat(y))
 
 
+def test_synth_classes_are_separable_by_colour():
+    colours = synth._class_colours()
+    gaps = np.abs(colours[:, None] - colours[None, :]).max(axis=2) + 1000 * np.eye(len(colours))
+    assert colours.shape == (21, 3) and gaps.min() >= 100
+    for k in range(20):
+        image, label = synth.render_sample(np.random.default_rng([0, k]), 48, 72)
+        classes = [c for c in np.unique(label) if c]
+        assert 1 <= len(classes) <= 2 and label.shape == image.shape[:2]
+        for c in classes:
+            mean_rgb = image[label == c][:, ::-1].mean(axis=0)
+            assert np.abs(mean_rgb - colours[c]).max() < 15
+
+
 def test_lists_convert_labels_and_exclude_voc_from_sbd(data_root):
     assert main(["lists", "--data-root", str(data_root)]) == 0
     voc_train = (data_root / VOC / "ImageSets/Segmentation/train.txt").read_text().split()

@@ -57,7 +57,7 @@ def test_loss_goes_down(trained):
     for r in records:
         by_epoch.setdefault(r["epoch"], []).append(r["loss"])
     first, last = (sum(v) / len(v) for v in (by_epoch[1], by_epoch[EPOCHS]))
-    assert last < 0.85 * first, by_epoch
+    assert last < 0.9 * first, by_epoch
 
 
 def test_log_lines_and_metrics_follow_the_contract(trained):
