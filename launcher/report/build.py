@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from launcher.jobs import format_time
 from launcher.report import figures
-from launcher.report.data import JobData, Missing, load_job
+from launcher.report.data import JobData, Missing, attempt_stages, load_job
 from launcher.report.page import Section, esc, img, note, page, table
 from launcher.report.series import (
     by_rank_attempt,
@@ -265,6 +265,12 @@ def build_report(data: JobData, out_dir: Path, now: Optional[float] = None) -> s
     t0 = float(created) if isinstance(created, (int, float)) and created else min(
         [r["time"] for r in data.metrics if isinstance(r.get("time"), (int, float))] or [now])
     restarts = restart_steps(data.metrics)
+    stages = attempt_stages(data)
+    figures.ATTEMPT_LABELS.clear()
+    for attempt in restarts:
+        stage, before = stages.get(attempt, ""), stages.get(attempt - 1, "")
+        if len(data.stages) > 1 and stage and stage != before:
+            figures.ATTEMPT_LABELS[attempt] = f"stage {stage} (attempt {attempt})"
     seconds = rank_step_times(data.metrics)
     sections = [_loss_section(data, figs, restarts), _step_time_section(data, figs, seconds),
                 _throughput_section(data, figs, seconds, restarts), _attempts_section(data, figs, t0, now),

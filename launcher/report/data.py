@@ -70,6 +70,10 @@ class JobData:
 
     @property
     def world_size(self) -> Optional[int]:
+        ranked = [len({p.get("name") for p in a.get("processes") or () if isinstance(p, Mapping)
+                       and p.get("rank") is not None}) for a in self.attempts]
+        if len(self.stages) > 1 and any(ranked):
+            return max(ranked)
         if isinstance(self.plan.get("world_size"), int):
             return self.plan["world_size"]
         hosts = self.spec.get("hosts")
@@ -104,7 +108,9 @@ class JobData:
     def stage_option(self, name: str, stage: Optional[str] = None) -> Any:
         """A workload option of the stage: from the plan's rank command when it is this job's stage,
         else from the cluster file's `job.stage_overrides` or `job.extra_args`; None if not set."""
-        if stage in (None, self.stage):
+        if stage is None and len(self.stages) > 1:
+            stage = self.stages[0]
+        if stage in (None, self.stage, self.plan.get("stage")):
             planned = self._planned_option(name)
             if planned is not None:
                 return planned
@@ -128,15 +134,30 @@ class JobData:
     def epochs(self) -> Optional[int]:
         return _positive_int(self.stage_option("epochs"))
 
+    @property
+    def stages(self) -> List[str]:
+        """The stages the job ran (several for `--stage r1,r2,eval`)."""
+        return [s for s in self.stage.split(",") if s]
+
     def local_workdirs(self) -> List[Path]:
-        """The workdir of each host without `ssh` (the launcher's machine) that exists here."""
+        """The workdir of each host without `ssh` (the launcher's machine) that exists here: the cluster
+        file's, or, where it gives none (the launcher's directory), the one the plan ran the ranks in."""
         found: List[Path] = []
+        local = set()
         for host in self.spec.get("hosts") or ():
-            if not isinstance(host, Mapping) or host.get("ssh") is not None or not host.get("workdir"):
+            if not isinstance(host, Mapping) or host.get("ssh") is not None:
                 continue
-            path = Path(os.path.expanduser(str(host["workdir"])))
-            if path.is_dir() and path not in found:
-                found.append(path)
+            local.add(str(host.get("name")))
+            if host.get("workdir"):
+                path = Path(os.path.expanduser(str(host["workdir"])))
+                if path.is_dir() and path not in found:
+                    found.append(path)
+        processes = self.plan.get("processes") if isinstance(self.plan, Mapping) else None
+        for proc in processes or ():
+            if isinstance(proc, Mapping) and str(proc.get("host")) in local and proc.get("cwd"):
+                path = Path(str(proc["cwd"]))
+                if path.is_dir() and path not in found:
+                    found.append(path)
         return found
 
     @property
@@ -219,16 +240,23 @@ def _workload_metrics(data: JobData) -> List[Dict[str, Any]]:
     if end is None or not data.is_final:
         end = float("inf")
     out: List[Dict[str, Any]] = []
-    for folder in data.local_output_dirs(data.stage):
-        for path in sorted((folder / "metrics").glob("rank_*.jsonl")):
-            try:
-                rank = int(path.stem.split("_", 1)[1])
-            except ValueError:
-                continue
-            for rec in read_jsonl(path, "workload metrics", data.missing):
-                t = rec.get("time")
-                if isinstance(t, (int, float)) and start <= t <= end + 1.0:
-                    out.append({**rec, "rank": rank})
+    offset = 0
+    for stage in data.stages:
+        last = 0
+        for folder in data.local_output_dirs(stage):
+            for path in sorted((folder / "metrics").glob("rank_*.jsonl")):
+                try:
+                    rank = int(path.stem.split("_", 1)[1])
+                except ValueError:
+                    continue
+                for rec in read_jsonl(path, "workload metrics", data.missing):
+                    t = rec.get("time")
+                    if isinstance(t, (int, float)) and start <= t <= end + 1.0:
+                        if isinstance(rec.get("step"), int):
+                            last = max(last, rec["step"])
+                            rec = {**rec, "step": rec["step"] + offset}
+                        out.append({**rec, "rank": rank})
+        offset += last
     return out
 
 
@@ -256,7 +284,7 @@ def _find_eval(data: JobData) -> None:
             if result is not None:
                 data.missing.append(Missing(str(path), "evaluation result has no per_class_iou list"))
     data.eval_looked = seen
-    if data.eval is None and data.stage == "eval":
+    if data.eval is None and "eval" in data.stages:
         data.missing.append(Missing(", ".join(seen), "no eval.json for this eval job"))
 
 
@@ -283,12 +311,43 @@ def load_job(path: Path) -> JobData:
         data.missing.append(Missing(str(data.path / LOGS_DIR), "no logs directory"))
     data.metrics = [r for r in read_jsonl(data.path / METRICS_FILE, "progress records", data.missing)
                     if isinstance(r.get("rank"), int)]
+    data.metrics = _stages_in_sequence(data, data.metrics)
     data.health = read_jsonl(data.path / HEALTH_FILE, "health samples", data.missing)
     data.workload_metrics = _workload_metrics(data)
     data.stragglers = _stragglers(data)
     _find_eval(data)
     _find_overlays(data)
     return data
+
+
+def attempt_stages(data: JobData) -> Dict[int, str]:
+    """Attempt number -> the stage it ran (a multi-stage job runs its stages as attempts in order)."""
+    return {int(a["number"]): str(a.get("stage") or "") for a in data.attempts if "number" in a}
+
+
+def _stages_in_sequence(data: JobData, records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """For a multi-stage job, each later stage's epochs continue after the earlier stages' (so the
+    figures show r1, r2, ... one after the other); the records also get their `stage`."""
+    stages = attempt_stages(data)
+    if len(data.stages) < 2:
+        return records
+    last_epoch: Dict[str, int] = {}
+    for rec in records:
+        stage = stages.get(int(rec.get("attempt") or 0), "")
+        if isinstance(rec.get("epoch"), int):
+            last_epoch[stage] = max(last_epoch.get(stage, 0), rec["epoch"])
+    offset, total = {}, 0
+    for stage in data.stages:
+        offset[stage] = total
+        total += last_epoch.get(stage, 0)
+    out = []
+    for rec in records:
+        stage = stages.get(int(rec.get("attempt") or 0), "")
+        rec = dict(rec, stage=stage)
+        if isinstance(rec.get("epoch"), int):
+            rec["epoch"] += offset.get(stage, 0)
+        out.append(rec)
+    return out
 
 
 def _stragglers(data: JobData) -> List[Straggler]:

@@ -23,11 +23,18 @@ def _color(rank: int) -> str:
     return f"C{rank % 10}"
 
 
-def _mark_restarts(ax, restarts: Mapping[int, int]) -> None:
+#: Attempt number -> the label of the line marking its start (default: a restart).
+ATTEMPT_LABELS: Dict[int, str] = {}
+
+
+def _mark_restarts(ax, restarts: Mapping[int, int], labels: Optional[Mapping[int, str]] = None) -> None:
+    labels = ATTEMPT_LABELS if labels is None else labels
     for attempt, step in restarts.items():
-        ax.axvline(step, color="#c62828", linestyle="--", linewidth=1)
-        ax.annotate(f"restart (attempt {attempt})", (step, 1), xycoords=("data", "axes fraction"),
-                    rotation=90, va="top", ha="right", fontsize=8, color="#c62828")
+        label = labels.get(attempt, f"restart (attempt {attempt})")
+        color = "#c62828" if label.startswith("restart") else "#1565c0"
+        ax.axvline(step, color=color, linestyle="--", linewidth=1)
+        ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=8, color=color)
 
 
 def _plot_series(ax, series: Sequence[Series]) -> None:
