@@ -21,11 +21,11 @@ from refinenet.data.errors import DataError
 from refinenet.evaluation import (
     ModelMismatch,
     check_consistent,
-    load_image_list,
     models_by_size,
     run_exported_evaluation,
 )
-from refinenet.export import UsageError, check_writable, use_device
+from refinenet.export import UsageError, use_device
+from refinenet.infer_onnx import check_inputs
 from refinenet.presets import DEVICES
 
 FLAG, FORMAT = "--mindir", "MINDIR"
@@ -118,17 +118,7 @@ def use_graph_mode(device: str) -> None:
 
 def prepare(args: argparse.Namespace) -> Tuple[Dict[int, MindirModel], int, int, int]:
     """(model per input size, crop size, batch size, class count), or `UsageError`/`ModelMismatch`."""
-    if not Path(args.data_lst).is_file():
-        raise UsageError(f"--data-lst: {args.data_lst} does not exist or is not a file")
-    if any(s <= 0 for s in args.scales):
-        raise UsageError(f"--scales: must be positive, got {args.scales}")
-    if args.crop_size is not None and args.crop_size < 1:
-        raise UsageError(f"--crop-size: must be at least 1, got {args.crop_size}")
-    if not 0 <= args.ignore_label < 256:
-        raise UsageError(f"--ignore-label: must be in [0, 256), got {args.ignore_label}")
-    if args.output:
-        check_writable(Path(args.output), "--output")
-    load_image_list(args.data_lst)
+    check_inputs(args)
     use_graph_mode(args.device)
     models = [open_model(path) for path in args.mindir]
     crop_size = args.crop_size or models[0].size

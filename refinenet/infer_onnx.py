@@ -94,8 +94,9 @@ def open_model(path: str, provider: str) -> OnnxModel:
     return OnnxModel(path, session, inputs[0].name, _static(batch), height, _static(outputs[0].shape[1]))
 
 
-def prepare(args: argparse.Namespace) -> Tuple[Dict[int, OnnxModel], int, int, int]:
-    """(model per input size, crop size, batch size, class count), or `UsageError`/`ModelMismatch`."""
+def check_inputs(args: argparse.Namespace) -> None:
+    """The options every exported-model evaluation shares: data list, scales, crop size, ignore label,
+    output; `UsageError` naming the option, or a `DataError` from reading the list."""
     if not Path(args.data_lst).is_file():
         raise UsageError(f"--data-lst: {args.data_lst} does not exist or is not a file")
     if any(s <= 0 for s in args.scales):
@@ -107,6 +108,11 @@ def prepare(args: argparse.Namespace) -> Tuple[Dict[int, OnnxModel], int, int, i
     if args.output:
         check_writable(Path(args.output), "--output")
     load_image_list(args.data_lst)
+
+
+def prepare(args: argparse.Namespace) -> Tuple[Dict[int, OnnxModel], int, int, int]:
+    """(model per input size, crop size, batch size, class count), or `UsageError`/`ModelMismatch`."""
+    check_inputs(args)
     models = [open_model(path, args.provider) for path in args.onnx]
     crop_size = args.crop_size or models[0].size
     by_size = models_by_size(models, crop_size, args.scales, flag=FLAG, file_format=FORMAT)
