@@ -21,10 +21,12 @@ ZOMBIE = "zombie"
 HOST_SCRIPT = r"""
 import json, os, socket, sys, tempfile, time
 args = json.loads(sys.argv[1])
-try:
-    import psutil
-except Exception:
-    psutil = None
+psutil = None
+if args.get("pids"):
+    try:
+        import psutil
+    except Exception:
+        psutil = None
 STATES = {"R": "running", "S": "sleeping", "D": "disk-sleep", "Z": "zombie", "T": "stopped",
           "t": "tracing-stop", "X": "dead", "x": "dead", "I": "idle", "W": "waking", "P": "parked"}
 
