@@ -458,7 +458,7 @@ def _check_spares(c: _Checker, hosts: Tuple[HostSpec, ...], spares: Tuple[HostSp
     """Spares obey the rules of hosts, and no name or address (where it identifies a server) repeats."""
     if not spares:
         return
-    _check_hosts(c, spares, backend if backend != "mpirun" else "dynamic", device)
+    _check_hosts(c, spares, backend, device, where="spares", head=hosts[0])
     names = {h.name for h in hosts}
     addresses = {h.address for h in hosts}
     for i, s in enumerate(spares):
@@ -466,10 +466,6 @@ def _check_spares(c: _Checker, hosts: Tuple[HostSpec, ...], spares: Tuple[HostSp
             raise c.fail(f"spares[{i}].name", f"{s.name!r} is also a host: a spare must be another host")
         if backend in ("rank_table", "msrun", "mpirun") and s.address in addresses:
             raise c.fail(f"spares[{i}].address", f"{s.address!r} is also a host's address")
-        if backend == "mpirun":
-            for attr in ("python", "workdir"):
-                if getattr(s, attr) != getattr(hosts[0], attr):
-                    raise c.fail(f"spares[{i}].{attr}", f"backend mpirun: must equal hosts[0].{attr}")
 
 
 def _parse_launch(c: _Checker, raw: Any) -> LaunchSpec:
@@ -598,35 +594,40 @@ def _parse_ssh(c: _Checker, raw: Any, where: str) -> SshSpec:
     )
 
 
-def _check_hosts(c: _Checker, hosts: Tuple[HostSpec, ...], backend: str, device: str) -> None:
+def _check_hosts(c: _Checker, hosts: Tuple[HostSpec, ...], backend: str, device: str, where: str = "hosts",
+                 head: Optional[HostSpec] = None) -> None:
+    """Names (and, where a backend identifies servers by address, addresses) unique in `where`; for
+    mpirun every host like `head` (default the first of them; hosts[0] for spares)."""
     names: Dict[str, int] = {}
     addresses: Dict[str, int] = {}
     unique_addresses = backend in ("rank_table", "msrun", "mpirun")
     for i, h in enumerate(hosts):
         if h.name in names:
-            raise c.fail(f"hosts[{i}].name", f"duplicate host {h.name!r} (also hosts[{names[h.name]}])")
+            raise c.fail(f"{where}[{i}].name", f"duplicate host {h.name!r} (also {where}[{names[h.name]}])")
         names[h.name] = i
         if unique_addresses and h.address in addresses:
-            raise c.fail(f"hosts[{i}].address",
-                         f"duplicate address {h.address!r} (also hosts[{addresses[h.address]}]): backend "
+            raise c.fail(f"{where}[{i}].address",
+                         f"duplicate address {h.address!r} (also {where}[{addresses[h.address]}]): backend "
                          f"{backend} identifies a server by its address; put its devices on one host")
         addresses.setdefault(h.address, i)
     if backend == "mpirun":
-        head = hosts[0]
-        for i, h in enumerate(hosts[1:], start=1):
+        head = head or hosts[0]
+        for i, h in enumerate(hosts):
+            if h is head:
+                continue
             for attr in ("python", "workdir"):
                 if getattr(h, attr) != getattr(head, attr):
-                    raise c.fail(f"hosts[{i}].{attr}",
+                    raise c.fail(f"{where}[{i}].{attr}",
                                  f"backend mpirun starts one command line on every host: "
                                  f"must equal hosts[0].{attr} ({getattr(head, attr)!r})")
             if device != "cpu" and h.devices != head.devices:
-                raise c.fail(f"hosts[{i}].devices",
+                raise c.fail(f"{where}[{i}].devices",
                              "backend mpirun gives every host the same visible devices: "
                              "must equal hosts[0].devices")
         for i, h in enumerate(hosts):
             if h.env:
-                raise c.fail(f"hosts[{i}].env", "backend mpirun forwards one environment to every rank: "
-                                                "put these variables in the top-level env")
+                raise c.fail(f"{where}[{i}].env", "backend mpirun forwards one environment to every rank: "
+                                                  "put these variables in the top-level env")
 
 
 def host_order(hosts: Sequence[HostSpec]) -> List[HostSpec]:

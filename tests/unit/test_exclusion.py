@@ -84,6 +84,15 @@ def test_spares_are_validated_like_hosts():
     with pytest.raises(ClusterFileError, match=r"spares\[0\].name.*also a host"):
         parse_cluster({"name": "t", "backend": "dynamic", "device": "cpu",
                        "hosts": [{"name": "a", "ranks": 1}], "spares": [{"name": "a", "ranks": 1}]}, "t.yaml")
+    with pytest.raises(ClusterFileError, match=r"spares\[1\].name: duplicate host 'b' \(also spares\[0\]\)"):
+        parse_cluster({"name": "t", "backend": "dynamic", "device": "cpu",
+                       "hosts": [{"name": "a", "ranks": 1}],
+                       "spares": [{"name": "b", "ranks": 1}, {"name": "b", "ranks": 1}]}, "t.yaml")
+    with pytest.raises(ClusterFileError, match=r"spares\[0\].workdir: backend mpirun"):
+        parse_cluster({"name": "t", "backend": "mpirun", "device": "cpu",
+                       "hosts": [{"name": "a", "ranks": 1, "workdir": "/w"}],
+                       "spares": [{"name": "b", "address": "10.0.0.9", "ranks": 1, "workdir": "/x"}]},
+                      "t.yaml")
     with pytest.raises(ClusterFileError, match=r"restart.exclude_after"):
         spec(restart={"exclude_after": -1})
     with pytest.raises(ClusterFileError, match=r"spares: expected a list"):
