@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import signal as signals
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from launcher.errors import RankFailure
 from launcher.plan import LaunchPlan, ProcessSpec
@@ -87,9 +87,6 @@ class Attempt:
     def all_started(self) -> bool:
         return all(m.state != RankState.PENDING for m in self.members.values())
 
-    def running(self) -> Iterable[Member]:
-        return (m for m in self.members.values() if m.state == RankState.RUNNING)
-
     def on_host(self, host: str) -> List[Member]:
         return list(self._by_host.get(host, ()))
 
@@ -102,7 +99,7 @@ class Attempt:
             m.state = RankState.RUNNING
         return m
 
-    def exited(self, name: str, status: int, at: float, how: str = "") -> Member:
+    def exited(self, name: str, status: int, at: float) -> Member:
         """Process `name` ended with `status` (exit code, or minus a signal number)."""
         m = self.members[name]
         if m.state.is_final:
@@ -113,8 +110,8 @@ class Attempt:
         elif self._deciding:
             m.state = RankState.FAILED
             code, sig = (status, None) if status >= 0 else (None, -status)
-            self._fail(m, RankFailure(m.rank, m.spec.host, exit_code=code, signal=sig, time=at,
-                                      reason=how or describe_status(status), who=m.who),
+            self._fail(RankFailure(m.rank, m.spec.host, exit_code=code, signal=sig, time=at,
+                                      reason=describe_status(status), who=m.who),
                        0 if (m.carries_ranks and status < 0) else 1 if m.carries_ranks else 2)
         else:
             m.state = RankState.STOPPED
@@ -131,7 +128,7 @@ class Attempt:
         reason = (f"no progress for {silent_s:.0f} s: no log line or metrics record "
                   f"(hang timeout {hang_s:g} s)")
         who = m.who if rank is None else ""
-        self._fail(m, RankFailure(rank, m.spec.host, reason=reason, time=at, who=who, kind="hang"), 1)
+        self._fail(RankFailure(rank, m.spec.host, reason=reason, time=at, who=who, kind="hang"), 1)
 
     def host_lost(self, host: str, detail: str, at: float, kind: str = "lost") -> None:
         """The host's agent or its connection went away while processes ran there (`kind` lost), or
@@ -144,12 +141,12 @@ class Attempt:
         ranked = [m for m in alive if m.carries_ranks]
         rank = ranked[0].rank if ranked else None
         reason = f"lost the connection to {host}: {detail}" if kind == "lost" else detail
-        self._fail(None, RankFailure(rank, host, signal=signals.SIGHUP, time=at, reason=reason, kind=kind), 1)
+        self._fail(RankFailure(rank, host, signal=signals.SIGHUP, time=at, reason=reason, kind=kind), 1)
 
     def failed(self, failure: RankFailure) -> None:
         """A failure found elsewhere (an unhealthy device, a host that stopped answering)."""
         if self._deciding:
-            self._fail(None, failure, 1)
+            self._fail(failure, 1)
 
     def stop(self) -> None:
         """A stop was requested: the attempt ends STOPPED (unless it already ended)."""
@@ -161,7 +158,7 @@ class Attempt:
         """Teardown begins: later exits are the teardown's doing, not failures."""
         self._deciding = False
 
-    def _fail(self, member: Optional[Member], failure: RankFailure, severity: int) -> None:
+    def _fail(self, failure: RankFailure, severity: int) -> None:
         self.candidates.append(((severity, failure.time or 0.0), failure))
         if self.outcome is None:
             self.outcome = JobState.FAILED

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from launcher.agent.session import AgentEvent, AgentSession, start_session
-from launcher.attempt import Attempt, Member, describe_status
+from launcher.attempt import Attempt
 from launcher.backends import Backend, backend_for
 from launcher.ckpt_copy import CopyResult, copy_checkpoint
 from launcher.errors import RankFailure
@@ -559,4 +559,4 @@ class _Skipped(Exception):
     """A host's agent was not started because a stop was requested meanwhile."""
 
 
-__all__ = ["Supervisor", "AttemptResult", "HealthWatch", "PlanFactory", "Member", "describe_status"]
+__all__ = ["Supervisor", "AttemptResult", "HealthWatch", "PlanFactory"]

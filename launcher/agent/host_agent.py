@@ -138,7 +138,6 @@ class Proc:
         self.reported = False
         self.open_fds = {}
         self.last_output = time.monotonic()
-        self.metrics_mtime = None
         self.hang_reported = False
 
     @property
@@ -191,7 +190,6 @@ class Agent:
         self.stopping = None
         self.stop_phase, self.phase_end = None, 0.0
         self.stdin_open = True
-        self.wake_r = None
 
     # -- output
 
@@ -419,7 +417,6 @@ class Agent:
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
-        self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda s, f: None)
         for name in STOP_SIGNALS:

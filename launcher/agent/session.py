@@ -80,7 +80,6 @@ class AgentSession:
         self.events = events
         self.diagnostics: Deque[str] = deque(maxlen=50)
         self.done = threading.Event()
-        self.lines = 0
         self._saw_done = False
         self._decoders: Dict[bytes, Any] = {}
         self._lock = threading.Lock()
@@ -140,7 +139,6 @@ class AgentSession:
             return
         lines = payload.decode("utf-8", "replace").split("\n")
         lines.pop()
-        self.lines += len(lines)
         for line in lines:
             try:
                 sink(line)

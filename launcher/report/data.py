@@ -90,15 +90,9 @@ class JobData:
             if not isinstance(proc, Mapping) or proc.get("role") != "rank":
                 continue
             try:
-                argv = shlex.split(str(proc.get("command") or ""))
+                return option_in(shlex.split(str(proc.get("command") or "")), name)
             except ValueError:
                 return None
-            for i, arg in enumerate(argv):
-                if arg == f"--{name}" and i + 1 < len(argv):
-                    return argv[i + 1]
-                if arg.startswith(f"--{name}="):
-                    return arg.split("=", 1)[1]
-            return None
         return None
 
     @property
@@ -118,13 +112,7 @@ class JobData:
         overrides = (job.get("stage_overrides") or {}).get(stage or self.stage) or {}
         if isinstance(overrides, Mapping) and overrides.get(name) not in (None, False):
             return overrides[name]
-        args = [str(a) for a in job.get("extra_args") or ()]
-        for i, arg in enumerate(args):
-            if arg == f"--{name}" and i + 1 < len(args):
-                return args[i + 1]
-            if arg.startswith(f"--{name}="):
-                return arg.split("=", 1)[1]
-        return None
+        return option_in([str(a) for a in job.get("extra_args") or ()], name)
 
     @property
     def batch_size(self) -> Optional[int]:
@@ -174,6 +162,16 @@ class JobData:
             if path.is_dir() and path not in found:
                 found.append(path)
         return found
+
+
+def option_in(argv: List[str], name: str) -> Optional[str]:
+    """The value of `--name VALUE` or `--name=VALUE` in `argv`, else None."""
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _positive_int(value: Any) -> Optional[int]:
