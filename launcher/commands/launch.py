@@ -8,6 +8,7 @@ to `launcher.runner.run_job`.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib
 import socket
@@ -269,15 +270,14 @@ class PlanFactory:
 
     def for_stage(self, stage: str) -> PlanFactory:
         """The factory of another RefineNet stage of the same job (same hosts, placement, job)."""
-        other = PlanFactory(self.spec, self.slots, stage, self.job_dir, self.job_id, workload_for(stage))
-        other.pick_port, other.device_ips, other.pool = self.pick_port, self.device_ips, self.pool
+        other = copy.copy(self)
+        other.stage, other.workload = stage, workload_for(stage)
         return other
 
     def with_spec(self, spec: ClusterSpec) -> PlanFactory:
         """The same factory for `spec` (hosts changed: an excluded host's ranks on a spare)."""
-        other = PlanFactory(spec, place(spec, self.device_ips), self.stage, self.job_dir, self.job_id,
-                            self.workload)
-        other.pick_port, other.device_ips, other.pool = self.pick_port, self.device_ips, self.pool
+        other = copy.copy(self)
+        other.spec, other.slots = spec, place(spec, self.device_ips)
         return other
 
     def __call__(self, attempt: int = 0, resume: Optional[str] = None) -> LaunchPlan:
