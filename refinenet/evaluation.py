@@ -23,7 +23,8 @@ from refinenet.data.errors import DataError
 from refinenet.data.listfile import load_image_list
 from refinenet.palette import IGNORE_LABEL, VOC_CLASSES
 
-__all__ = ["EvalResult", "ExportedModel", "ModelMismatch", "check_consistent", "evaluate", "format_result",
+__all__ = ["EvalResult", "ExportedModel", "ModelMismatch", "arrange_models", "check_consistent", "evaluate",
+           "format_result",
            "load_image_list", "models_by_size", "preprocess_image", "report_result",
            "run_exported_evaluation", "scale_crop_sizes", "BGR_MEAN", "BGR_STD"]
 
@@ -272,6 +273,16 @@ def report_result(result: EvalResult, output: Optional[str] = None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, json.loads(result.to_json()))
         print(f"wrote {out}", flush=True)
+
+
+def arrange_models(models: Sequence[ExportedModel], args, *, flag: str, file_format: str):
+    """(model per input size, crop size, batch size, class count) for the command line `args`
+    (`crop_size`, `scales`, `batch_size`, `num_classes`); `ModelMismatch` when they do not fit."""
+    crop_size = args.crop_size or models[0].size
+    by_size = models_by_size(models, crop_size, args.scales, flag=flag, file_format=file_format)
+    batch, classes = check_consistent(list(by_size.values()), args.batch_size, args.num_classes, flag=flag,
+                                      file_format=file_format)
+    return by_size, crop_size, batch, classes
 
 
 def run_exported_evaluation(by_size: Mapping[int, ExportedModel], args, *, crop_size: int, batch_size: int,

@@ -20,8 +20,7 @@ import numpy as np
 from refinenet.data.errors import DataError
 from refinenet.evaluation import (
     ModelMismatch,
-    check_consistent,
-    models_by_size,
+    arrange_models,
     run_exported_evaluation,
 )
 from refinenet.export import UsageError, use_device
@@ -121,11 +120,7 @@ def prepare(args: argparse.Namespace) -> Tuple[Dict[int, MindirModel], int, int,
     check_inputs(args)
     use_graph_mode(args.device)
     models = [open_model(path) for path in args.mindir]
-    crop_size = args.crop_size or models[0].size
-    by_size = models_by_size(models, crop_size, args.scales, flag=FLAG, file_format=FORMAT)
-    batch, classes = check_consistent(list(by_size.values()), args.batch_size, args.num_classes, flag=FLAG,
-                                      file_format=FORMAT)
-    return by_size, crop_size, batch, classes
+    return arrange_models(models, args, flag=FLAG, file_format=FORMAT)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

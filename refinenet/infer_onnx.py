@@ -18,9 +18,8 @@ import numpy as np
 from refinenet.data.errors import DataError
 from refinenet.evaluation import (
     ModelMismatch,
-    check_consistent,
+    arrange_models,
     load_image_list,
-    models_by_size,
     run_exported_evaluation,
 )
 from refinenet.export import UsageError, check_writable
@@ -114,11 +113,7 @@ def prepare(args: argparse.Namespace) -> Tuple[Dict[int, OnnxModel], int, int, i
     """(model per input size, crop size, batch size, class count), or `UsageError`/`ModelMismatch`."""
     check_inputs(args)
     models = [open_model(path, args.provider) for path in args.onnx]
-    crop_size = args.crop_size or models[0].size
-    by_size = models_by_size(models, crop_size, args.scales, flag=FLAG, file_format=FORMAT)
-    batch, classes = check_consistent(list(by_size.values()), args.batch_size, args.num_classes, flag=FLAG,
-                                      file_format=FORMAT)
-    return by_size, crop_size, batch, classes
+    return arrange_models(models, args, flag=FLAG, file_format=FORMAT)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
