@@ -152,14 +152,16 @@ def snapshot(job: JobDir, record: JobRecord, now: Optional[float] = None) -> Vie
     per_epoch = steps_per_epoch(records)
     health = _health_by_host(_tail_jsonl(job.health_file, 1 << 17))
     flagged = {s.rank for s in job.read_stragglers() if s.attempt == number}
+    # restarts of the stage in progress (a multi-stage job's earlier stages are not restarts)
+    restarts = sum(1 for a in record.attempts[:-1] if attempt and a.stage == attempt.stage)
     rows: Dict[int, RankRow] = {}
     local_index: Dict[str, int] = {}
     for proc in (attempt.ranks if attempt else []):
         idx = local_index[proc.host] = local_index.get(proc.host, -1) + 1
-        row = rows[proc.rank] = RankRow(proc.rank, proc.host, proc.state.value, restarts=max(0, number - 1))
+        row = rows[proc.rank] = RankRow(proc.rank, proc.host, proc.state.value, restarts=restarts)
         row.health = _rank_health(health.get(proc.host), proc.pid, idx)
     for rank, rec in latest.items():
-        row = rows.setdefault(rank, RankRow(rank, str(rec.get("host", "-")), restarts=max(0, number - 1)))
+        row = rows.setdefault(rank, RankRow(rank, str(rec.get("host", "-")), restarts=restarts))
         row.epoch = rec.get("epoch") if isinstance(rec.get("epoch"), int) else None
         row.step = global_step(rec, per_epoch)
         row.loss = rec.get("loss") if isinstance(rec.get("loss"), (int, float)) else None
@@ -174,11 +176,12 @@ def snapshot(job: JobDir, record: JobRecord, now: Optional[float] = None) -> Vie
     elapsed = end - record.created if record.created else None
     eta = _eta(job.path, record, rows, times, per_epoch) if not record.is_final else None
     state = record.state.value
+    stage = record.stage + (f" (now {attempt.stage})" if attempt and "," in record.stage else "")
     if record.stop_requested and not record.is_final:
         state += " (stop requested)"
     header = [f"job {record.job_id}  {state}  attempt {number}  elapsed {_fmt_seconds(elapsed)}  "
               f"ETA {_fmt_seconds(eta) if eta is not None else '-'}",
-              f"cluster {record.cluster}  stage {record.stage}  {len(rows)} rank(s)"
+              f"cluster {record.cluster}  stage {stage}  {len(rows)} rank(s)"
               + (f"  stragglers: {', '.join(f'r{r}' for r in sorted(flagged))}" if flagged else "")]
     if record.message:
         header.append(record.message)
