@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "health": "launcher.commands.health",
     "report": "launcher.commands.report",
     "top": "launcher.commands.top",
+    "submit": "launcher.commands.submit",
 }
 LAUNCH = "launcher.commands.launch"
 

@@ -274,6 +274,9 @@ class JobRecord:
     stragglers: Tuple[Straggler, ...] = ()
     #: Host name -> {"state": active|spare|excluded, "reason", "replaced_by"}.
     hosts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: A job run by Slurm: {"job_id": Slurm's job id, "submitted": queued by `submit`, "nodes": [...],
+    #: "partition", "time_limit", "script"}.
+    slurm: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def current_attempt(self) -> Optional[Attempt]:
@@ -387,7 +390,7 @@ class JobRecord:
                 "cluster_file": self.cluster_file, "spec": dict(self.spec), "plan": dict(self.plan),
                 "attempts": [a.to_dict() for a in self.attempts],
                 "stragglers": [s.to_dict() for s in self.stragglers],
-                "hosts": {name: dict(state) for name, state in self.hosts.items()}}
+                "hosts": {name: dict(state) for name, state in self.hosts.items()}, "slurm": dict(self.slurm)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
@@ -402,7 +405,8 @@ class JobRecord:
                    attempts=tuple(Attempt.from_dict(a) for a in d.get("attempts") or ()),
                    stop_requested=bool(d.get("stop_requested", False)), message=str(d.get("message") or ""),
                    stragglers=tuple(Straggler.from_dict(s) for s in d.get("stragglers") or ()),
-                   hosts={str(k): dict(v) for k, v in (d.get("hosts") or {}).items()})
+                   hosts={str(k): dict(v) for k, v in (d.get("hosts") or {}).items()},
+                   slurm=dict(d.get("slurm") or {}))
 
 
 class JobDir:
@@ -441,8 +445,10 @@ class JobDir:
     @classmethod
     def create(cls, runs_dir: Union[str, os.PathLike, None], *, cluster: str, stage: str,
                spec: Mapping[str, Any], cluster_file: str = "", plan: Optional[Mapping[str, Any]] = None,
-               launcher: Optional[LauncherInfo] = None, job_id: Optional[str] = None) -> JobDir:
-        """Make `runs/<new job id>/` with `logs/` and a PENDING `job.json` owned by this process."""
+               launcher: Optional[LauncherInfo] = None, job_id: Optional[str] = None, owned: bool = True
+               ) -> JobDir:
+        """Make `runs/<new job id>/` with `logs/` and a PENDING `job.json` owned by this process (by no
+        process yet with `owned=False`: a queued job whose launcher starts later)."""
         spec, plan = _plain_json(spec, "spec"), _plain_json(plan or {}, "plan")
         runs = resolve_runs_dir(runs_dir)
         runs.mkdir(parents=True, exist_ok=True)
@@ -461,7 +467,7 @@ class JobDir:
         job.logs_dir.mkdir()
         record = JobRecord(job_id=candidate, cluster=cluster, stage=stage, created=now, updated=now,
                            spec=spec, cluster_file=str(cluster_file), plan=plan,
-                           launcher=launcher or LauncherInfo.current())
+                           launcher=launcher or (LauncherInfo.current() if owned else None))
         write_json_atomic(job.job_file, record.to_dict())
         return job
 
@@ -511,6 +517,21 @@ class JobDir:
         """Record every host's part in the job (active, spare, excluded and why)."""
         hosts = {name: dict(state) for name, state in hosts.items()}
         return self.update(lambda r: dataclasses.replace(r, hosts=hosts))
+
+    def set_slurm(self, **info: Any) -> JobRecord:
+        """Add to what the record says about the job's Slurm allocation."""
+        return self.update(lambda r: dataclasses.replace(r, slurm={**r.slurm, **_plain_json(info, "slurm")}))
+
+    def claim(self, *, spec: Mapping[str, Any], plan: Mapping[str, Any], cluster_file: str = "") -> JobDir:
+        """Take over a job `submit` queued (PENDING, no launcher yet) as the launcher running it; `BadInput`
+        for any other job."""
+        record = self.read()
+        if not record.slurm.get("submitted") or record.state != JobState.PENDING or record.attempts:
+            raise BadInput(f"job directory {self.path} already holds a job ({record.state}); choose another")
+        spec, plan = _plain_json(spec, "spec"), _plain_json(plan, "plan")
+        self.update(lambda r: dataclasses.replace(r, spec=spec, plan=plan, cluster_file=str(cluster_file),
+                                                  launcher=LauncherInfo.current()))
+        return self
 
     def set_plan(self, plan: Mapping[str, Any]) -> JobRecord:
         plan = _plain_json(plan, "plan")

@@ -186,6 +186,7 @@ class Renderer:
         env.update(host.env)
         env.update(self.workload.env(self.spec, host, self.resume_for(host)))
         env["REFINENET_JOB_ID"] = self.job_id
+        env["REFINENET_STORAGE"] = self.spec.storage
         env["MS_TOPO_TIMEOUT"] = str(self.spec.timeouts.cluster_s)
         env["MS_NODE_TIMEOUT"] = str(self.spec.timeouts.heartbeat_s)
         return env

@@ -13,6 +13,7 @@ import dataclasses
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import IO, Dict, List, Optional, Sequence
 
 from launcher.errors import BadInput, HostError, JobFailed
@@ -107,15 +108,21 @@ def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport],
 
 
 @contextlib.contextmanager
-def _stop_on_signals(supervisor: Supervisor):
-    """SIGINT/SIGTERM/SIGHUP end the job on every host; a second SIGINT is not needed and not lost."""
+def _stop_on_signals(supervisor: Supervisor, allocation=None):
+    """SIGINT/SIGTERM/SIGHUP end the job on every host; a second SIGINT is not needed and not lost. Inside
+    a Slurm allocation whose time is up, the stop says so."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
 
     def handler(signum, frame):
-        supervisor.say(f"{signal.Signals(signum).name} received: stopping the job on every host")
+        why = f"{signal.Signals(signum).name} received"
+        if allocation is not None and time_is_up(allocation.end_time):
+            why = (f"the Slurm allocation's time limit ({allocation.time_limit}) is reached "
+                   f"(job {allocation.job_id} ends at {allocation.end_time})")
+            supervisor.stop_reason = why
+        supervisor.say(f"{why}: stopping the job on every host")
         supervisor.request_stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -148,11 +155,19 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
                 factory.pick_port = lambda: free_port_on(transports[master.name], master.python)
         first_plan = plan_factory(0, None)
         label = ",".join(stages) if len(stages) > 1 else plan_factory.workload.stage
-        job = JobDir.create(args.runs_dir if not args.job_dir else _parent(args.job_dir),
-                            cluster=spec.name, stage=label, spec=_spec_data(spec, args),
-                            cluster_file=getattr(args, "cluster_path", ""), job_id=args.job_id,
-                            plan=first_plan.to_dict())
+        allocation = getattr(args, "allocation", None)
+        if allocation is not None and args.job_dir and (Path(args.job_dir) / "job.json").exists():
+            job = JobDir(args.job_dir).claim(spec=_spec_data(spec, args), plan=first_plan.to_dict(),
+                                             cluster_file=getattr(args, "cluster_path", ""))
+        else:
+            job = JobDir.create(args.runs_dir if not args.job_dir else _parent(args.job_dir),
+                                cluster=spec.name, stage=label, spec=_spec_data(spec, args),
+                                cluster_file=getattr(args, "cluster_path", ""), job_id=args.job_id,
+                                plan=first_plan.to_dict())
         print(f"refinenet-launch: job {job.job_id} ({job.path})", file=err, flush=True)
+        if allocation is not None:
+            job.set_slurm(job_id=allocation.job_id, nodes=[h.name for h in spec.hosts],
+                          time_limit=allocation.time_limit, end_time=allocation.end_time)
         if pool is not None:
             job.set_hosts(pool.states())
         with job.open_logs(stream=out, ranks=ranks, straggler_factor=spec.health.straggler_factor,
@@ -171,13 +186,24 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
                                         fanout=spec.launch.fanout, workload=factory.workload, pool=pool,
                                         last_stage=index == len(factories) - 1,
                                         first_attempt=len(job.read().attempts) + 1)
-                with _stop_on_signals(supervisor):
+                with _stop_on_signals(supervisor, allocation):
                     state = supervisor.run()
                 if state != JobState.SUCCEEDED:
                     break
         return _report(job, state, supervisor, err)
     finally:
         close_all(transports)
+
+
+def time_is_up(end_time: str, now: Optional[float] = None, slack_s: float = 5.0) -> bool:
+    """Whether Slurm's `EndTime` (`2026-11-30T03:15:00`, local time) is past, give or take `slack_s`."""
+    import time as _time
+
+    try:
+        end = _time.mktime(_time.strptime(end_time, "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return False
+    return (_time.time() if now is None else now) >= end - slack_s
 
 
 def _parent(job_dir: str) -> str:
@@ -207,7 +233,9 @@ def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) 
               file=err, flush=True)
         return 0
     if state == JobState.STOPPED:
-        print(f"refinenet-launch: job {job.job_id} STOPPED", file=err, flush=True)
+        reason = getattr(supervisor, "stop_reason", "")
+        print(f"refinenet-launch: job {job.job_id} STOPPED" + (f": {reason}" if reason else ""), file=err,
+              flush=True)
         return 1
     raise JobFailed(root_cause_summary(record), root_cause=supervisor.root_cause)
 

@@ -25,11 +25,14 @@ from launcher.errors import ClusterFileError
 
 __all__ = [
     "BACKENDS", "DEVICES", "STAGES", "TRAIN_STAGES", "RESERVED_ENV", "ClusterSpec", "HostSpec", "SshSpec",
-    "MasterSpec", "JobSpec", "RestartPolicy", "HealthPolicy", "TimeoutSpec", "load_cluster", "parse_cluster",
-    "apply_overrides", "parse_override", "normalize_option", "uses_rank_table",
+    "MasterSpec", "SlurmSpec", "JobSpec", "RestartPolicy", "HealthPolicy", "TimeoutSpec", "load_cluster",
+    "parse_cluster", "apply_overrides", "parse_override", "normalize_option", "uses_rank_table",
 ]
 
-BACKENDS = ("rank_table", "msrun", "mpirun", "dynamic")
+BACKENDS = ("rank_table", "msrun", "mpirun", "dynamic", "slurm")
+#: How ranks form a cluster under `backend: slurm` (`slurm.ranks_with`).
+SLURM_RANK_BACKENDS = ("dynamic", "rank_table")
+STORAGE = ("local", "shared")
 DEVICES = ("ascend", "gpu", "cpu")
 STAGES = ("r1", "r2", "eval", "export")
 TRAIN_STAGES = ("r1", "r2")
@@ -41,6 +44,7 @@ DEFAULT_OUTPUT_DIR = "output"
 RESERVED_ENV = frozenset({
     "RANK_TABLE_FILE", "RANK_ID", "DEVICE_ID", "RANK_SIZE", "MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT",
     "MS_WORKER_NUM", "MS_NODE_ID", "LOCAL_RANK", "REFINENET_JOB_ID", "MS_TOPO_TIMEOUT", "MS_NODE_TIMEOUT",
+    "REFINENET_STORAGE",
 })
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -81,10 +85,12 @@ class HostSpec:
     workdir: str
     hccn_conf: str = DEFAULT_HCCN_CONF
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: A Slurm node: the `srun` options that run a command there, inside the job's allocation.
+    srun: Optional[Tuple[str, ...]] = None
 
     @property
     def is_local(self) -> bool:
-        return self.ssh is None
+        return self.ssh is None and self.srun is None
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,28 @@ class MasterSpec:
     addr: str
     port: Union[int, str]
     host: str
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """`backend: slurm`: the allocation the job needs and how ranks run in it.
+
+    The hosts are the allocation's nodes (known only inside it); `workdir` may hold `{node}`, replaced by
+    each node's name. `ranks_with` is how the ranks form a cluster (MindSpore's dynamic cluster, or an
+    HCCL rank table on Ascend).
+    """
+
+    nodes: int
+    devices: Tuple[int, ...]
+    python: str
+    workdir: str
+    ranks_with: str = "dynamic"
+    partition: Optional[str] = None
+    time_limit: Optional[str] = None
+    account: Optional[str] = None
+    sbatch_options: Tuple[str, ...] = ()
+    srun_options: Tuple[str, ...] = ()
+    hccn_conf: str = DEFAULT_HCCN_CONF
 
 
 @dataclass(frozen=True)
@@ -172,6 +200,12 @@ class ClusterSpec:
     launch: LaunchSpec = LaunchSpec()
     #: Hosts standing by to take the ranks of an excluded host (same schema as `hosts`).
     spares: Tuple[HostSpec, ...] = ()
+    #: `backend: slurm`: the allocation (then `backend` is how the ranks form a cluster, `slurm.ranks_with`,
+    #: and `hosts` are placeholders until `launcher.allocation` binds the allocation's nodes).
+    slurm: Optional[SlurmSpec] = None
+    #: `shared`: every host sees the same output directory (one copy of each checkpoint, one resume scan);
+    #: `local`: each host keeps its own copy.
+    storage: str = "local"
 
     def host(self, name: str) -> HostSpec:
         """The host or spare called `name`."""
@@ -410,7 +444,10 @@ def _kind(value: Any) -> str:
 
 
 _TOP_KEYS = ("name", "backend", "device", "hosts", "master", "job", "restart", "health", "timeouts", "env",
-             "launch", "spares")
+             "launch", "spares", "slurm", "storage")
+_SLURM_KEYS = ("partition", "nodes", "ranks_per_node", "devices", "time_limit", "account", "sbatch_options",
+               "srun_options", "python", "workdir", "ranks_with", "hccn_conf")
+_TIME_LIMIT = re.compile(r"UNLIMITED|infinite|\d+(?::\d{1,2}){0,2}|\d+-\d{1,2}(?::\d{1,2}){0,2}")
 _HOST_KEYS = ("name", "address", "ssh", "devices", "ranks", "device_ips", "hccn_conf", "python", "workdir",
               "env")
 _SSH_KEYS = ("user", "port", "key_file", "known_hosts", "host_key_policy", "connect_timeout_s", "use_agent")
@@ -421,20 +458,31 @@ def parse_cluster(data: Any, source: str, *, cwd: Optional[str] = None,
                   local_python: Optional[str] = None) -> ClusterSpec:
     """Validate a loaded cluster file. Local hosts default to this interpreter and directory."""
     c = _Checker(source)
-    top = c.mapping(data, "", _TOP_KEYS, required=("name", "backend", "device", "hosts"))
+    top = c.mapping(data, "", _TOP_KEYS, required=("name", "backend", "device"))
     name = c.string(top["name"], "name", _NAME, "a name (letters, digits, '.', '_', '-'; at most 64)")
     backend = c.choice(top["backend"], "backend", BACKENDS)
     device = c.choice(top["device"], "device", DEVICES)
     if backend == "rank_table" and device != "ascend":
         raise c.fail("backend", "rank_table needs device ascend (HCCL rank tables are Ascend only)")
     env = c.env(top.get("env"), "env")
-
-    raw_hosts = top["hosts"]
-    if not isinstance(raw_hosts, list) or not raw_hosts:
-        raise c.fail("hosts", "expected a non-empty list of hosts")
+    storage = c.choice(top.get("storage", "local"), "storage", STORAGE)
     defaults = _LocalDefaults(cwd or os.getcwd(), local_python or sys.executable)
-    hosts = tuple(_parse_host(c, raw, f"hosts[{i}]", device, defaults) for i, raw in enumerate(raw_hosts))
-    _check_hosts(c, hosts, backend, device)
+
+    slurm = None
+    if backend == "slurm":
+        slurm = _parse_slurm(c, top, device, defaults)
+        backend = slurm.ranks_with
+        hosts = slurm_placeholder_hosts(slurm)
+    else:
+        if top.get("slurm") is not None:
+            raise c.fail("slurm", f"only for backend slurm (backend is {backend})")
+        raw_hosts = top.get("hosts")
+        if raw_hosts is None:
+            raise c.fail("hosts", "required")
+        if not isinstance(raw_hosts, list) or not raw_hosts:
+            raise c.fail("hosts", "expected a non-empty list of hosts")
+        hosts = tuple(_parse_host(c, raw, f"hosts[{i}]", device, defaults) for i, raw in enumerate(raw_hosts))
+        _check_hosts(c, hosts, backend, device)
     raw_spares = top.get("spares")
     if raw_spares is not None and not isinstance(raw_spares, list):
         raise c.fail("spares", f"expected a list of hosts, got {_kind(raw_spares)}")
@@ -442,6 +490,11 @@ def parse_cluster(data: Any, source: str, *, cwd: Optional[str] = None,
                    for i, raw in enumerate(raw_spares or ()))
     _check_spares(c, hosts, spares, backend, device)
 
+    if slurm is not None and isinstance(top.get("master"), dict):
+        for key in ("host", "addr"):
+            if top["master"].get(key) is not None:
+                raise c.fail(f"master.{key}", "not with backend slurm: the master is the first node of the "
+                                              "allocation")
     master = _parse_master(c, top.get("master"), hosts)
     job = _parse_job(c, top.get("job"))
     restart = _parse_restart(c, top.get("restart"))
@@ -450,7 +503,85 @@ def parse_cluster(data: Any, source: str, *, cwd: Optional[str] = None,
     launch = _parse_launch(c, top.get("launch"))
     return ClusterSpec(name=name, backend=backend, device=device, hosts=hosts, master=master, job=job,
                        restart=restart, health=health, timeouts=timeouts, env=env, source=source,
-                       launch=launch, spares=spares)
+                       launch=launch, spares=spares, slurm=slurm, storage=storage)
+
+
+def _parse_slurm(c: _Checker, top: dict, device: str, defaults: _LocalDefaults) -> SlurmSpec:
+    """The `slurm:` section; `hosts`, `spares` and `master.host` are the allocation's, so they are refused."""
+    for key, why in (("hosts", "the hosts are the nodes of the Slurm allocation; set slurm.nodes instead"),
+                     ("spares", "Slurm replaces nodes itself: submit again with more nodes instead")):
+        if top.get(key) is not None:
+            raise c.fail(key, f"not with backend slurm: {why}")
+    s = c.mapping(top.get("slurm"), "slurm", _SLURM_KEYS, required=("nodes",))
+    if not s:
+        raise c.fail("slurm", "required for backend slurm (at least slurm.nodes)")
+    nodes = c.integer(s["nodes"], "slurm.nodes", lo=1, hi=100000)
+    if device == "cpu":
+        if s.get("devices") is not None:
+            raise c.fail("slurm.devices", "device cpu has no device ids: give `ranks_per_node: N`")
+        if s.get("ranks_per_node") is None:
+            raise c.fail("slurm.ranks_per_node", "required for device cpu: the number of ranks on each node")
+        devices = tuple(range(c.integer(s["ranks_per_node"], "slurm.ranks_per_node", lo=1, hi=4096)))
+    else:
+        if s.get("ranks_per_node") is not None:
+            raise c.fail("slurm.ranks_per_node", f"device {device}: one rank per device, list them in "
+                                                 f"slurm.devices")
+        devices = _parse_devices(c, {"devices": s.get("devices")}, "slurm", device)
+    ranks_with = c.choice(s.get("ranks_with", "rank_table" if device == "ascend" else "dynamic"),
+                          "slurm.ranks_with", SLURM_RANK_BACKENDS)
+    if ranks_with == "rank_table" and device != "ascend":
+        raise c.fail("slurm.ranks_with", "rank_table needs device ascend (HCCL rank tables are Ascend only)")
+    time_limit = None
+    if s.get("time_limit") is not None:
+        time_limit = c.string(s["time_limit"], "slurm.time_limit", _TIME_LIMIT,
+                              "a Slurm time limit (MINUTES, HH:MM:SS, D-HH:MM:SS or UNLIMITED)")
+    workdir = c.string(s.get("workdir", "."), "slurm.workdir")
+    try:
+        workdir.format(node="n")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise c.fail("slurm.workdir", f"only {{node}} may be replaced in it ({exc!s})") from None
+    workdir = os.path.normpath(os.path.join(defaults.cwd, os.path.expanduser(workdir)))
+    hccn_conf = DEFAULT_HCCN_CONF
+    if s.get("hccn_conf") is not None:
+        if device != "ascend":
+            raise c.fail("slurm.hccn_conf", "only for device ascend")
+        hccn_conf = _abs_path(c, s["hccn_conf"], "slurm.hccn_conf")
+    return SlurmSpec(
+        nodes=nodes, devices=devices, ranks_with=ranks_with,
+        python=c.string(s.get("python", defaults.python), "slurm.python"), workdir=workdir,
+        partition=None if s.get("partition") is None else c.string(s["partition"], "slurm.partition", _NAME,
+                                                                   "a partition name"),
+        time_limit=time_limit,
+        account=None if s.get("account") is None else c.string(s["account"], "slurm.account", _NAME,
+                                                               "an account name"),
+        sbatch_options=_option_list(c, s.get("sbatch_options"), "slurm.sbatch_options"),
+        srun_options=_option_list(c, s.get("srun_options"), "slurm.srun_options"),
+        hccn_conf=hccn_conf)
+
+
+def _option_list(c: _Checker, raw: Any, where: str) -> Tuple[str, ...]:
+    """Extra command-line options as a list of separate arguments, never one shell string."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise c.fail(where, f"expected a list of options, one argument per item (e.g. [--exclusive, "
+                            f"--qos=high]), got {_kind(raw)}")
+    items = tuple(c.string(a, _sub(where, i)) for i, a in enumerate(raw))
+    if items and not items[0].startswith("-"):
+        raise c.fail(_sub(where, 0), f"{items[0]!r} is not an option (options start with -)")
+    return items
+
+
+def slurm_placeholder_hosts(slurm: SlurmSpec) -> Tuple[HostSpec, ...]:
+    """Stand-ins `node1..nodeN` for the allocation's nodes, until it is known (dry run outside one)."""
+    return tuple(slurm_host(slurm, f"node{i + 1}", f"node{i + 1}", ()) for i in range(slurm.nodes))
+
+
+def slurm_host(slurm: SlurmSpec, node: str, address: str, srun: Tuple[str, ...]) -> HostSpec:
+    """The host of one allocated node."""
+    return HostSpec(name=node, address=address, ssh=None, devices=slurm.devices, device_ips=None,
+                    python=slurm.python, workdir=slurm.workdir.replace("{node}", node),
+                    hccn_conf=slurm.hccn_conf, srun=srun)
 
 
 def _check_spares(c: _Checker, hosts: Tuple[HostSpec, ...], spares: Tuple[HostSpec, ...], backend: str,

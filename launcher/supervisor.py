@@ -117,6 +117,8 @@ class Supervisor:
         self.fanout = fanout
         self.clock = clock
         self.stop_event = threading.Event()
+        #: Why the job is being stopped, when not by `stop` or a plain signal (a Slurm time limit).
+        self.stop_reason = ""
         self._wait = wait or self.stop_event.wait
         self.restarts_used = 0
         self.results: List[AttemptResult] = []
@@ -154,7 +156,9 @@ class Supervisor:
             job_state = decision.job_state
             if job_state == JobState.SUCCEEDED and not self.last_stage:
                 job_state = JobState.RUNNING
-            self.job.end_attempt(outcome, record, job_state=job_state, message=decision.reason)
+            stopped = job_state == JobState.STOPPED and self.stop_reason
+            message = self.stop_reason if stopped else decision.reason
+            self.job.end_attempt(outcome, record, job_state=job_state, message=message)
             if decision.action == Action.FINISH:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
@@ -326,11 +330,13 @@ class Supervisor:
             except ScanError as exc:
                 raise HostError(name, str(exc)) from None
 
-        found = fan_out(scan, names, key=str, width=self.fanout, catch=(HostError,))
+        # On shared storage every host sees the one copy: one scan stands for all of them.
+        scanned = names[:1] if self.spec.storage == "shared" else names
+        found = fan_out(scan, scanned, key=str, width=self.fanout, catch=(HostError,))
         if found.failed:
             raise found.failed[sorted(found.failed)[0]]
-        choice = decide_resume({n: found.succeeded[n][0] for n in names},
-                               [s for n in names for s in found.succeeded[n][1]])
+        results = {n: found.succeeded[n if n in found.succeeded else names[0]] for n in names}
+        choice = decide_resume({n: results[n][0] for n in names}, [s for n in scanned for s in results[n][1]])
         for reason in choice.passed_over:
             self.say(f"checkpoint not used: {reason}")
         if choice.point is None:

@@ -47,10 +47,13 @@ class ClusterInfo:
     local_rank: int
     distributed: bool
 
+    shared_storage: bool = False
+
     @property
     def saves_checkpoints(self) -> bool:
-        """Local rank 0 of each host keeps that host's copy of the checkpoints."""
-        return self.local_rank == 0
+        """Local rank 0 of each host keeps that host's copy of the checkpoints; on storage every host
+        shares (`REFINENET_STORAGE=shared`) rank 0 alone writes the one copy."""
+        return self.rank == 0 if self.shared_storage else self.local_rank == 0
 
 
 def _int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> Optional[int]:
@@ -127,4 +130,5 @@ def init_cluster(launch: LaunchEnv) -> ClusterInfo:
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=size)
     local = rank if launch.local_rank is None else launch.local_rank
-    return ClusterInfo(rank=rank, group_size=size, local_rank=local, distributed=True)
+    shared = os.environ.get("REFINENET_STORAGE") == "shared"
+    return ClusterInfo(rank=rank, group_size=size, local_rank=local, distributed=True, shared_storage=shared)

@@ -11,6 +11,7 @@ import argparse
 import copy
 import dataclasses
 import importlib
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -216,6 +217,8 @@ def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
         spec = with_max_restarts(spec, args.max_restarts)
     if args.set:
         spec = with_stage_options(spec, stage, args.set)
+    if spec.slurm is not None:
+        spec = _in_allocation(spec, args)
     pool = _host_pool(spec, getattr(args, "exclude_host", None) or [])
     spec = pool.spec if pool is not None else spec
     device_ips = {}
@@ -237,6 +240,22 @@ def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
     factory = make_plan_factory(spec, slots, stage, str(job_dir.absolute()), job_id, workload)
     factory.device_ips, factory.pool = device_ips, pool
     return spec, slots, job_id, job_dir, factory
+
+
+def _in_allocation(spec: ClusterSpec, args: argparse.Namespace) -> ClusterSpec:
+    """A `backend: slurm` spec bound to the allocation this runs in; outside one only a dry run goes on,
+    with placeholder nodes."""
+    from launcher.allocation import bind, current_allocation
+
+    allocation = None if getattr(args, "queued", False) else current_allocation()
+    if allocation is not None:
+        args.allocation = allocation
+        return bind(spec, allocation)
+    if args.dry_run:
+        return spec
+    raise BadInput(f"{spec.source}: backend slurm runs inside a Slurm allocation and this is not one "
+                   f"(SLURM_JOB_ID is not set): run `salloc -N {spec.slurm.nodes} refinenet-launch ...`, or "
+                   f"`refinenet-launch submit --cluster ...` to queue it with sbatch")
 
 
 def _host_pool(spec: ClusterSpec, exclude: Sequence[str]) -> Optional[HostPool]:
@@ -338,8 +357,9 @@ def describe(plan: LaunchPlan, spec: ClusterSpec, written: Sequence[Path], out: 
         procs = plan.processes_on(host)
         if not procs:
             continue
-        w(f"  [{host}] {hosts[host].address}{'' if hosts[host].is_local else ' (ssh)'}, "
-          f"script scripts/{host}.sh\n")
+        w(f"  [{host}] {hosts[host].address}{_reached_by(hosts[host])}, script scripts/{host}.sh\n")
+        if hosts[host].srun is not None:
+            w(f"    host agent started as a Slurm step: {_agent_step(hosts[host], spec)}\n")
         for p in procs:
             env_file = f"env/rank_{p.ranks[0]}.env" if p.role == "rank" else \
                 "env/scheduler.env" if p.role == "scheduler" else "env/rank_<r>.env"
@@ -348,6 +368,22 @@ def describe(plan: LaunchPlan, spec: ClusterSpec, written: Sequence[Path], out: 
             w(f"    {p.name} ({what}) cwd {p.cwd}, env {env_file}, log {p.log_name}\n")
             for line in p.command.splitlines():
                 w(f"      {line}\n")
+
+
+def _reached_by(host: HostSpec) -> str:
+    if host.srun is not None:
+        return " (Slurm node)"
+    return "" if host.is_local else " (ssh)"
+
+
+def _agent_step(host: HostSpec, spec: ClusterSpec) -> str:
+    """The srun line that starts `host`'s agent (the agent's own source goes on its stdin)."""
+    from launcher.allocation import node_srun
+    from launcher.transport.slurm import SlurmTransport
+
+    srun = host.srun or node_srun("$SLURM_JOB_ID", host.name, spec.slurm.srun_options if spec.slurm else ())
+    step = SlurmTransport(host.name, srun, host.python).step_argv([host.python], agent=True)
+    return shlex.join(step) + " -S -c <host agent>"
 
 
 def _ranks_text(ranks: Sequence[int]) -> str:

@@ -31,6 +31,13 @@ def format_table(rows: Sequence[Sequence[str]]) -> List[str]:
             if len(row) > 1 else row[0] for row in rows]
 
 
+def reconcile(job: JobDir) -> JobRecord:
+    """The record; a job Slurm ended without its launcher recording it gets Slurm's end first."""
+    from launcher.slurm_jobs import reconcile as slurm_reconcile
+
+    return slurm_reconcile(job)
+
+
 def _summary(job: JobDir, record: JobRecord) -> dict:
     attempt = record.current_attempt
     return {"job_id": record.job_id, "state": record.state.value, "cluster": record.cluster,
@@ -44,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     entries, unreadable = [], []
     for job in list_job_dirs(runs):
         try:
-            entries.append(_summary(job, job.read()))
+            entries.append(_summary(job, reconcile(job)))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             unreadable.append((job, exc))
     entries.sort(key=lambda e: (e["created"], e["job_id"]))

@@ -29,6 +29,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+#: How often `--follow` asks Slurm whether a job it runs has ended without its launcher saying so.
+SLURM_POLL_S = 5.0
+
+
 def _check_filters(job: JobDir, ranks: Optional[set], attempt: Optional[int]) -> None:
     record = job.read()
     if attempt is not None:
@@ -50,6 +54,7 @@ def print_log(job: JobDir, out: IO[str], keep: JobLogFilter, follow: bool, inter
     handle = None
     partial = b""
     final_seen = False
+    asked_slurm = time.monotonic()
     while True:
         if handle is None:
             try:
@@ -69,6 +74,11 @@ def print_log(job: JobDir, out: IO[str], keep: JobLogFilter, follow: bool, inter
         if not follow or final_seen:
             break
         final_seen = job.read().is_final
+        if not final_seen and time.monotonic() - asked_slurm > SLURM_POLL_S:
+            from launcher.slurm_jobs import reconcile
+
+            asked_slurm = time.monotonic()
+            final_seen = reconcile(job).is_final
         if not final_seen:
             time.sleep(interval)
     if handle is not None:

@@ -70,7 +70,21 @@ def collect(job: JobDir, record: JobRecord) -> Dict[str, Any]:
             "processes": processes,
             "metrics": {str(rank): rec for rank, rec in sorted(job.last_metrics().items())},
             "stragglers": [s.to_dict() for s in job.read_stragglers()],
-            "hosts": {name: dict(state) for name, state in record.hosts.items()}}
+            "hosts": {name: dict(state) for name, state in record.hosts.items()},
+            "slurm": _slurm(record)}
+
+
+def _slurm(record: JobRecord) -> Optional[Dict[str, Any]]:
+    """The record's Slurm facts, with what Slurm says now while the job is not final."""
+    if not record.slurm:
+        return None
+    from launcher import slurm_jobs
+
+    info = dict(record.slurm)
+    state = None if record.is_final else slurm_jobs.slurm_state(record)
+    if state is not None:
+        info["now"] = slurm_jobs.describe(state)
+    return info
 
 
 def _format_metrics(rec: Dict[str, Any]) -> str:
@@ -102,6 +116,13 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
     if "," in stage and attempts:
         stage += f" (now {attempts[-1].get('stage') or '?'})"
     out.append(f"cluster   {status['cluster']}{source}, stage {stage}")
+    slurm = status.get("slurm")
+    if slurm:
+        where = f", nodes {','.join(slurm['nodes'])}" if slurm.get("nodes") else ""
+        limit = f", time limit {slurm['time_limit']}" if slurm.get("time_limit") else ""
+        now_ = f": {slurm['now']}" if slurm.get("now") else ""
+        how = "submitted" if slurm.get("submitted") else "allocation"
+        out.append(f"slurm     job {slurm.get('job_id', '?')} ({how}{where}{limit}){now_}")
     launcher = status["launcher"]
     if launcher:
         alive = ("running" if launcher["alive"] else "not running") if launcher["this_machine"] else (
@@ -149,8 +170,10 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from launcher.slurm_jobs import reconcile
+
     job = JobDir.resolve(args.job, args.runs_dir)
-    record = job.read()
+    record = reconcile(job)
     status = collect(job, record)
     if args.json:
         print(json.dumps(status, indent=1))

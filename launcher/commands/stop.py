@@ -114,6 +114,44 @@ def _wait_final(job: JobDir, timeout: float, launcher) -> bool:
     return job.read().is_final
 
 
+def _slurm_ended(record: JobRecord) -> bool:
+    from launcher import slurm_jobs
+    from launcher.slurm import job_finished
+
+    state = slurm_jobs.slurm_state(record)
+    return state is None or job_finished(state)
+
+
+def stop_slurm_job(job: JobDir, record: JobRecord, timeout: float) -> int:
+    """A job Slurm runs: a queued one is cancelled; a running one's launcher (the batch script) gets SIGTERM
+    and ends the job on every node itself (it also sees the stop request in job.json); whatever is left
+    after `timeout` s goes with the whole Slurm job."""
+    from launcher import slurm_jobs
+
+    slurm_id = record.slurm["job_id"]
+    submitted = bool(record.slurm.get("submitted"))
+    if record.launcher is None:
+        print(f"cancelling Slurm job {slurm_id} (queued, not started)")
+        slurm_jobs.cancel(record)
+    elif submitted:
+        print(f"asking the launcher of job {record.job_id} (the batch script of Slurm job {slurm_id}) "
+              f"to stop it")
+        slurm_jobs.cancel(record, "--batch", "--signal=TERM")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not job.read().is_final:
+        if record.launcher is None and _slurm_ended(record):
+            break
+        time.sleep(0.2)
+    if not job.read().is_final and submitted:
+        print(f"job {record.job_id} did not end within {timeout:g} s: cancelling Slurm job {slurm_id}",
+              file=sys.stderr)
+        slurm_jobs.cancel(record)
+    final = job.update(lambda r: r if r.is_final else r.with_state(
+        JobState.STOPPED, f"stopped by refinenet-launch stop (Slurm job {slurm_id} cancelled)"))
+    print(f"job {final.job_id}: {final.state.value}")
+    return 0 if final.state == JobState.STOPPED or final.is_final else 1
+
+
 def run(args: argparse.Namespace) -> int:
     job = JobDir.resolve(args.job, args.runs_dir)
     record = job.read()
@@ -133,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         print(f"the launcher did not end job {record.job_id} within {args.timeout:g} s; "
               f"stopping its processes directly", file=sys.stderr)
+    elif record.slurm.get("job_id"):
+        return stop_slurm_job(job, record, args.timeout)
     problems = stop_processes(job, args.grace)
     for problem in problems:
         print(f"refinenet-launch stop: {problem}", file=sys.stderr)

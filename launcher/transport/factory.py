@@ -2,7 +2,8 @@
 
 `host` is duck-typed: `name`, `address`, `ssh` (None, or an object with `user`, `port`, `key_file`,
 `known_hosts`, `host_key_policy`, `connect_timeout_s`, `use_agent`), and optionally `python`, the
-interpreter that runs the command guard there. Unset (None) SSH settings take the defaults below.
+interpreter that runs the command guard there, and `srun` (the options that reach a Slurm node). Unset
+(None) SSH settings take the defaults below.
 """
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ def _setting(ssh, name: str, default):
 
 
 def open_transport(host) -> Transport:
-    """The transport for `host`; an SSH connection opens on first use, so this never blocks."""
+    """The transport for `host`; an SSH connection opens on first use, so this never blocks. A Slurm
+    node (`host.srun` set) is reached through steps of the allocation."""
+    srun = getattr(host, "srun", None)
+    if srun:
+        from launcher.transport.slurm import SlurmTransport
+
+        return SlurmTransport(host.name, srun, getattr(host, "python", None) or "python3")
     ssh = getattr(host, "ssh", None)
     if ssh is None:
         return LocalTransport(host.name)

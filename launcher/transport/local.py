@@ -43,8 +43,15 @@ class LocalTransport(Transport):
         self._streams: list = []
         self._lock = threading.Lock()
 
+    def _agent_argv(self, argv: Sequence[str]) -> list:
+        """The agent's command line here: this interpreter in place of the host's python."""
+        return [sys.executable, *argv[1:]]
+
+    def _guard_argv(self, mode: str) -> list:
+        return guard_argv(sys.executable, mode)
+
     def start_agent(self, argv: Sequence[str], stdin: bytes) -> _PipeStream:
-        argv = [sys.executable, *argv[1:]]
+        argv = self._agent_argv(argv)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, bufsize=0, start_new_session=True)
@@ -66,7 +73,7 @@ class LocalTransport(Transport):
         with the launcher, and a timeout ends them too."""
         nonce = new_nonce()
         header = guard_header(argv, env, cwd, self.grace_s, nonce)
-        proc = subprocess.Popen(guard_argv(sys.executable, "exec"), stdin=subprocess.PIPE,
+        proc = subprocess.Popen(self._guard_argv("exec"), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
             proc.stdin.write(guard_stdin(header))

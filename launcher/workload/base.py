@@ -20,6 +20,11 @@ SCHEDULER_MODULE = "refinenet.scheduler"
 MANIFEST_MODULE = "refinenet.manifest"
 
 
+def node_path(path: str, host) -> str:
+    """`path` with `{node}` replaced by the host's name (node-local directories on shared storage)."""
+    return path.replace("{node}", host.name)
+
+
 def parse_progress(line: str) -> Optional[Dict[str, Union[int, float]]]:
     """`{"epoch", "epoch_step", "loss"}` from a progress line, else None."""
     m = _PROGRESS.search(line)
@@ -59,8 +64,10 @@ class Workload:
         return []
 
     def output_dir(self, spec, host) -> str:
-        """Where this workload's outputs go on `host`: `<workdir>/<job.output_dir>/<stage>`."""
-        return posixpath.normpath(posixpath.join(host.workdir, spec.job.output_dir, self.stage))
+        """Where this workload's outputs go on `host`: `<workdir>/<job.output_dir>/<stage>` (`{node}` in
+        job.output_dir is the host's name)."""
+        output = node_path(spec.job.output_dir, host)
+        return posixpath.normpath(posixpath.join(host.workdir, output, self.stage))
 
     def checkpoint_dir(self, spec, host) -> Optional[str]:
         """Where resume points (checkpoints with manifests) are found on `host`."""

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 from launcher.errors import ClusterFileError
 from launcher.spec import TRAIN_STAGES, OptionValue
-from launcher.workload.base import Workload
+from launcher.workload.base import Workload, node_path
 
 STAGE_MODULES = {"r1": "refinenet.train", "r2": "refinenet.train", "eval": "refinenet.evaluate",
                  "export": "refinenet.export"}
@@ -33,8 +33,8 @@ class RefineNetWorkload(Workload):
         """The output directory of `stage` on `host` (its `output-dir` override, else the default)."""
         override = spec.job.stage_overrides.get(stage, {}).get("output-dir")
         if isinstance(override, str) and override:
-            return posixpath.normpath(posixpath.join(host.workdir, override))
-        return posixpath.normpath(posixpath.join(host.workdir, spec.job.output_dir, stage))
+            return posixpath.normpath(posixpath.join(host.workdir, node_path(override, host)))
+        return posixpath.normpath(posixpath.join(host.workdir, node_path(spec.job.output_dir, host), stage))
 
     def output_dir(self, spec, host) -> str:
         return self.stage_dir(spec, host, self.stage)

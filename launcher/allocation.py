@@ -1,0 +1,111 @@
+"""`backend: slurm`: the Slurm allocation the launcher runs in, and the cluster spec bound to its nodes.
+
+Inside an allocation (`salloc`, or the batch script `refinenet-launch submit` sends) Slurm names the
+job and its nodes in `SLURM_JOB_ID` and `SLURM_JOB_NODELIST`; `scontrol show node` gives each node's
+address, which must be an IP address (MindSpore's scheduler address is one). Every command on a node
+then runs as a step of that allocation: `srun --jobid J --overlap -N1 -n1 -w NODE ...`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from launcher.errors import BadInput
+from launcher.slurm import expand_nodelist, parse_job_state, parse_node_addrs
+from launcher.spec import ClusterSpec, MasterSpec, host_order, slurm_host
+
+__all__ = ["Allocation", "current_allocation", "bind", "node_srun", "SRUN_TIMEOUT_S", "slurm_run"]
+
+SRUN_TIMEOUT_S = 30.0
+#: What every command on a node runs under: a one-task step on that node sharing the allocation's resources
+#: with the other steps (agents, checks); srun's own chatter off.
+_STEP = ("--overlap", "--nodes=1", "--ntasks=1", "--quiet", "--kill-on-bad-exit=1")
+
+Run = Callable[[Sequence[str]], subprocess.CompletedProcess]
+
+
+def slurm_run(argv: Sequence[str], timeout: float = SRUN_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run a Slurm client command; `BadInput` when Slurm's clients are not installed here."""
+    if shutil.which(argv[0]) is None:
+        raise BadInput(f"backend slurm: {argv[0]} is not installed on this machine (Slurm's client commands "
+                       f"are needed where the launcher runs)")
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A running Slurm job's nodes (in Slurm's order) and their IP addresses."""
+
+    job_id: str
+    nodes: Tuple[str, ...]
+    addrs: Mapping[str, str]
+    time_limit: str = ""
+    end_time: str = ""
+
+
+def current_allocation(environ: Mapping[str, str] = os.environ, run: Run = slurm_run) -> Optional[Allocation]:
+    """The allocation this process runs in, or None outside one. `BadInput` when Slurm cannot say which
+    nodes it has or a node has no IP address."""
+    job_id = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    if not job_id:
+        return None
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or ""
+    try:
+        nodes = tuple(expand_nodelist(nodelist))
+    except ValueError as exc:
+        raise BadInput(f"Slurm allocation {job_id}: SLURM_JOB_NODELIST: {exc}") from None
+    if not nodes:
+        raise BadInput(f"Slurm allocation {job_id}: SLURM_JOB_NODELIST is empty")
+    shown = run(["scontrol", "show", "node", "-o", ",".join(nodes)])
+    if shown.returncode != 0:
+        raise BadInput(f"Slurm allocation {job_id}: `scontrol show node` failed: {shown.stderr.strip()}")
+    addrs = parse_node_addrs(shown.stdout)
+    resolved: Dict[str, str] = {}
+    for node in nodes:
+        resolved[node] = _ip_of(node, addrs.get(node, node), job_id)
+    job = run(["scontrol", "show", "job", "-o", job_id])
+    fields = parse_job_state(job.stdout) if job.returncode == 0 and "JobId=" in job.stdout else {}
+    return Allocation(job_id, nodes, resolved, fields.get("TimeLimit", ""), fields.get("EndTime", ""))
+
+
+def _ip_of(node: str, addr: str, job_id: str) -> str:
+    try:
+        ipaddress.ip_address(addr)
+        return addr
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(addr, None, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise BadInput(f"Slurm allocation {job_id}: node {node}'s address {addr!r} does not resolve to an IP "
+                       f"address ({exc.strerror}); MindSpore's scheduler needs one (set NodeAddr)") from None
+    return str(infos[0][4][0])
+
+
+def node_srun(job_id: str, node: str, extra: Sequence[str] = ()) -> Tuple[str, ...]:
+    """The srun options that run one command on `node` inside allocation `job_id`."""
+    return ("srun", f"--jobid={job_id}", *_STEP, f"--nodelist={node}", *extra)
+
+
+def bind(spec: ClusterSpec, allocation: Allocation) -> ClusterSpec:
+    """`spec` with the allocation's first `slurm.nodes` nodes as its hosts and the first of them (in rank
+    order) as the master. `BadInput` naming both numbers when the allocation is too small."""
+    slurm = spec.slurm
+    assert slurm is not None, "bind is for backend slurm"
+    have = len(allocation.nodes)
+    if have < slurm.nodes:
+        raise BadInput(f"{spec.source}: slurm.nodes is {slurm.nodes} but Slurm allocation "
+                       f"{allocation.job_id} has {have} node(s) ({', '.join(allocation.nodes)}): allocate "
+                       f"{slurm.nodes} (salloc -N {slurm.nodes}) or lower slurm.nodes; nothing was started")
+    hosts = tuple(slurm_host(slurm, node, allocation.addrs[node],
+                             node_srun(allocation.job_id, node, slurm.srun_options))
+                  for node in allocation.nodes[:slurm.nodes])
+    first = host_order(hosts)[0]
+    master = MasterSpec(addr=first.address, port=spec.master.port, host=first.name)
+    return dataclasses.replace(spec, hosts=hosts, master=master)

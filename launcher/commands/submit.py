@@ -1,0 +1,143 @@
+"""`refinenet-launch submit --cluster FILE --stage STAGE [...]`: queue a `backend: slurm` job with sbatch.
+
+Everything is checked first, as for a launch (the cluster file, the options, the partition and its size):
+a bad input exits 2 with nothing submitted. Then the job directory is created (PENDING, with the Slurm
+job id once sbatch answers), a batch script that runs the launcher inside the allocation is rendered into
+it, and sbatch queues it. `list`, `status`, `logs --follow` and `stop` work on the job from then on, also
+while Slurm keeps it queued.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import IO, List, Optional
+
+from launcher.allocation import slurm_run
+from launcher.commands import launch
+from launcher.errors import BadInput
+from launcher.jobs import JobDir
+from launcher.render import template
+from launcher.runner import _spec_data
+from launcher.slurm import parse_key_values, parse_sbatch_job_id
+from launcher.spec import ClusterSpec
+
+SCRIPT = "sbatch.sh"
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = launch.build_parser(prog)
+    parser.description = ("Queue a launch on a Slurm cluster (backend slurm): sbatch runs the launcher "
+                          "inside the allocation; prints the Slurm job id and the launcher's job id, and "
+                          "returns.")
+    return parser
+
+
+def launcher_argv(args: argparse.Namespace, python: str, job_dir: Path) -> List[str]:
+    """The launcher's command line inside the allocation: the same request, into the job directory."""
+    cluster = Path(launch.resolve_cluster_path(args.cluster)).absolute()
+    argv = [python, "-m", "launcher.cli", "--cluster", str(cluster), "--job-dir", str(job_dir)]
+    if args.stage:
+        argv += ["--stage", args.stage]
+    repeated = (("--set", args.set), ("--override", args.override), ("--exclude-host", args.exclude_host))
+    for flag, values in repeated:
+        for value in values or ():
+            argv += [flag, value]
+    if args.max_restarts is not None:
+        argv += ["--max-restarts", str(args.max_restarts)]
+    if args.ranks:
+        argv += ["--ranks", args.ranks]
+    if args.show_framework_logs:
+        argv.append("--show-framework-logs")
+    if args.hccn_conf_dir:
+        argv += ["--hccn-conf-dir", str(Path(args.hccn_conf_dir).absolute())]
+    if args.command:
+        argv += list(args.command)
+    return argv
+
+
+def sbatch_argv(spec: ClusterSpec, job_id: str, job_dir: Path, script: Path) -> List[str]:
+    """sbatch's command line: the allocation the cluster file asks for, output into the job directory."""
+    slurm = spec.slurm
+    argv = ["sbatch", "--parsable", f"--job-name=refinenet-{job_id}"[:120], f"--nodes={slurm.nodes}",
+            "--ntasks-per-node=1", f"--output={job_dir / 'slurm-%j.out'}", f"--chdir={Path.cwd()}"]
+    if slurm.partition:
+        argv.append(f"--partition={slurm.partition}")
+    if slurm.time_limit:
+        argv.append(f"--time={slurm.time_limit}")
+    if slurm.account:
+        argv.append(f"--account={slurm.account}")
+    return argv + list(slurm.sbatch_options) + [str(script)]
+
+
+def check_partition(spec: ClusterSpec) -> None:
+    """The partition exists (or there is a default one) and has at least `slurm.nodes` nodes."""
+    slurm = spec.slurm
+    named = [slurm.partition] if slurm.partition else []
+    shown = slurm_run(["scontrol", "show", "partition", "-o", *named])
+    if shown.returncode != 0 or "PartitionName=" not in shown.stdout:
+        what = f"partition {slurm.partition!r} does not exist" if slurm.partition else "no partition exists"
+        raise BadInput(f"{spec.source}: slurm.partition: {what} on this Slurm cluster "
+                       f"({(shown.stderr or shown.stdout).strip() or 'scontrol found none'}); "
+                       f"nothing was submitted")
+    partitions = [parse_key_values(line) for line in shown.stdout.splitlines() if "PartitionName=" in line]
+    if slurm.partition is None:
+        partitions = [p for p in partitions if p.get("Default") == "YES"] or partitions[:1]
+    part = partitions[0]
+    total = int(part.get("TotalNodes", "0") or 0)
+    if total < slurm.nodes:
+        raise BadInput(f"{spec.source}: slurm.nodes is {slurm.nodes} but partition "
+                       f"{part.get('PartitionName')} has {total} node(s): Slurm would keep the job queued "
+                       f"for ever; nothing was submitted")
+
+
+def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
+    out = out or sys.stdout
+    spec, _slots, job_id, job_dir, factory = launch.prepare(_as_dry_run(args))
+    if spec.slurm is None:
+        raise BadInput(f"{spec.source}: submit queues jobs on Slurm: the cluster file needs backend slurm "
+                       f"(it has backend {spec.backend})")
+    if args.dry_run:
+        argv = launcher_argv(args, spec.slurm.python, job_dir.absolute())
+        script = template(SCRIPT + ".j2").render(job_id=job_id, cwd=str(Path.cwd()), argv=argv)
+        command = sbatch_argv(spec, job_id, job_dir.absolute(), job_dir.absolute() / SCRIPT)
+        out.write(f"sbatch command: {shlex.join(command)}\n")
+        out.write(f"batch script:\n{script}\ndry run: nothing submitted\n")
+        return 0
+    check_partition(spec)
+    plan = factory(0, None)
+    args.cluster_path = str(launch.resolve_cluster_path(args.cluster))
+    job = JobDir.create(job_dir.absolute().parent, cluster=spec.name, stage=_label(args, factory),
+                        spec=_spec_data(spec, args),
+                        cluster_file=str(launch.resolve_cluster_path(args.cluster)), plan=plan.to_dict(),
+                        job_id=job_id, owned=False)
+    script = job.path / SCRIPT
+    argv = launcher_argv(args, spec.slurm.python, job.path.absolute())
+    script.write_text(template(SCRIPT + ".j2").render(job_id=job_id, cwd=str(Path.cwd()), argv=argv) + "\n")
+    script.chmod(0o755)
+    command = sbatch_argv(spec, job_id, job.path.absolute(), script)
+    job.set_slurm(submitted=True, partition=spec.slurm.partition or "", script=str(script), sbatch=command)
+    result = slurm_run(command)
+    if result.returncode != 0:
+        shutil.rmtree(job.path, ignore_errors=True)
+        raise BadInput(f"sbatch refused the job ({result.stderr.strip() or f'exit {result.returncode}'}); "
+                       f"nothing was submitted")
+    slurm_id = str(parse_sbatch_job_id(result.stdout))
+    job.set_slurm(job_id=slurm_id)
+    out.write(f"submitted: Slurm job {slurm_id}, job {job_id} ({job.path})\n"
+              f"  refinenet-launch status {job_id}   |   refinenet-launch logs {job_id} --follow\n")
+    out.flush()
+    return 0
+
+
+def _as_dry_run(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments as a dry run sees them: nothing is bound to an allocation here."""
+    copy = argparse.Namespace(**vars(args))
+    copy.dry_run, copy.queued = True, True
+    return copy
+
+
+def _label(args: argparse.Namespace, factory) -> str:
+    return args.stage if args.stage else factory.workload.stage

@@ -1,0 +1,135 @@
+"""Commands and files on a node of the Slurm allocation the launcher runs in, each as a job step.
+
+Every command runs as `srun --jobid J --overlap -N1 -n1 -w NODE ... COMMAND`: srun carries stdin,
+stdout and stderr between the launcher and the node, and its end (or the launcher's) ends the step.
+The host agent gets the node's whole share of the allocation (`--whole`, no CPU binding) since it
+starts every rank there; short commands (checks, scans, health samples) run under the guard as on
+any host. Files are read and written on the node itself, so node-local disks work.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+from typing import Iterable, Iterator, Optional, Sequence, Tuple
+
+from launcher.transport import guard
+from launcher.transport.base import HostError
+from launcher.transport.guarded import guard_argv, guard_source
+from launcher.transport.local import DEFAULT_GRACE_S, LocalTransport
+
+#: Options of the agent's step only: all of the node's CPUs (and devices) for the ranks it starts.
+AGENT_STEP = ("--whole", "--cpu-bind=none")
+FILE_TIMEOUT_S = 120.0
+
+_WRITE = ("import os, sys, tempfile\n"
+          "path, mode = sys.argv[1], int(sys.argv[2], 8)\n"
+          "folder = os.path.dirname(path) or '.'\n"
+          "os.makedirs(folder, exist_ok=True)\n"
+          "fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')\n"
+          "try:\n"
+          "    with os.fdopen(fd, 'wb') as f:\n"
+          "        while True:\n"
+          "            b = sys.stdin.buffer.read(1 << 20)\n"
+          "            if not b:\n"
+          "                break\n"
+          "            f.write(b)\n"
+          "        f.flush()\n"
+          "        os.fsync(f.fileno())\n"
+          "    os.chmod(tmp, mode)\n"
+          "    os.replace(tmp, path)\n"
+          "except BaseException:\n"
+          "    os.unlink(tmp)\n"
+          "    raise\n")
+
+
+class SlurmTransport(LocalTransport):
+    """Node `host` of an allocation, reached with the srun options `srun` (see `launcher.allocation`)."""
+
+    def __init__(self, host: str, srun: Sequence[str], python: str, *, grace_s: float = DEFAULT_GRACE_S):
+        super().__init__(host, grace_s=grace_s)
+        self.srun = tuple(srun)
+        self.python = python
+
+    def step_argv(self, argv: Sequence[str], *, agent: bool = False) -> list:
+        """`argv` as a step on this node."""
+        return [*self.srun, *(AGENT_STEP if agent else ()), *argv]
+
+    def _agent_argv(self, argv: Sequence[str]) -> list:
+        return self.step_argv(argv, agent=True)
+
+    def _guard_argv(self, mode: str) -> list:
+        return self.step_argv(guard_argv(self.python, mode))
+
+    def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
+                   verify_env: Optional[Tuple[str, str]] = None) -> bool:
+        argv = [self.python, "-c", guard_source(), "kill", str(int(pgid)), str(int(sig))]
+        if verify_env is not None:
+            argv.append(f"{verify_env[0]}={verify_env[1]}")
+        result = self._step(argv)
+        if result.returncode == guard.NOT_PERMITTED:
+            raise HostError(self.host, f"not permitted to signal process group {pgid}")
+        if result.returncode not in (0, guard.NOT_FOUND):
+            raise HostError(self.host, f"signalling process group {pgid} failed (exit {result.returncode}): "
+                                       f"{result.stderr.decode('utf-8', 'replace').strip()}")
+        return result.returncode == 0
+
+    # -- files on the node
+
+    def read_file(self, path: str) -> bytes:
+        result = self._step(["cat", "--", path])
+        if result.returncode != 0:
+            err = result.stderr.decode("utf-8", "replace").strip()
+            if "No such file" in err:
+                raise FileNotFoundError(2, f"{path} does not exist on {self.host}", path)
+            raise HostError(self.host, f"cannot read {path}: {err or f'exit {result.returncode}'}")
+        return result.stdout
+
+    def read_chunks(self, path: str, chunk: int = 1 << 22) -> Iterator[bytes]:
+        proc = subprocess.Popen(self.step_argv(["cat", "--", path]), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            while True:
+                data = proc.stdout.read(chunk)
+                if not data:
+                    break
+                yield data
+        finally:
+            proc.stdout.close()
+            err = proc.stderr.read().decode("utf-8", "replace").strip()
+            code = proc.wait()
+        if code != 0:
+            if "No such file" in err:
+                raise FileNotFoundError(2, f"{path} does not exist on {self.host}", path)
+            raise HostError(self.host, f"cannot read {path}: {err or f'exit {code}'}")
+
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.write_chunks(path, [data], mode)
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644) -> int:
+        proc = subprocess.Popen(self.step_argv([self.python, "-S", "-c", _WRITE, path, f"{mode:o}"]),
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        written = 0
+        try:
+            for data in chunks:
+                proc.stdin.write(data)
+                written += len(data)
+        except BrokenPipeError:
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        err = proc.stderr.read().decode("utf-8", "replace").strip()
+        if proc.wait() != 0:
+            raise HostError(self.host, f"cannot write {path}: {err.splitlines()[-1] if err else 'failed'}")
+        return written
+
+    def _step(self, argv: Sequence[str]) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(self.step_argv(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=FILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise HostError(self.host, f"srun did not finish within {FILE_TIMEOUT_S:g} s") from None
+        except OSError as exc:
+            raise HostError(self.host, f"cannot run srun: {exc}") from None

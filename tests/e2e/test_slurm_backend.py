@@ -1,0 +1,231 @@
+"""`backend: slurm` end to end on a real 2-node Slurm cluster (tests/e2e/slurm.py), real RefineNet ranks.
+
+Inside an allocation (`salloc -N2 refinenet-launch ...`): r1 with one rank on each node, node-local output
+folders (`workdir: .../{node}`), a rank SIGKILLed after the first checkpoint and the job restarted in the
+same allocation from that checkpoint. Through `submit`: status until SUCCEEDED on shared storage (one
+checkpoint writer), `stop` of a running and of a queued job, and the inputs that must be refused with
+exit 2 before anything is submitted or started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from refinenet import manifest as mf
+from tests.e2e.test_resilience_faults import tagged
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STEPS = 3  # 6 training images, 2 ranks, batch 1
+
+
+@pytest.fixture(scope="module")
+def train_list(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
+                ["lists", "--data-root", str(root)]):
+        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
+                       timeout=120)
+    return root / "sbd_train_lst.txt"
+
+
+@pytest.fixture
+def env(slurm_cluster, child_env) -> dict:
+    return {**child_env, **slurm_cluster.env}
+
+
+def cluster_file(tmp_path: Path, train_list: Path, epochs: int, **slurm) -> Path:
+    data = {
+        "name": "slurm-test", "backend": "slurm", "device": "cpu",
+        "slurm": {"nodes": 2, "ranks_per_node": 1, "partition": "debug", "python": sys.executable,
+                  "workdir": str(tmp_path / "nodes" / "{node}"), **slurm},
+        "job": {"data": str(train_list), "output_dir": "out",
+                "stage_overrides": {"r1": {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": epochs,
+                                           "save-epochs": 1, "seed": 1, "workers": 1, "base-lr": 0.002,
+                                           "mode": "pynative"}}},
+        "restart": {"max_restarts": 1, "backoff_s": 1, "backoff_max_s": 1},
+        "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
+        "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3},
+    }
+    path = tmp_path / "slurm-test.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def launcher(*args: str) -> list:
+    return [sys.executable, "-m", "launcher.cli", *args]
+
+
+def record(job_dir: Path) -> dict:
+    try:
+        return json.loads((job_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def wait_for(what: str, check, timeout: float = 300, proc=None, err=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"launcher ended ({proc.returncode}) before {what}:\n"
+                                 f"{err.read_text() if err else ''}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout} s" + (f":\n{err.read_text()[-3000:]}" if err else ""))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def saved(ckpt_dir: Path) -> list:
+    entries, _ = mf.scan(ckpt_dir, check_hash=False)
+    return sorted(e.manifest.epoch for e in entries)
+
+
+def test_r1_in_an_allocation_restarts_in_it_after_kill9(tmp_path, train_list, slurm_cluster, env):
+    cluster = cluster_file(tmp_path, train_list, epochs=2)
+    runs, err, job_id = tmp_path / "runs", tmp_path / "launcher.err", "slurm-kill9"
+    job_dir = runs / job_id
+    proc = subprocess.Popen(["salloc", "-N2", "-J", "kill9", *launcher(
+        "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs), "--job-id", job_id)],
+        env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+    ckpt = {node: tmp_path / "nodes" / node / "out" / "r1" / "ckpt" for node in ("n1", "n2")}
+    try:
+        wait_for("the first checkpoint on both nodes", lambda: all(saved(d) for d in ckpt.values()), proc=proc,
+                 err=err)
+        pid = next(p["pid"] for p in record(job_dir)["attempts"][0]["processes"] if p["name"] == "r1")
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(400) == 0, err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert tagged(job_id) == [], "processes of the job outlived it"
+    stderr = err.read_text()
+    rec = record(job_dir)
+    assert rec["state"] == "SUCCEEDED", stderr
+    first, second = rec["attempts"]
+    failure = first["failure"]
+    assert (failure["rank"], failure["host"], failure["signal"]) == (1, "n2", 9), failure
+    assert second["resume"].startswith(f"refinenet-1_{STEPS}.ckpt (epoch 1"), second["resume"]
+    # one allocation for both attempts: the nodes and Slurm job id recorded once, steps of that job
+    assert rec["slurm"]["nodes"] == ["n1", "n2"] and rec["slurm"]["job_id"]
+    assert stderr.count("salloc: Granted job allocation") == 1
+    log = (job_dir / "logs" / "job.log").read_text()
+    assert "[r0 n1] epoch: 2 step: 3, loss is" in log and "[r1 n2] epoch: 2 step: 3, loss is" in log, log[-2000:]
+    # node-local folders: each node kept its own copy of every checkpoint
+    assert saved(ckpt["n1"]) == saved(ckpt["n2"]) == [1, 2]
+    assert (job_dir / "logs" / "rank_1.log").is_file()
+
+
+def test_submit_runs_to_succeeded_with_one_writer_on_shared_storage(tmp_path, train_list, slurm_cluster, env):
+    cluster = cluster_file(tmp_path, train_list, epochs=1, workdir=str(tmp_path / "shared"))
+    data = yaml.safe_load(cluster.read_text())
+    cluster.write_text(yaml.safe_dump({**data, "storage": "shared"}))
+    runs = tmp_path / "runs"
+    t0 = time.monotonic()
+    out = subprocess.run(launcher("submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs),
+                                  "--job-id", "submitted"), env=env, cwd=str(tmp_path), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - t0 < 30 and "submitted: Slurm job " in out.stdout and "job submitted" in out.stdout
+    job_dir = runs / "submitted"
+    slurm_id = record(job_dir)["slurm"]["job_id"]
+    seen = set()
+
+    def final():
+        shown = subprocess.run(launcher("status", "submitted", "--runs-dir", str(runs)), env=env,
+                               capture_output=True, text=True, timeout=30)
+        state = shown.stdout.split("state", 1)[1].split()[0] if "state" in shown.stdout else ""
+        seen.add(state.rstrip(","))
+        return shown if state.rstrip(",") in ("SUCCEEDED", "FAILED", "STOPPED") else None
+
+    shown = wait_for("the submitted job to end", final, timeout=300)
+    assert "state     SUCCEEDED" in shown.stdout, shown.stdout + (job_dir / "logs" / "job.log").read_text()
+    assert f"slurm     job {slurm_id} (submitted, nodes n1,n2" in shown.stdout
+    assert "RUNNING" in seen or "STARTING" in seen, seen
+    listed = subprocess.run(launcher("list", "--runs-dir", str(runs)), env=env, capture_output=True, text=True)
+    assert "submitted  SUCCEEDED" in listed.stdout
+    log = (job_dir / "logs" / "job.log").read_text()
+    assert "[r0 n1] saved checkpoint" in log and "[r1 n2] saved checkpoint" not in log, log[-2000:]
+    assert saved(tmp_path / "shared" / "out" / "r1" / "ckpt") == [1]
+    assert (job_dir / f"slurm-{slurm_id}.out").is_file()
+
+
+def test_stop_of_a_running_and_of_a_queued_submitted_job(tmp_path, train_list, slurm_cluster, env):
+    cluster = cluster_file(tmp_path, train_list, epochs=50)
+    runs = tmp_path / "runs"
+    for job_id, extra in (("queued", ["--override", "slurm.sbatch_options=[--hold]"]), ("running", [])):
+        out = subprocess.run(launcher("submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir",
+                                      str(runs), "--job-id", job_id, *extra), env=env, cwd=str(tmp_path),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+
+    def status(job_id: str) -> str:
+        return subprocess.run(launcher("status", job_id, "--runs-dir", str(runs)), env=env, capture_output=True,
+                              text=True, timeout=30).stdout
+
+    assert "state     PENDING" in status("queued") and "PENDING (JobHeldUser)" in status("queued")
+    wait_for("rank steps", lambda: sum(1 for line in (runs / "running" / "logs" / "job.log").read_text()
+                                       .splitlines() if "epoch: 1 step:" in line) >= 2
+             if (runs / "running" / "logs" / "job.log").exists() else False)
+    for job_id in ("running", "queued"):
+        t0 = time.monotonic()
+        stopped = subprocess.run(launcher("stop", job_id, "--runs-dir", str(runs)), env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0 and f"job {job_id}: STOPPED" in stopped.stdout, stopped
+        assert time.monotonic() - t0 < 20, (time.monotonic() - t0, stopped.stdout, stopped.stderr)
+        assert record(runs / job_id)["state"] == "STOPPED"
+    wait_for("Slurm to forget both jobs", lambda: not slurm_cluster.run("squeue", "-h").stdout.strip(), 30)
+    assert tagged("running") == [], "ranks outlived stop"
+    marks = ("launcher.cli", "refinenet.train", "refinenet.scheduler", "refinenet-agent")
+    assert not [p for p in slurm_cluster.pids() if any(m in _cmdline(p) for m in marks)]
+
+
+def test_refused_before_anything_is_submitted_or_started(tmp_path, train_list, slurm_cluster, env):
+    cluster = cluster_file(tmp_path, train_list, epochs=1)
+    runs = tmp_path / "runs"
+    cases = [
+        (launcher("submit", "--cluster", str(cluster), "--stage", "r1", "--override", "slurm.partition=nope"),
+         "slurm.partition: partition 'nope' does not exist"),
+        (launcher("submit", "--cluster", str(cluster), "--stage", "r1", "--override", "slurm.nodes=3"),
+         "slurm.nodes is 3 but partition debug has 2 node(s)"),
+        (["salloc", "-N1", *launcher("--cluster", str(cluster), "--stage", "r1")],
+         "slurm.nodes is 2 but Slurm allocation"),
+        (launcher("--cluster", str(cluster), "--stage", "r1"), "backend slurm runs inside a Slurm allocation"),
+        (launcher("submit", "--cluster", str(cluster), "--stage", "r1", "--override", "slurm.srun_options=-K"),
+         "slurm.srun_options: expected a list of options"),
+    ]
+    for argv, message in cases:
+        out = subprocess.run([*argv, "--runs-dir", str(runs)], env=env, cwd=str(tmp_path), capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, (argv, out.returncode, out.stderr)
+    assert not runs.exists() or not list(runs.iterdir())
+    assert not slurm_cluster.run("squeue", "-h").stdout.strip()
+
+
+def test_dry_run_in_an_allocation_prints_the_srun_lines(tmp_path, train_list, slurm_cluster, env):
+    cluster = cluster_file(tmp_path, train_list, epochs=1, srun_options=["--mem=0"])
+    out = subprocess.run(["salloc", "-N2", *launcher("--cluster", str(cluster), "--stage", "r1", "--dry-run",
+                                                     "--runs-dir", str(tmp_path / "runs"))],
+                         env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for node in ("n1", "n2"):
+        assert f"[{node}] {slurm_cluster.node_addr(node)} (Slurm node)" in out.stdout
+        line = next(x for x in out.stdout.splitlines() if f"--nodelist={node}" in x)
+        assert "host agent started as a Slurm step: srun --jobid=" in line and "--overlap" in line
+        assert "--mem=0" in line and "--whole" in line
+    assert f"master {slurm_cluster.node_addr('n1')}:" in out.stdout
