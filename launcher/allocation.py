@@ -13,14 +13,16 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from launcher.errors import BadInput
-from launcher.slurm import expand_nodelist, parse_job_state, parse_node_addrs
+from launcher.slurm import expand_nodelist, parse_job_state, parse_node_addrs, time_limit_hit
 from launcher.spec import ClusterSpec, MasterSpec, host_order, slurm_host
 
-__all__ = ["Allocation", "current_allocation", "bind", "node_srun", "SRUN_TIMEOUT_S", "slurm_run"]
+__all__ = ["Allocation", "current_allocation", "bind", "node_srun", "SRUN_TIMEOUT_S", "slurm_run",
+           "time_is_up", "ending", "time_limit_reason"]
 
 SRUN_TIMEOUT_S = 30.0
 #: What every command on a node runs under: a one-task step on that node sharing the allocation's resources
@@ -86,6 +88,37 @@ def _ip_of(node: str, addr: str, job_id: str) -> str:
         raise BadInput(f"Slurm allocation {job_id}: node {node}'s address {addr!r} does not resolve to an IP "
                        f"address ({exc.strerror}); MindSpore's scheduler needs one (set NodeAddr)") from None
     return str(infos[0][4][0])
+
+
+def time_is_up(end_time: str, now: Optional[float] = None, slack_s: float = 5.0) -> bool:
+    """Whether Slurm's `EndTime` (`2026-11-30T03:15:00`, local time) is past, give or take `slack_s`."""
+    try:
+        end = time.mktime(time.strptime(end_time, "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return False
+    return (time.time() if now is None else now) >= end - slack_s
+
+
+def time_limit_reason(allocation: Allocation) -> str:
+    return (f"the Slurm allocation's time limit ({allocation.time_limit}) ended the job "
+            f"(Slurm job {allocation.job_id}, end time {allocation.end_time})")
+
+
+def ending(allocation: Allocation, run: Run = slurm_run) -> str:
+    """Why the allocation is ending (its time limit, cancelled, ...), or "" while it runs on."""
+    if time_is_up(allocation.end_time):
+        return time_limit_reason(allocation)
+    try:
+        shown = run(["scontrol", "show", "job", "-o", allocation.job_id])
+        state = parse_job_state(shown.stdout)
+    except (ValueError, OSError, subprocess.SubprocessError):
+        return ""
+    if time_limit_hit(state):
+        return time_limit_reason(allocation)
+    if state.get("JobState") not in ("RUNNING", "CONFIGURING", "SUSPENDED", ""):
+        return (f"Slurm job {allocation.job_id} is ending ({state.get('JobState')}, reason "
+                f"{state.get('Reason')})")
+    return ""
 
 
 def node_srun(job_id: str, node: str, extra: Sequence[str] = ()) -> Tuple[str, ...]:

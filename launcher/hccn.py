@@ -66,17 +66,21 @@ def discover_device_ips(spec: ClusterSpec, read_file: ReadFile) -> Dict[str, Dic
     """
     if not uses_rank_table(spec.backend, spec.device):
         return {}
+    from launcher.fanout import fan_out
+
+    todo = [(i, host) for i, host in enumerate(spec.hosts) if host.device_ips is None]
+    texts = fan_out(lambda item: read_file(item[1], item[1].hccn_conf), todo, key=lambda item: item[0],
+                    width=spec.launch.fanout, catch=(OSError,))
     found: Dict[str, Dict[int, str]] = {}
-    for i, host in enumerate(spec.hosts):
-        if host.device_ips is not None:
-            continue
-        field = f"hosts[{i}].hccn_conf"
-        try:
-            text = read_file(host, host.hccn_conf)
-        except OSError as exc:
+    for i, host in todo:
+        slurm = spec.slurm is not None
+        field = "slurm.hccn_conf" if slurm else f"hosts[{i}].hccn_conf"
+        if i in texts.failed:
+            exc = texts.failed[i]
+            instead = "give --hccn-conf-dir" if slurm else f"give hosts[{i}].device_ips"
             raise ClusterFileError(spec.source, field,
                                    f"cannot read {host.hccn_conf} on host {host.name} to find the device IPs "
-                                   f"({exc.strerror or exc}); give hosts[{i}].device_ips instead") from None
-        table = parse_hccn_conf(text, f"{host.hccn_conf} on host {host.name}")
+                                   f"({exc.strerror or exc}); {instead} instead") from None
+        table = parse_hccn_conf(texts.succeeded[i], f"{host.hccn_conf} on host {host.name}")
         found[host.name] = ips_for_devices(host, table, spec.source, field, host.devices)
     return found

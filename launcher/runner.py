@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Sequence
 
+from launcher.allocation import ending, time_is_up, time_limit_reason
 from launcher.errors import BadInput, HostError, JobFailed
 from launcher.fanout import fan_out
 from launcher.jobs import JobDir, format_time
@@ -119,8 +120,7 @@ def _stop_on_signals(supervisor: Supervisor, allocation=None):
     def handler(signum, frame):
         why = f"{signal.Signals(signum).name} received"
         if allocation is not None and time_is_up(allocation.end_time):
-            why = (f"the Slurm allocation's time limit ({allocation.time_limit}) is reached "
-                   f"(job {allocation.job_id} ends at {allocation.end_time})")
+            why = time_limit_reason(allocation)
             supervisor.stop_reason = why
         supervisor.say(f"{why}: stopping the job on every host")
         supervisor.request_stop()
@@ -185,7 +185,8 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
                                         health_factory=_health_factory(transports, job), out=err,
                                         fanout=spec.launch.fanout, workload=factory.workload, pool=pool,
                                         last_stage=index == len(factories) - 1,
-                                        first_attempt=len(job.read().attempts) + 1)
+                                        first_attempt=len(job.read().attempts) + 1,
+                                        allocation_ended=(lambda: ending(allocation)) if allocation else None)
                 with _stop_on_signals(supervisor, allocation):
                     state = supervisor.run()
                 if state != JobState.SUCCEEDED:
@@ -193,17 +194,6 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
         return _report(job, state, supervisor, err)
     finally:
         close_all(transports)
-
-
-def time_is_up(end_time: str, now: Optional[float] = None, slack_s: float = 5.0) -> bool:
-    """Whether Slurm's `EndTime` (`2026-11-30T03:15:00`, local time) is past, give or take `slack_s`."""
-    import time as _time
-
-    try:
-        end = _time.mktime(_time.strptime(end_time, "%Y-%m-%dT%H:%M:%S"))
-    except (ValueError, OverflowError):
-        return False
-    return (_time.time() if now is None else now) >= end - slack_s
 
 
 def _parent(job_dir: str) -> str:

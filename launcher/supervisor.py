@@ -99,7 +99,8 @@ class Supervisor:
                  poll_s: float = 0.1, wait: Optional[Callable[[float], bool]] = None,
                  fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time,
                  workload: Optional[Workload] = None, pool: Optional[HostPool] = None,
-                 last_stage: bool = True, first_attempt: int = 1):
+                 last_stage: bool = True, first_attempt: int = 1,
+                 allocation_ended: Optional[Callable[[], str]] = None):
         self.spec, self.stage, self.plan_factory = spec, stage, plan_factory
         self.workload = workload or workload_for(stage)
         #: Active, spare and excluded hosts; None when the cluster has no spares (nothing to exclude).
@@ -119,6 +120,9 @@ class Supervisor:
         self.stop_event = threading.Event()
         #: Why the job is being stopped, when not by `stop` or a plain signal (a Slurm time limit).
         self.stop_reason = ""
+        #: Inside a Slurm allocation: why it is ending ("" while it is not); a failed attempt then ends
+        #: the job with that reason instead of restarting.
+        self.allocation_ended = allocation_ended
         self._wait = wait or self.stop_event.wait
         self.restarts_used = 0
         self.results: List[AttemptResult] = []
@@ -201,6 +205,10 @@ class Supervisor:
         """The restart policy's answer for how `result` ended."""
         stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
         failure = result.failure
+        if result.state != JobState.SUCCEEDED and self.allocation_ended is not None:
+            ended = self.stop_reason or self.allocation_ended()
+            if ended:
+                return Decision(Action.FINISH, JobState.FAILED, reason=ended)
         restart = self.spec.restart
         return decide(result.state, restarts_used=self.restarts_used, max_restarts=restart.max_restarts,
                       stop_requested=stop_asked, exit_code=failure.exit_code if failure else None,

@@ -223,7 +223,10 @@ def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
     spec = pool.spec if pool is not None else spec
     device_ips = {}
     everyone = dataclasses.replace(spec, hosts=spec.hosts + spec.spares)
-    if needs_discovery(everyone):
+    if spec.slurm is not None and not spec.hosts[0].srun:
+        # a dry run outside an allocation: the nodes and their device IPs are not known yet
+        device_ips = {h.name: {d: f"<{h.name} device {d} ip>" for d in h.devices} for h in spec.hosts}
+    elif needs_discovery(everyone):
         reader = read_file or (folder_reader(args.hccn_conf_dir) if args.hccn_conf_dir else host_reader())
         device_ips = discover_device_ips(everyone, reader)
     slots = place(spec, device_ips)
@@ -416,6 +419,9 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
             out.write(f"\nthen stage {stage} (same job, after {plan.stage} succeeded):\n")
             for p in later.processes:
                 out.write(f"  [{p.host}] {p.name}: {p.command}\n")
+        if spec.slurm is not None and not spec.hosts[0].srun:
+            out.write(f"\noutside a Slurm allocation: {spec.hosts[0].name}..{spec.hosts[-1].name} stand for "
+                      f"its nodes (their addresses and device IPs are read inside it: salloc, or submit)\n")
         out.write(f"\ndry run: nothing started; plan in {job_dir / PLAN_FILE}\n")
         return 0
     run_job = _optional("launcher.runner", "run_job")

@@ -195,6 +195,26 @@ def test_stop_of_a_running_and_of_a_queued_submitted_job(tmp_path, train_list, s
     assert not [p for p in slurm_cluster.pids() if any(m in _cmdline(p) for m in marks)]
 
 
+def test_the_time_limit_is_named_when_it_ends_the_job(tmp_path, train_list, slurm_cluster, env):
+    cluster = cluster_file(tmp_path, train_list, epochs=1, time_limit="1")
+    runs = tmp_path / "runs"
+    sleeper = [sys.executable, "-c", "import time; print('rank up', flush=True); time.sleep(600)"]
+    out = subprocess.run(launcher("submit", "--cluster", str(cluster), "--runs-dir", str(runs), "--job-id",
+                                  "limited", "--", *sleeper), env=env, cwd=str(tmp_path), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    wait_for("the job to end", lambda: record(runs / "limited").get("state") in ("FAILED", "STOPPED",
+                                                                                   "SUCCEEDED"), timeout=200)
+    rec = record(runs / "limited")
+    assert rec["state"] == "FAILED" and "the Slurm allocation's time limit (00:01:00) ended the job" in rec["message"], rec
+    assert len(rec["attempts"]) == 1, "no restart once the allocation's time is up"
+    shown = subprocess.run(launcher("status", "limited", "--runs-dir", str(runs)), env=env, capture_output=True,
+                           text=True, timeout=30).stdout
+    assert "time limit" in shown
+    wait_for("Slurm to end the job", lambda: not slurm_cluster.run("squeue", "-h").stdout.strip(), 60)
+    assert tagged("limited") == []
+
+
 def test_refused_before_anything_is_submitted_or_started(tmp_path, train_list, slurm_cluster, env):
     cluster = cluster_file(tmp_path, train_list, epochs=1)
     runs = tmp_path / "runs"

@@ -76,7 +76,7 @@ def test_ssh_host_fields():
 @pytest.mark.parametrize("data, field, words", [
     (base(colour="red"), "colour", "unknown key"),
     (base(hosts=[{"ranks": 1}, {"name": "b", "rank": 1}]), "hosts[1].rank", "unknown key"),
-    (base(backend="slurm"), "backend", "not one of"),
+    (base(backend="pbs"), "backend", "not one of"),
     (base(device="tpu"), "device", "not one of"),
     (base(backend="rank_table"), "backend", "ascend"),
     (base(hosts=[]), "hosts", "non-empty"),
