@@ -12,6 +12,7 @@ runs the stand-in workload of tests/e2e/standin.py (one step line every --step-s
 
 Ratios are against the SSH path measured in the same run. Needs root and `make system`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,18 @@ def slurm_cluster_file(folder: Path, nodes: int, ranks: int, python: str, step_s
     workdir = folder / "work"
     workdir.mkdir(exist_ok=True)
     (workdir / "train.lst").write_text("stand-in\n")
-    data = {"name": "slurm-bench", "backend": "slurm", "device": "cpu", "storage": "shared",
-            "slurm": {"nodes": nodes, "ranks_per_node": ranks, "python": python, "workdir": str(workdir)},
-            "env": standin.step_env(step_s), "job": {"data": "train.lst", "output_dir": "out"},
-            "restart": {"max_restarts": 0},
-            "health": {"interval_s": 5, "check_devices": False, "min_free_disk_gb": 0.1},
-            "timeouts": {"cluster_s": 120, "heartbeat_s": 30, "stop_grace_s": 3}}
+    data = {
+        "name": "slurm-bench",
+        "backend": "slurm",
+        "device": "cpu",
+        "storage": "shared",
+        "slurm": {"nodes": nodes, "ranks_per_node": ranks, "python": python, "workdir": str(workdir)},
+        "env": standin.step_env(step_s),
+        "job": {"data": "train.lst", "output_dir": "out"},
+        "restart": {"max_restarts": 0},
+        "health": {"interval_s": 5, "check_devices": False, "min_free_disk_gb": 0.1},
+        "timeouts": {"cluster_s": 120, "heartbeat_s": 30, "stop_grace_s": 3},
+    }
     path = folder / "cluster.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -65,12 +72,29 @@ def up_then_kill9(job: standin.LaunchedJob, world: int, timeout: float) -> Dict[
     return {"up": up, "gone": gone if not left else None}
 
 
-def submitted(cluster: Path, runs: Path, job_id: str, env: Dict[str, str], world: int,
-              timeout: float) -> Dict[str, Optional[float]]:
+def submitted(
+    cluster: Path, runs: Path, job_id: str, env: Dict[str, str], world: int, timeout: float
+) -> Dict[str, Optional[float]]:
     started = time.monotonic()
-    out = subprocess.run([*standin.launcher_command(), "submit", "--cluster", str(cluster), "--stage", "r1",
-                          "--runs-dir", str(runs), "--job-id", job_id], env=env, cwd=str(cluster.parent),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            *standin.launcher_command(),
+            "submit",
+            "--cluster",
+            str(cluster),
+            "--stage",
+            "r1",
+            "--runs-dir",
+            str(runs),
+            "--job-id",
+            job_id,
+        ],
+        env=env,
+        cwd=str(cluster.parent),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"submit failed: {out.stderr}")
     returned = time.monotonic() - started
@@ -86,8 +110,12 @@ def submitted(cluster: Path, runs: Path, job_id: str, env: Dict[str, str], world
         time.sleep(0.05)
     procs = standin.snapshot(job_id)
     sent = time.monotonic()
-    subprocess.run([*standin.launcher_command(), "stop", job_id, "--runs-dir", str(runs)], env=env,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [*standin.launcher_command(), "stop", job_id, "--runs-dir", str(runs)],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     stop_returned = time.monotonic() - sent
     gone, left = standin.gone_after(procs, sent, 30.0)
     return {"submit": returned, "up": up, "stop": stop_returned, "gone": gone if not left else None}
@@ -110,14 +138,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     python = standin.install(root / "standin")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     servers = []
-    with SlurmCluster(root / "slurm", nodes=args.nodes, bridge="rnbench0", netns_prefix="rnbench",
-                      cluster_name="rnbench") as cluster:
+    with SlurmCluster(
+        root / "slurm", nodes=args.nodes, bridge="rnbench0", netns_prefix="rnbench", cluster_name="rnbench"
+    ) as cluster:
         env.update(cluster.env)
         try:
             key = ClientKey.create(root / "client")
             servers = start_servers(root / "hosts", key, args.nodes)
-            ssh_cluster = standin.cluster_file(root / "ssh", [s.host() for s in servers], args.ranks, python,
-                                               standin.step_env(args.step_s), name="ssh-bench")
+            ssh_cluster = standin.cluster_file(
+                root / "ssh",
+                [s.host() for s in servers],
+                args.ranks,
+                python,
+                standin.step_env(args.step_s),
+                name="ssh-bench",
+            )
             slurm_cluster = slurm_cluster_file(root / "slurmjob", args.nodes, args.ranks, python, args.step_s)
             rows: Dict[str, List[Dict[str, Optional[float]]]] = {"slurm": [], "ssh": [], "submit": []}
             salloc = ["salloc", f"-N{args.nodes}", *standin.launcher_command()]
@@ -127,25 +162,34 @@ def main(argv: Optional[List[str]] = None) -> int:
                 rows["slurm"].append(up_then_kill9(job, world, timeout))
                 job = standin.LaunchedJob(ssh_cluster, root / "runs", f"ssh-{i}", env)
                 rows["ssh"].append(up_then_kill9(job, world, timeout))
-                rows["submit"].append(submitted(slurm_cluster, root / "runs", f"sub-{i}", env, world, timeout))
+                rows["submit"].append(
+                    submitted(slurm_cluster, root / "runs", f"sub-{i}", env, world, timeout)
+                )
                 cluster.cancel_all()
         finally:
             stop_servers(servers)
-    print(f"\n{args.nodes} nodes x {args.ranks} ranks = {world} ranks, stand-in step every {args.step_s} s, "
-          f"{args.repeat} runs each (median)\n")
+    print(
+        f"\n{args.nodes} nodes x {args.ranks} ranks = {world} ranks, stand-in step every {args.step_s} s, "
+        f"{args.repeat} runs each (median)\n"
+    )
     med = {k: {m: _median([r[m] for r in v]) for m in v[0]} for k, v in rows.items()}
-    ssh_up, ssh_gone = med["ssh"]["up"], med["ssh"]["gone"]
-    print("| path | start -> every rank's first step (s) | vs SSH | kill -9 of a rank -> every process gone (s) |")
+    ssh_up = med["ssh"]["up"]
+    print("| path | start -> every rank's first step (s) | vs SSH "
+          "| kill -9 of a rank -> every process gone (s) |")
     print("|---|---|---|---|")
-    for name, label in (("slurm", "Slurm: salloc + launcher (agents as srun steps)"),
-                        ("ssh", "SSH: launcher over sshd (same hosts count)")):
+    for name, label in (
+        ("slurm", "Slurm: salloc + launcher (agents as srun steps)"),
+        ("ssh", "SSH: launcher over sshd (same hosts count)"),
+    ):
         up, gone = med[name]["up"], med[name]["gone"]
         ratio = f"{up / ssh_up:.2f}x" if up and ssh_up else "-"
         print(f"| {label} | {fmt(up)} | {ratio} | {fmt(gone)} |")
     s = med["submit"]
-    print(f"\nsubmit: sbatch returned after {fmt(s['submit'])} s; every rank's first step line "
-          f"{fmt(s['up'])} s after submit; stop returned after {fmt(s['stop'])} s, every process gone "
-          f"{fmt(s['gone'])} s after stop began")
+    print(
+        f"\nsubmit: sbatch returned after {fmt(s['submit'])} s; every rank's first step line "
+        f"{fmt(s['up'])} s after submit; stop returned after {fmt(s['stop'])} s, every process gone "
+        f"{fmt(s['gone'])} s after stop began"
+    )
     print(json.dumps(rows), file=sys.stderr)
     with contextlib.suppress(OSError):
         subprocess.run(["rm", "-rf", str(root)], check=False)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from typing import Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
+from launcher.slurm import parse_task_failures
 from launcher.transport import guard
-from launcher.transport.base import HostError
+from launcher.transport.base import CommandResult, HostError
 from launcher.transport.guarded import guard_argv, guard_source
 from launcher.transport.local import DEFAULT_GRACE_S, LocalTransport
 
@@ -59,6 +60,17 @@ class SlurmTransport(LocalTransport):
 
     def _guard_argv(self, mode: str) -> list:
         return self.step_argv(guard_argv(self.python, mode))
+
+    def exec(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
+             cwd: Optional[str] = None, timeout: float = 60.0) -> CommandResult:
+        """As on any host; srun's own report of the step's exit status is left out of stderr (the
+        status is the command's own, from the guard)."""
+        result = super().exec(argv, env=env, cwd=cwd, timeout=timeout)
+        own = {f.line for f in parse_task_failures(result.stderr)}
+        if not own:
+            return result
+        kept = "".join(line for line in result.stderr.splitlines(keepends=True) if line.rstrip() not in own)
+        return CommandResult(result.returncode, result.stdout, kept)
 
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
                    verify_env: Optional[Tuple[str, str]] = None) -> bool:

@@ -1,4 +1,5 @@
 """`backend: slurm` without a cluster: the cluster file section, binding an allocation, the batch script."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,39 +20,76 @@ from launcher.transport.slurm import SlurmTransport
 
 
 def data(**slurm):
-    return {"name": "s", "backend": "slurm", "device": "cpu",
-            "slurm": {"nodes": 2, "ranks_per_node": 2, "workdir": "/scratch/{node}", "python": "/venv/bin/python",
-                      **slurm}}
+    return {
+        "name": "s",
+        "backend": "slurm",
+        "device": "cpu",
+        "slurm": {
+            "nodes": 2,
+            "ranks_per_node": 2,
+            "workdir": "/scratch/{node}",
+            "python": "/venv/bin/python",
+            **slurm,
+        },
+    }
 
 
 def test_slurm_section_gives_placeholder_hosts_and_the_rank_backend():
-    spec = parse_cluster({**data(partition="debug", time_limit="1-02:00:00", sbatch_options=["--exclusive"]),
-                          "storage": "shared"}, "f.yaml")
+    spec = parse_cluster(
+        {
+            **data(partition="debug", time_limit="1-02:00:00", sbatch_options=["--exclusive"]),
+            "storage": "shared",
+        },
+        "f.yaml",
+    )
     assert spec.backend == "dynamic" and spec.storage == "shared" and spec.world_size == 4
     assert [h.name for h in spec.hosts] == ["node1", "node2"] and not spec.hosts[0].is_local
     assert spec.hosts[1].workdir == "/scratch/node2" and spec.slurm.sbatch_options == ("--exclusive",)
-    ascend = parse_cluster({"name": "a", "backend": "slurm", "device": "ascend",
-                            "slurm": {"nodes": 1, "devices": [0, 1]}}, "f.yaml")
+    ascend = parse_cluster(
+        {"name": "a", "backend": "slurm", "device": "ascend", "slurm": {"nodes": 1, "devices": [0, 1]}},
+        "f.yaml",
+    )
     assert ascend.backend == "rank_table" and ascend.hosts[0].devices == (0, 1)
 
 
-@pytest.mark.parametrize("change, field, words", [
-    ({"hosts": [{"name": "a", "ranks": 1}]}, "hosts", "not with backend slurm"),
-    ({"spares": [{"name": "a", "ranks": 1}]}, "spares", "not with backend slurm"),
-    ({"master": {"host": "a"}}, "master.host", "first node of the allocation"),
-    ({"slurm": {"ranks_per_node": 1}}, "slurm.nodes", "required"),
-    ({"slurm": {"nodes": 2}}, "slurm.ranks_per_node", "required for device cpu"),
-    ({"slurm": {"nodes": 2, "devices": [0]}}, "slurm.devices", "no device ids"),
-    ({"slurm": {"nodes": 2, "ranks_per_node": 1, "srun_options": "--mpi=none -K"}}, "slurm.srun_options",
-     "one argument per item"),
-    ({"slurm": {"nodes": 2, "ranks_per_node": 1, "sbatch_options": ["exclusive"]}}, "slurm.sbatch_options[0]",
-     "is not an option"),
-    ({"slurm": {"nodes": 2, "ranks_per_node": 1, "time_limit": "soon"}}, "slurm.time_limit", "time limit"),
-    ({"slurm": {"nodes": 2, "ranks_per_node": 1, "workdir": "/x/{host}"}}, "slurm.workdir", "{node}"),
-    ({"slurm": {"nodes": 2, "ranks_per_node": 1, "ranks_with": "rank_table"}}, "slurm.ranks_with", "ascend"),
-    ({"slurm": {"nodes": 2, "ranks_per_node": 1, "partition": "a b"}}, "slurm.partition", "partition name"),
-    ({"storage": "nfs"}, "storage", "local, shared"),
-])
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        ({"hosts": [{"name": "a", "ranks": 1}]}, "hosts", "not with backend slurm"),
+        ({"spares": [{"name": "a", "ranks": 1}]}, "spares", "not with backend slurm"),
+        ({"master": {"host": "a"}}, "master.host", "first node of the allocation"),
+        ({"slurm": {"ranks_per_node": 1}}, "slurm.nodes", "required"),
+        ({"slurm": {"nodes": 2}}, "slurm.ranks_per_node", "required for device cpu"),
+        ({"slurm": {"nodes": 2, "devices": [0]}}, "slurm.devices", "no device ids"),
+        (
+            {"slurm": {"nodes": 2, "ranks_per_node": 1, "srun_options": "--mpi=none -K"}},
+            "slurm.srun_options",
+            "one argument per item",
+        ),
+        (
+            {"slurm": {"nodes": 2, "ranks_per_node": 1, "sbatch_options": ["exclusive"]}},
+            "slurm.sbatch_options[0]",
+            "is not an option",
+        ),
+        (
+            {"slurm": {"nodes": 2, "ranks_per_node": 1, "time_limit": "soon"}},
+            "slurm.time_limit",
+            "time limit",
+        ),
+        ({"slurm": {"nodes": 2, "ranks_per_node": 1, "workdir": "/x/{host}"}}, "slurm.workdir", "{node}"),
+        (
+            {"slurm": {"nodes": 2, "ranks_per_node": 1, "ranks_with": "rank_table"}},
+            "slurm.ranks_with",
+            "ascend",
+        ),
+        (
+            {"slurm": {"nodes": 2, "ranks_per_node": 1, "partition": "a b"}},
+            "slurm.partition",
+            "partition name",
+        ),
+        ({"storage": "nfs"}, "storage", "local, shared"),
+    ],
+)
 def test_bad_slurm_sections_name_the_field(change, field, words):
     with pytest.raises(ClusterFileError) as err:
         parse_cluster({**data(), **change}, "f.yaml")
@@ -60,8 +98,16 @@ def test_bad_slurm_sections_name_the_field(change, field, words):
 
 def test_a_slurm_section_without_backend_slurm_is_refused():
     with pytest.raises(ClusterFileError) as err:
-        parse_cluster({"name": "s", "backend": "dynamic", "device": "cpu", "hosts": [{"name": "a", "ranks": 1}],
-                       "slurm": {"nodes": 1}}, "f.yaml")
+        parse_cluster(
+            {
+                "name": "s",
+                "backend": "dynamic",
+                "device": "cpu",
+                "hosts": [{"name": "a", "ranks": 1}],
+                "slurm": {"nodes": 1},
+            },
+            "f.yaml",
+        )
     assert err.value.field == "slurm"
 
 
@@ -83,7 +129,9 @@ def test_bind_takes_the_first_nodes_and_the_lowest_address_as_master():
 
 def test_bind_refuses_an_allocation_too_small_naming_both_sides():
     spec = parse_cluster(data(nodes=3), "f.yaml")
-    with pytest.raises(BadInput, match=r"slurm.nodes is 3 but Slurm allocation 77 has 2 node\(s\) \(n1, n2\)"):
+    with pytest.raises(
+        BadInput, match=r"slurm.nodes is 3 but Slurm allocation 77 has 2 node\(s\) \(n1, n2\)"
+    ):
         bind(spec, allocation("n1", "n2"))
 
 
@@ -91,6 +139,7 @@ def fake_run(node_text: str, job_text: str = ""):
     def run(argv):
         text = node_text if argv[2] == "node" else job_text
         return subprocess.CompletedProcess(argv, 0, text, "")
+
     return run
 
 
@@ -99,11 +148,14 @@ def test_current_allocation_reads_the_environment_and_node_addresses():
     nodes = "NodeName=n1 Arch=x86_64 NodeAddr=10.1.0.5 NodeHostName=n1\nNodeName=n2 NodeAddr=localhost\n"
     job = "JobId=5 JobState=RUNNING TimeLimit=00:10:00 EndTime=2026-11-30T03:10:00 NodeList=n[1-2]\n"
     found = current_allocation({"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[1-2]"}, fake_run(nodes, job))
-    assert found == Allocation("5", ("n1", "n2"), {"n1": "10.1.0.5", "n2": "127.0.0.1"}, "00:10:00",
-                               "2026-11-30T03:10:00")
+    assert found == Allocation(
+        "5", ("n1", "n2"), {"n1": "10.1.0.5", "n2": "127.0.0.1"}, "00:10:00", "2026-11-30T03:10:00"
+    )
     with pytest.raises(BadInput, match="does not resolve to an IP address"):
-        current_allocation({"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1"},
-                           fake_run("NodeName=n1 NodeAddr=no-such-host.invalid\n"))
+        current_allocation(
+            {"SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n1"},
+            fake_run("NodeName=n1 NodeAddr=no-such-host.invalid\n"),
+        )
 
 
 def test_time_limit_and_ending():
@@ -111,24 +163,42 @@ def test_time_limit_and_ending():
     assert not time_is_up(stamp) and time_is_up(stamp, now=time.time() + 58) and not time_is_up("Unknown")
     running = Allocation("5", ("n1",), {"n1": "10.0.0.1"}, "00:01:00", stamp)
     assert ending(running, fake_run("", "JobId=5 JobState=RUNNING Reason=None")) == ""
-    assert "time limit (00:01:00)" in ending(running, fake_run("", "JobId=5 JobState=TIMEOUT Reason=TimeLimit"))
+    assert "time limit (00:01:00)" in ending(
+        running, fake_run("", "JobId=5 JobState=TIMEOUT Reason=TimeLimit")
+    )
     assert "is ending (CANCELLED" in ending(running, fake_run("", "JobId=5 JobState=CANCELLED Reason=None"))
     past = Allocation("5", ("n1",), {}, "00:01:00", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()))
     assert "time limit" in ending(past, fake_run("", ""))
 
 
 def test_the_batch_script_and_sbatch_line_quote_every_value(tmp_path):
-    spec = parse_cluster(data(partition="debug", time_limit="30", account="proj", sbatch_options=["--qos=low"]),
-                         "f.yaml")
+    spec = parse_cluster(
+        data(partition="debug", time_limit="30", account="proj", sbatch_options=["--qos=low"]), "f.yaml"
+    )
     job_dir = tmp_path / "runs" / "j1"
     command = submit.sbatch_argv(spec, "j1", job_dir, job_dir / "sbatch.sh")
-    assert command[:5] == ["sbatch", "--parsable", "--job-name=refinenet-j1", "--nodes=2", "--ntasks-per-node=1"]
+    assert command[:5] == [
+        "sbatch",
+        "--parsable",
+        "--job-name=refinenet-j1",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+    ]
     assert {"--partition=debug", "--time=30", "--account=proj"} <= set(command)
     assert command[-2:] == ["--qos=low", str(job_dir / "sbatch.sh")]
     nasty = "a b'$(touch /tmp/owned)"
-    args = argparse.Namespace(cluster=str(tmp_path / "c.yaml"), stage="r1", set=[f"data={nasty}"], override=[],
-                              exclude_host=[], max_restarts=1, ranks=None, show_framework_logs=True,
-                              hccn_conf_dir=None, command=None)
+    args = argparse.Namespace(
+        cluster=str(tmp_path / "c.yaml"),
+        stage="r1",
+        set=[f"data={nasty}"],
+        override=[],
+        exclude_host=[],
+        max_restarts=1,
+        ranks=None,
+        show_framework_logs=True,
+        hccn_conf_dir=None,
+        command=None,
+    )
     argv = submit.launcher_argv(args, "/venv/bin/python", job_dir)
     script = template("sbatch.sh.j2").render(job_id="j1", cwd=str(tmp_path / "w d"), argv=argv)
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
