@@ -2,11 +2,11 @@
 
 Inside an allocation (`salloc -N2 refinenet-launch ...`): r1 with one rank on each node, node-local output
 folders (`workdir: .../{node}`), a rank SIGKILLed after the first checkpoint and the job restarted in the
-same allocation from that checkpoint. Through `submit`: status until SUCCEEDED on shared storage (one
-checkpoint writer), `stop` of a running and of a queued job, and the inputs that must be refused with
-exit 2 before anything is submitted or started.
+same allocation from that checkpoint. Through `submit`: status and `logs --follow` until SUCCEEDED on
+shared storage (one checkpoint writer), `stop` of a running and of a queued job, the time limit named when
+it ends a job, and the inputs refused with exit 2 before anything is submitted or started. Also files,
+commands and signals on a node through srun, and an Ascend rank table from hccn.conf read on each node.
 """
-
 from __future__ import annotations
 
 import json
@@ -26,18 +26,16 @@ from tests.e2e.test_resilience_faults import tagged
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 3  # 6 training images, 2 ranks, batch 1
+FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 @pytest.fixture(scope="module")
 def train_list(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    for cmd in (
-        ["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
-        ["lists", "--data-root", str(root)],
-    ):
-        subprocess.run(
-            [sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True, timeout=120
-        )
+    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
+                ["lists", "--data-root", str(root)]):
+        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
+                       timeout=120)
     return root / "sbd_train_lst.txt"
 
 
@@ -47,39 +45,15 @@ def env(slurm_cluster, child_env) -> dict:
 
 
 def cluster_file(tmp_path: Path, train_list: Path, epochs: int, **slurm) -> Path:
-    data = {
-        "name": "slurm-test",
-        "backend": "slurm",
-        "device": "cpu",
-        "slurm": {
-            "nodes": 2,
-            "ranks_per_node": 1,
-            "partition": "debug",
-            "python": sys.executable,
-            "workdir": str(tmp_path / "nodes" / "{node}"),
-            **slurm,
-        },
-        "job": {
-            "data": str(train_list),
-            "output_dir": "out",
-            "stage_overrides": {
-                "r1": {
-                    "depth": 18,
-                    "crop-size": 33,
-                    "batch-size": 1,
-                    "epochs": epochs,
-                    "save-epochs": 1,
-                    "seed": 1,
-                    "workers": 1,
-                    "base-lr": 0.002,
-                    "mode": "pynative",
-                }
-            },
-        },
-        "restart": {"max_restarts": 1, "backoff_s": 1, "backoff_max_s": 1},
-        "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
-        "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3},
-    }
+    r1 = {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": epochs, "save-epochs": 1, "seed": 1,
+          "workers": 1, "base-lr": 0.002, "mode": "pynative"}
+    data = {"name": "slurm-test", "backend": "slurm", "device": "cpu",
+            "slurm": {"nodes": 2, "ranks_per_node": 1, "partition": "debug", "python": sys.executable,
+                      "workdir": str(tmp_path / "nodes" / "{node}"), **slurm},
+            "job": {"data": str(train_list), "output_dir": "out", "stage_overrides": {"r1": r1}},
+            "restart": {"max_restarts": 1, "backoff_s": 1, "backoff_max_s": 1},
+            "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
+            "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}}
     path = tmp_path / "slurm-test.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -87,6 +61,12 @@ def cluster_file(tmp_path: Path, train_list: Path, epochs: int, **slurm) -> Path
 
 def launcher(*args: str) -> list:
     return [sys.executable, "-m", "launcher.cli", *args]
+
+
+def cli(env: dict, cwd: Path, *args: str, nodes: int = 0, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`refinenet-launch ARGS` to completion, inside a `salloc -N nodes` allocation when `nodes`."""
+    argv = (["salloc", f"-N{nodes}"] if nodes else []) + launcher(*args)
+    return subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
 
 
 def record(job_dir: Path) -> dict:
@@ -103,9 +83,8 @@ def wait_for(what: str, check, timeout: float = 300, proc=None, err=None):
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(
-                f"launcher ended ({proc.returncode}) before {what}:\n{err.read_text() if err else ''}"
-            )
+            raise AssertionError(f"launcher ended ({proc.returncode}) before {what}:\n"
+                                 f"{err.read_text() if err else ''}")
         time.sleep(0.2)
     raise AssertionError(f"no {what} within {timeout} s" + (f":\n{err.read_text()[-3000:]}" if err else ""))
 
@@ -122,33 +101,21 @@ def saved(ckpt_dir: Path) -> list:
     return sorted(e.manifest.epoch for e in entries)
 
 
+def no_slurm_jobs(cluster) -> bool:
+    return not cluster.run("squeue", "-h").stdout.strip()
+
+
 def test_r1_in_an_allocation_restarts_in_it_after_kill9(tmp_path, train_list, slurm_cluster, env):
     cluster = cluster_file(tmp_path, train_list, epochs=2)
     runs, err, job_id = tmp_path / "runs", tmp_path / "launcher.err", "slurm-kill9"
     job_dir = runs / job_id
-    proc = subprocess.Popen(
-        [
-            "salloc",
-            "-N2",
-            "-J",
-            "kill9",
-            *launcher(
-                "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs), "--job-id", job_id
-            ),
-        ],
-        env=env,
-        cwd=str(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=open(err, "w"),
-    )
+    proc = subprocess.Popen(["salloc", "-N2", "-J", "kill9", *launcher(
+        "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs), "--job-id", job_id)],
+        env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=open(err, "w"))
     ckpt = {node: tmp_path / "nodes" / node / "out" / "r1" / "ckpt" for node in ("n1", "n2")}
     try:
-        wait_for(
-            "the first checkpoint on both nodes",
-            lambda: all(saved(d) for d in ckpt.values()),
-            proc=proc,
-            err=err,
-        )
+        wait_for("the first checkpoint on both nodes", lambda: all(saved(d) for d in ckpt.values()),
+                 proc=proc, err=err)
         pid = next(p["pid"] for p in record(job_dir)["attempts"][0]["processes"] if p["name"] == "r1")
         os.kill(pid, signal.SIGKILL)
         assert proc.wait(400) == 0, err.read_text()
@@ -167,9 +134,8 @@ def test_r1_in_an_allocation_restarts_in_it_after_kill9(tmp_path, train_list, sl
     assert rec["slurm"]["nodes"] == ["n1", "n2"] and rec["slurm"]["job_id"]
     assert stderr.count("salloc: Granted job allocation") == 1
     log = (job_dir / "logs" / "job.log").read_text()
-    assert "[r0 n1] epoch: 2 step: 3, loss is" in log and "[r1 n2] epoch: 2 step: 3, loss is" in log, log[
-        -2000:
-    ]
+    for rank, node in ((0, "n1"), (1, "n2")):
+        assert f"[r{rank} {node}] epoch: 2 step: 3, loss is" in log, log[-2000:]
     # node-local folders: each node kept its own copy of every checkpoint
     assert saved(ckpt["n1"]) == saved(ckpt["n2"]) == [1, 2]
     assert (job_dir / "logs" / "rank_1.log").is_file()
@@ -177,65 +143,33 @@ def test_r1_in_an_allocation_restarts_in_it_after_kill9(tmp_path, train_list, sl
 
 def test_submit_runs_to_succeeded_with_one_writer_on_shared_storage(tmp_path, train_list, slurm_cluster, env):
     cluster = cluster_file(tmp_path, train_list, epochs=1, workdir=str(tmp_path / "shared"))
-    data = yaml.safe_load(cluster.read_text())
-    cluster.write_text(yaml.safe_dump({**data, "storage": "shared"}))
+    cluster.write_text(yaml.safe_dump({**yaml.safe_load(cluster.read_text()), "storage": "shared"}))
     runs = tmp_path / "runs"
     t0 = time.monotonic()
-    out = subprocess.run(
-        launcher(
-            "submit",
-            "--cluster",
-            str(cluster),
-            "--stage",
-            "r1",
-            "--runs-dir",
-            str(runs),
-            "--job-id",
-            "submitted",
-        ),
-        env=env,
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli(env, tmp_path, "submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs),
+              "--job-id", "submitted")
     assert out.returncode == 0, out.stderr
-    assert (
-        time.monotonic() - t0 < 30 and "submitted: Slurm job " in out.stdout and "job submitted" in out.stdout
-    )
+    assert time.monotonic() - t0 < 30, "submit waits for nothing but sbatch"
+    assert "submitted: Slurm job " in out.stdout and "job submitted" in out.stdout
     job_dir = runs / "submitted"
     slurm_id = record(job_dir)["slurm"]["job_id"]
-    follow = subprocess.Popen(
-        launcher("logs", "submitted", "--follow", "--runs-dir", str(runs)),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    follow = subprocess.Popen(launcher("logs", "submitted", "--follow", "--runs-dir", str(runs)), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = set()
 
     def final():
-        shown = subprocess.run(
-            launcher("status", "submitted", "--runs-dir", str(runs)),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        state = shown.stdout.split("state", 1)[1].split()[0] if "state" in shown.stdout else ""
-        seen.add(state.rstrip(","))
-        return shown if state.rstrip(",") in ("SUCCEEDED", "FAILED", "STOPPED") else None
+        shown = cli(env, tmp_path, "status", "submitted", "--runs-dir", str(runs)).stdout
+        state = shown.split("state", 1)[1].split()[0].rstrip(",") if "state" in shown else ""
+        seen.add(state)
+        return shown if state in FINAL else None
 
     shown = wait_for("the submitted job to end", final, timeout=300)
-    assert "state     SUCCEEDED" in shown.stdout, shown.stdout + (job_dir / "logs" / "job.log").read_text()
-    assert f"slurm     job {slurm_id} (submitted, nodes n1,n2" in shown.stdout
+    assert "state     SUCCEEDED" in shown, shown + (job_dir / "logs" / "job.log").read_text()
+    assert f"slurm     job {slurm_id} (submitted, nodes n1,n2" in shown
     assert "RUNNING" in seen or "STARTING" in seen, seen
     followed, _ = follow.communicate(timeout=60)
     assert follow.returncode == 0 and "[r1 n2] epoch: 1 step: 3, loss is" in followed, followed[-2000:]
-    listed = subprocess.run(
-        launcher("list", "--runs-dir", str(runs)), env=env, capture_output=True, text=True
-    )
-    assert "submitted  SUCCEEDED" in listed.stdout
+    assert "submitted  SUCCEEDED" in cli(env, tmp_path, "list", "--runs-dir", str(runs)).stdout
     log = (job_dir / "logs" / "job.log").read_text()
     assert "[r0 n1] saved checkpoint" in log and "[r1 n2] saved checkpoint" not in log, log[-2000:]
     assert saved(tmp_path / "shared" / "out" / "r1" / "ckpt") == [1]
@@ -246,63 +180,20 @@ def test_stop_of_a_running_and_of_a_queued_submitted_job(tmp_path, train_list, s
     cluster = cluster_file(tmp_path, train_list, epochs=50)
     runs = tmp_path / "runs"
     for job_id, extra in (("queued", ["--override", "slurm.sbatch_options=[--hold]"]), ("running", [])):
-        out = subprocess.run(
-            launcher(
-                "submit",
-                "--cluster",
-                str(cluster),
-                "--stage",
-                "r1",
-                "--runs-dir",
-                str(runs),
-                "--job-id",
-                job_id,
-                *extra,
-            ),
-            env=env,
-            cwd=str(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = cli(env, tmp_path, "submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir",
+                  str(runs), "--job-id", job_id, *extra)
         assert out.returncode == 0, out.stderr
-
-    def status(job_id: str) -> str:
-        return subprocess.run(
-            launcher("status", job_id, "--runs-dir", str(runs)),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout
-
-    assert "state     PENDING" in status("queued") and "PENDING (JobHeldUser)" in status("queued")
-    wait_for(
-        "rank steps",
-        lambda: (
-            sum(
-                1
-                for line in (runs / "running" / "logs" / "job.log").read_text().splitlines()
-                if "epoch: 1 step:" in line
-            )
-            >= 2
-            if (runs / "running" / "logs" / "job.log").exists()
-            else False
-        ),
-    )
+    queued = cli(env, tmp_path, "status", "queued", "--runs-dir", str(runs)).stdout
+    assert "state     PENDING" in queued and "PENDING (JobHeldUser)" in queued, queued
+    log = runs / "running" / "logs" / "job.log"
+    wait_for("rank steps", lambda: log.exists() and log.read_text().count("epoch: 1 step:") >= 2)
     for job_id in ("running", "queued"):
         t0 = time.monotonic()
-        stopped = subprocess.run(
-            launcher("stop", job_id, "--runs-dir", str(runs)),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        stopped = cli(env, tmp_path, "stop", job_id, "--runs-dir", str(runs))
         assert stopped.returncode == 0 and f"job {job_id}: STOPPED" in stopped.stdout, stopped
         assert time.monotonic() - t0 < 20, (time.monotonic() - t0, stopped.stdout, stopped.stderr)
         assert record(runs / job_id)["state"] == "STOPPED"
-    wait_for("Slurm to forget both jobs", lambda: not slurm_cluster.run("squeue", "-h").stdout.strip(), 30)
+    wait_for("Slurm to forget both jobs", lambda: no_slurm_jobs(slurm_cluster), 30)
     assert tagged("running") == [], "ranks outlived stop"
     marks = ("launcher.cli", "refinenet.train", "refinenet.scheduler", "refinenet-agent")
     assert not [p for p in slurm_cluster.pids() if any(m in _cmdline(p) for m in marks)]
@@ -312,232 +203,98 @@ def test_the_time_limit_is_named_when_it_ends_the_job(tmp_path, train_list, slur
     cluster = cluster_file(tmp_path, train_list, epochs=1, time_limit="1")
     runs = tmp_path / "runs"
     sleeper = [sys.executable, "-c", "import time; print('rank up', flush=True); time.sleep(600)"]
-    out = subprocess.run(
-        launcher(
-            "submit",
-            "--cluster",
-            str(cluster),
-            "--runs-dir",
-            str(runs),
-            "--job-id",
-            "limited",
-            "--",
-            *sleeper,
-        ),
-        env=env,
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli(env, tmp_path, "submit", "--cluster", str(cluster), "--runs-dir", str(runs), "--job-id",
+              "limited", "--", *sleeper)
     assert out.returncode == 0, out.stderr
-    wait_for(
-        "the job to end",
-        lambda: record(runs / "limited").get("state") in ("FAILED", "STOPPED", "SUCCEEDED"),
-        timeout=200,
-    )
+    wait_for("the job to end", lambda: record(runs / "limited").get("state") in FINAL, timeout=200)
     rec = record(runs / "limited")
-    assert (
-        rec["state"] == "FAILED"
-        and "the Slurm allocation's time limit (00:01:00) ended the job" in rec["message"]
-    ), rec
+    assert rec["state"] == "FAILED", rec
+    assert "the Slurm allocation's time limit (00:01:00) ended the job" in rec["message"], rec
     assert len(rec["attempts"]) == 1, "no restart once the allocation's time is up"
-    shown = subprocess.run(
-        launcher("status", "limited", "--runs-dir", str(runs)),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
-    assert "time limit" in shown
-    wait_for("Slurm to end the job", lambda: not slurm_cluster.run("squeue", "-h").stdout.strip(), 60)
+    assert "time limit" in cli(env, tmp_path, "status", "limited", "--runs-dir", str(runs)).stdout
+    wait_for("Slurm to end the job", lambda: no_slurm_jobs(slurm_cluster), 60)
     assert tagged("limited") == []
 
 
 def test_refused_before_anything_is_submitted_or_started(tmp_path, train_list, slurm_cluster, env):
-    cluster = cluster_file(tmp_path, train_list, epochs=1)
+    c = str(cluster_file(tmp_path, train_list, epochs=1))
     runs = tmp_path / "runs"
     cases = [
-        (
-            launcher(
-                "submit", "--cluster", str(cluster), "--stage", "r1", "--override", "slurm.partition=nope"
-            ),
-            "slurm.partition: partition 'nope' does not exist",
-        ),
-        (
-            launcher("submit", "--cluster", str(cluster), "--stage", "r1", "--override", "slurm.nodes=3"),
-            "slurm.nodes is 3 but partition debug has 2 node(s)",
-        ),
-        (
-            ["salloc", "-N1", *launcher("--cluster", str(cluster), "--stage", "r1")],
-            "slurm.nodes is 2 but Slurm allocation",
-        ),
-        (
-            launcher("--cluster", str(cluster), "--stage", "r1"),
-            "backend slurm runs inside a Slurm allocation",
-        ),
-        (
-            launcher(
-                "submit", "--cluster", str(cluster), "--stage", "r1", "--override", "slurm.srun_options=-K"
-            ),
-            "slurm.srun_options: expected a list of options",
-        ),
+        ((0, "submit", "--override", "slurm.partition=nope"),
+         "slurm.partition: partition 'nope' does not exist"),
+        ((0, "submit", "--override", "slurm.nodes=3"), "slurm.nodes is 3 but partition debug has 2 node(s)"),
+        ((1,), "slurm.nodes is 2 but Slurm allocation"),
+        ((0,), "backend slurm runs inside a Slurm allocation"),
+        ((0, "submit", "--override", "slurm.srun_options=-K"),
+         "slurm.srun_options: expected a list of options"),
     ]
-    for argv, message in cases:
-        out = subprocess.run(
-            [*argv, "--runs-dir", str(runs)],
-            env=env,
-            cwd=str(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode == 2 and message in out.stderr, (argv, out.returncode, out.stderr)
+    for (nodes, *args), message in cases:
+        out = cli(env, tmp_path, *args, "--cluster", c, "--stage", "r1", "--runs-dir", str(runs), nodes=nodes)
+        assert out.returncode == 2 and message in out.stderr, (args, out.returncode, out.stderr)
     assert not runs.exists() or not list(runs.iterdir())
-    assert not slurm_cluster.run("squeue", "-h").stdout.strip()
+    assert no_slurm_jobs(slurm_cluster)
 
 
-def test_files_commands_and_signals_on_a_node_go_through_srun(tmp_path, slurm_cluster, env):
+def test_files_commands_and_signals_on_a_node_go_through_srun(tmp_path, slurm_cluster, env, monkeypatch):
     from launcher.allocation import Allocation, bind
     from launcher.spec import parse_cluster
     from launcher.transport.factory import open_transport
 
-    spec = parse_cluster(
-        {
-            "name": "t",
-            "backend": "slurm",
-            "device": "cpu",
-            "slurm": {"nodes": 1, "ranks_per_node": 1, "python": sys.executable},
-        },
-        "t.yaml",
-    )
-    holder = subprocess.Popen(
-        ["salloc", "-N1", "-w", "n2", "--no-shell", "-J", "files"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    holder.wait(30)
-    job = slurm_cluster.run("squeue", "-h", "-n", "files", "-o", "%i").stdout.strip()
+    spec = parse_cluster({"name": "t", "backend": "slurm", "device": "cpu",
+                          "slurm": {"nodes": 1, "ranks_per_node": 1, "python": sys.executable}}, "t.yaml")
+    subprocess.run(["salloc", "-N1", "-w", "n2", "--no-shell", "-J", "files"], env=env, capture_output=True,
+                   timeout=30)
+    job = wait_for("the allocation", lambda: slurm_cluster.run("squeue", "-h", "-n", "files", "-t", "R", "-o",
+                                                               "%i").stdout.strip())
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     try:
         host = bind(spec, Allocation(job, ("n2",), {"n2": slurm_cluster.node_addr("n2")})).hosts[0]
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            with open_transport(host) as transport:
-                target = tmp_path / "node" / "f.bin"
-                transport.write_chunks(str(target), [b"a" * 70000, b"b"], mode=0o600)
-                assert transport.read_file(str(target)) == b"a" * 70000 + b"b"
-                assert oct(target.stat().st_mode & 0o777) == "0o600"
-                assert b"".join(transport.read_chunks(str(target), chunk=4096)) == target.read_bytes()
-                with pytest.raises(FileNotFoundError):
-                    transport.read_file(str(tmp_path / "missing"))
-                result = transport.exec(["sh", "-c", "hostname; echo err >&2; exit 3"], env={"X": "1"})
-                assert (result.returncode, result.stdout, result.stderr) == (3, "n2\n", "err\n")
-                sleeper = subprocess.Popen(["setsid", "sleep", "60"], env={**env, "REFINENET_JOB_ID": "sig"})
-                time.sleep(0.3)
-                pgid = os.getpgid(next(p for p in tagged("sig")))
-                assert not transport.kill_group(
-                    pgid, signal.SIGTERM, verify_env=("REFINENET_JOB_ID", "other")
-                )
-                assert transport.kill_group(pgid, signal.SIGTERM, verify_env=("REFINENET_JOB_ID", "sig"))
-                sleeper.wait(10)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with open_transport(host) as transport:
+            target = tmp_path / "node" / "f.bin"
+            transport.write_chunks(str(target), [b"a" * 70000, b"b"], mode=0o600)
+            assert transport.read_file(str(target)) == b"a" * 70000 + b"b"
+            assert oct(target.stat().st_mode & 0o777) == "0o600"
+            assert b"".join(transport.read_chunks(str(target), chunk=4096)) == target.read_bytes()
+            with pytest.raises(FileNotFoundError):
+                transport.read_file(str(tmp_path / "missing"))
+            result = transport.exec(["sh", "-c", "hostname; echo err >&2; exit 3"], env={"X": "1"})
+            assert (result.returncode, result.stdout, result.stderr) == (3, "n2\n", "err\n")
+            sleeper = subprocess.Popen(["setsid", "sleep", "60"], env={**env, "REFINENET_JOB_ID": "sig"})
+            pgid = os.getpgid(wait_for("the sleeper", lambda: next(iter(tagged("sig")), None), 10))
+            assert not transport.kill_group(pgid, signal.SIGTERM, verify_env=("REFINENET_JOB_ID", "other"))
+            assert transport.kill_group(pgid, signal.SIGTERM, verify_env=("REFINENET_JOB_ID", "sig"))
+            sleeper.wait(10)
     finally:
         slurm_cluster.run("scancel", job)
 
 
 def test_ascend_rank_table_from_hccn_conf_read_on_each_node(tmp_path, train_list, slurm_cluster, env):
     conf = tmp_path / "hccn.conf"
-    conf.write_text(
-        "address_0=192.168.100.101\nnetmask_0=255.255.255.0\n"
-        "address_1=192.168.101.101\nnetmask_1=255.255.255.0\n"
-    )
+    conf.write_text("address_0=192.168.100.101\nnetmask_0=255.255.255.0\n"
+                    "address_1=192.168.101.101\nnetmask_1=255.255.255.0\n")
     path = tmp_path / "ascend.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "a",
-                "backend": "slurm",
-                "device": "ascend",
-                "slurm": {
-                    "nodes": 2,
-                    "devices": [0, 1],
-                    "hccn_conf": str(conf),
-                    "python": sys.executable,
-                    "workdir": str(tmp_path),
-                },
-                "job": {"data": str(train_list)},
-            }
-        )
-    )
-    out = subprocess.run(
-        [
-            "salloc",
-            "-N2",
-            *launcher(
-                "--cluster",
-                str(path),
-                "--stage",
-                "r1",
-                "--dry-run",
-                "--runs-dir",
-                str(tmp_path / "runs"),
-                "--job-id",
-                "a",
-            ),
-        ],
-        env=env,
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    path.write_text(yaml.safe_dump({"name": "a", "backend": "slurm", "device": "ascend",
+                                    "slurm": {"nodes": 2, "devices": [0, 1], "hccn_conf": str(conf),
+                                              "python": sys.executable, "workdir": str(tmp_path)},
+                                    "job": {"data": str(train_list)}}))
+    args = ("--cluster", str(path), "--stage", "r1", "--dry-run", "--runs-dir", str(tmp_path / "runs"))
+    out = cli(env, tmp_path, *args, "--job-id", "a", nodes=2)
     assert out.returncode == 0, out.stderr
     table = json.loads((tmp_path / "runs" / "a" / "rank_table.json").read_text())
-    assert [s["server_id"] for s in table["server_list"]] == [
-        slurm_cluster.node_addr(n) for n in ("n1", "n2")
-    ]
-    assert [d["device_ip"] for d in table["server_list"][1]["device"]] == [
-        "192.168.100.101",
-        "192.168.101.101",
-    ]
+    addresses = [slurm_cluster.node_addr(n) for n in ("n1", "n2")]
+    assert [s["server_id"] for s in table["server_list"]] == addresses
+    ips = [d["device_ip"] for d in table["server_list"][1]["device"]]
+    assert ips == ["192.168.100.101", "192.168.101.101"]
     conf.unlink()
-    out = subprocess.run(
-        [
-            "salloc",
-            "-N2",
-            *launcher(
-                "--cluster", str(path), "--stage", "r1", "--dry-run", "--runs-dir", str(tmp_path / "runs")
-            ),
-        ],
-        env=env,
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli(env, tmp_path, *args, nodes=2)
     assert out.returncode == 2 and "slurm.hccn_conf: cannot read" in out.stderr, out.stderr
 
 
 def test_dry_run_in_an_allocation_prints_the_srun_lines(tmp_path, train_list, slurm_cluster, env):
     cluster = cluster_file(tmp_path, train_list, epochs=1, srun_options=["--mem=0"])
-    out = subprocess.run(
-        [
-            "salloc",
-            "-N2",
-            *launcher(
-                "--cluster", str(cluster), "--stage", "r1", "--dry-run", "--runs-dir", str(tmp_path / "runs")
-            ),
-        ],
-        env=env,
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli(env, tmp_path, "--cluster", str(cluster), "--stage", "r1", "--dry-run", "--runs-dir",
+              str(tmp_path / "runs"), nodes=2)
     assert out.returncode == 0, out.stderr
     for node in ("n1", "n2"):
         assert f"[{node}] {slurm_cluster.node_addr(node)} (Slurm node)" in out.stdout
