@@ -1,6 +1,9 @@
 """Fixtures for end-to-end tests: simulated SSH hosts on real OpenSSH servers, and an ssh-agent."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import List
 
 import pytest
@@ -68,3 +71,14 @@ def slurm_cluster(tmp_path_factory) -> SlurmCluster:
 def standin_python(tmp_path_factory) -> str:
     """The `python` wrapper running the stand-in workload (tests/e2e/standin.py) for training commands."""
     return standin.install(tmp_path_factory.mktemp("standin"))
+
+
+@pytest.fixture(scope="session")
+def train_list(tmp_path_factory) -> Path:
+    """A tiny synthetic SBD-layout training set (12 images of at most 64 pixels) and its list; read only."""
+    root = tmp_path_factory.mktemp("synth")
+    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
+                ["lists", "--data-root", str(root)]):
+        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
+                       timeout=120)
+    return root / "sbd_train_lst.txt"

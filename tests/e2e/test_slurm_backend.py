@@ -29,16 +29,6 @@ STEPS = 3  # 6 training images, 2 ranks, batch 1
 FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
-@pytest.fixture(scope="module")
-def train_list(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       timeout=120)
-    return root / "sbd_train_lst.txt"
-
-
 @pytest.fixture
 def env(slurm_cluster, child_env) -> dict:
     return {**child_env, **slurm_cluster.env}

@@ -54,16 +54,6 @@ def three_hosts(tmp_path_factory, ssh_client_key):
         stop_servers(servers)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("spare-data")
-    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       timeout=120)
-    return root / "sbd_train_lst.txt"
-
-
 def cluster(path: Path, hosts, spares, out: str, data: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "spares", "backend": "dynamic", "device": "cpu",
@@ -89,12 +79,13 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_failing_host_is_replaced_by_a_spare_with_its_checkpoint(tmp_path, three_hosts, dataset, child_env):
+def test_a_failing_host_is_replaced_by_a_spare_with_its_checkpoint(tmp_path, three_hosts, train_list,
+                                                                   child_env):
     a, b, c = three_hosts
     hosts = [dict(s.host().spec_dict(), ranks=1) for s in three_hosts]
     runs = tmp_path / "runs"
 
-    reference = cluster(tmp_path / "reference.yaml", hosts[:2], [], "out-reference", dataset)
+    reference = cluster(tmp_path / "reference.yaml", hosts[:2], [], "out-reference", train_list)
     res = launch(reference, runs, "reference", child_env)
     assert res.returncode == 0, res.stderr
     expected = sha256(final_ckpt(b, "out-reference"))
@@ -105,7 +96,7 @@ def test_a_failing_host_is_replaced_by_a_spare_with_its_checkpoint(tmp_path, thr
                                                     ckpt=Path(b.workdir) / out / "r1" / "ckpt"))
     wrapper.chmod(0o755)
     hosts[1]["python"] = str(wrapper)
-    path = cluster(tmp_path / "spares.yaml", hosts[:2], hosts[2:], out, dataset)
+    path = cluster(tmp_path / "spares.yaml", hosts[:2], hosts[2:], out, train_list)
     res = launch(path, runs, "with-spare", child_env)
     assert res.returncode == 0, res.stderr[-6000:]
     assert tagged("with-spare") == []

@@ -14,16 +14,6 @@ TRAIN_ARGS = ["--depth", "18", "--crop-size", "33", "--batch-size", "2", "--epoc
               "--save-epochs", "1", "--base-lr", "0.002", "--workers", "1"]
 
 
-@pytest.fixture(scope="module")
-def train_list(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       timeout=120)
-    return root / "sbd_train_lst.txt"
-
-
 def _start(args, env, log):
     return subprocess.Popen([sys.executable, *args], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
