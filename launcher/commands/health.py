@@ -41,6 +41,14 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise BadInput(f"--timeout: {args.timeout} must be > 0")
     spec = load_cluster(args.cluster)
+    if spec.slurm is not None:
+        from launcher.allocation import bind, current_allocation
+
+        allocation = current_allocation()
+        if allocation is None:
+            raise BadInput(f"{spec.source}: backend slurm: the nodes are known inside an allocation only: run "
+                           f"`salloc -N {spec.slurm.nodes} refinenet-launch health --cluster {args.cluster}`")
+        spec = bind(spec, allocation)
     thresholds = HealthThresholds(max_temp_c=args.max_temp, max_memory_fraction=args.max_memory_fraction,
                                   warning_is_failure=args.warning_fails)
     with ExitStack() as stack:

@@ -205,3 +205,14 @@ def test_the_batch_script_and_sbatch_line_quote_every_value(tmp_path):
     assert shlex.split(exec_line)[1:] == argv and "--show-framework-logs" in argv
     assert f"cd {shlex.quote(str(tmp_path / 'w d'))} || exit 2" in script
     assert Path("/tmp/owned").exists() is False
+
+
+def test_health_of_a_slurm_cluster_file_outside_an_allocation_says_how(tmp_path, monkeypatch):
+    from launcher.commands import health
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOBID", raising=False)
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nbackend: slurm\ndevice: cpu\nslurm: {nodes: 2, ranks_per_node: 1}\n")
+    with pytest.raises(BadInput, match="salloc -N 2 refinenet-launch health"):
+        health.run(health.build_parser("health").parse_args(["--cluster", str(path)]))
