@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
         allocation = current_allocation()
         if allocation is None:
-            raise BadInput(f"{spec.source}: backend slurm: the nodes are known inside an allocation only: run "
-                           f"`salloc -N {spec.slurm.nodes} refinenet-launch health --cluster {args.cluster}`")
+            command = f"salloc -N {spec.slurm.nodes} refinenet-launch health --cluster {args.cluster}"
+            raise BadInput(f"{spec.source}: backend slurm: the nodes are known inside an allocation only: "
+                           f"run `{command}`")
         spec = bind(spec, allocation)
     thresholds = HealthThresholds(max_temp_c=args.max_temp, max_memory_fraction=args.max_memory_fraction,
                                   warning_is_failure=args.warning_fails)
