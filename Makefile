@@ -1,4 +1,5 @@
-# Two commands set up everything on a fresh Debian machine: `make demo` and `make test`.
+# Two commands set up everything on a fresh Debian machine: `make demo` (the Python environment, then the
+# main job) and `make test` (the system packages the tests need too, then the whole suite).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-demo: setup
+demo: venv
 	$(VENV)/bin/python -m launcher.demo
 
 test: setup
