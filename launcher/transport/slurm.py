@@ -27,6 +27,7 @@ _WRITE = ("import os, sys, tempfile\n"
           "folder = os.path.dirname(path) or '.'\n"
           "os.makedirs(folder, exist_ok=True)\n"
           "fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')\n"
+          "size, expected = 0, int(sys.argv[3])\n"
           "try:\n"
           "    with os.fdopen(fd, 'wb') as f:\n"
           "        while True:\n"
@@ -34,13 +35,17 @@ _WRITE = ("import os, sys, tempfile\n"
           "            if not b:\n"
           "                break\n"
           "            f.write(b)\n"
+          "            size += len(b)\n"
           "        f.flush()\n"
           "        os.fsync(f.fileno())\n"
+          "    if expected >= 0 and size != expected:\n"
+          "        raise SystemExit(f'received {size} of {expected} bytes')\n"
           "    os.chmod(tmp, mode)\n"
           "    os.replace(tmp, path)\n"
           "except BaseException:\n"
           "    os.unlink(tmp)\n"
-          "    raise\n")
+          "    raise\n"
+          "print(size)\n")
 
 
 class SlurmTransport(LocalTransport):
@@ -115,11 +120,17 @@ class SlurmTransport(LocalTransport):
             raise HostError(self.host, f"cannot read {path}: {err or f'exit {code}'}")
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        self.write_chunks(path, [data], mode)
+        self._write(path, [data], mode, len(data))
 
     def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644) -> int:
-        proc = subprocess.Popen(self.step_argv([self.python, "-S", "-c", _WRITE, path, f"{mode:o}"]),
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self._write(path, chunks, mode, -1)
+
+    def _write(self, path: str, chunks: Iterable[bytes], mode: int, size: int) -> int:
+        """Stream `chunks` into `path` on the node (atomically); with `size` >= 0 the node checks it got
+        exactly that many bytes before the file takes its name."""
+        argv = [self.python, "-S", "-c", _WRITE, path, f"{mode:o}", str(size)]
+        proc = subprocess.Popen(self.step_argv(argv),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         written = 0
         try:
             for data in chunks:
@@ -133,8 +144,12 @@ class SlurmTransport(LocalTransport):
             except BrokenPipeError:
                 pass
         err = proc.stderr.read().decode("utf-8", "replace").strip()
+        received = proc.stdout.read().decode("ascii", "replace").strip()
         if proc.wait() != 0:
             raise HostError(self.host, f"cannot write {path}: {err.splitlines()[-1] if err else 'failed'}")
+        if received != str(written):
+            raise HostError(self.host, f"writing {path}: the node received {received or 'nothing'} of "
+                                       f"{written} bytes")
         return written
 
     def _step(self, argv: Sequence[str]) -> subprocess.CompletedProcess:
