@@ -464,8 +464,28 @@ class Agent:
                     t.close(self.out)
                 self.emit("done", t=now())
                 self.flush()
+                drain()
                 return 0
             self.flush()
+
+
+def drain(fds=(1, 2), timeout=2.0):
+    """Wait (at most `timeout` s) until the pipes on `fds` hold nothing unread: srun's step daemon can
+    drop what is still in a task's output pipe when the task exits."""
+    import fcntl
+    import struct
+    import termios
+
+    deadline = time.monotonic() + timeout
+    for fd in fds:
+        while time.monotonic() < deadline:
+            try:
+                left = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            except OSError:
+                break
+            if left <= 0:
+                break
+            time.sleep(0.002)
 
 
 def read_document():

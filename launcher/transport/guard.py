@@ -27,6 +27,11 @@ could not start.
 `kill PGID SIGNAL [NAME=VALUE]`: send SIGNAL to process group PGID; with NAME=VALUE only if a
 live process of the group has exactly that variable in its environment. Exit 0 when
 signalled, 1 when there is no such (tagged) group, 4 when not permitted.
+
+`read PATH`: the file's bytes on stdout (1 and a message when it does not exist).
+
+Before it exits, the guard waits (up to 2 s) until its output pipes hold nothing unread: srun's step
+daemon can drop what a task left in its pipe when the task exits.
 """
 import json
 import os
@@ -40,6 +45,25 @@ FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 CANNOT_START = 127
 NOT_FOUND = 1
 NOT_PERMITTED = 4
+
+
+def drain(fds=(1, 2), timeout=2.0):
+    """Wait (at most `timeout` s) until the pipes on `fds` hold nothing unread: srun's step daemon can
+    drop what is still in a task's output pipe when the task exits."""
+    import fcntl
+    import struct
+    import termios
+
+    deadline = time.monotonic() + timeout
+    for fd in fds:
+        while time.monotonic() < deadline:
+            try:
+                left = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            except OSError:
+                break
+            if left <= 0:
+                break
+            time.sleep(0.002)
 
 
 def group_members(pgid):
@@ -257,7 +281,27 @@ class Guard:
             os.write(2, f"\n{self.nonce} {status}\n".encode("ascii"))
         except OSError:
             pass
+        drain()
         return exit_status(status)
+
+
+def copy_out(path):
+    """The file's bytes on stdout, then wait until they have been read; 1 (and a message) if it is missing."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        sys.stderr.write(f"No such file: {path}\n")
+        return NOT_FOUND
+    with f:
+        while True:
+            data = f.read(1 << 20)
+            if not data:
+                break
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+    drain((1,))
+    return 0
 
 
 def read_header():
@@ -301,6 +345,8 @@ def main(argv):
     mode = argv[0] if argv else ""
     if mode == "exec":
         return supervise(mode)
+    if mode == "read" and len(argv) == 2:
+        return copy_out(argv[1])
     if mode == "kill" and len(argv) in (3, 4) and argv[1].isdigit() and argv[2].isdigit():
         tag = None
         if len(argv) == 4:
@@ -310,7 +356,8 @@ def main(argv):
                 return 2
             tag = (name, value)
         return signal_group(int(argv[1]), int(argv[2]), tag)
-    sys.stderr.write("usage: guard exec  (header on stdin)\n       guard kill PGID SIGNAL [NAME=VALUE]\n")
+    sys.stderr.write("usage: guard exec  (header on stdin)\n       guard kill PGID SIGNAL [NAME=VALUE]\n"
+                     "       guard read PATH\n")
     return 2
 
 

@@ -93,7 +93,7 @@ class SlurmTransport(LocalTransport):
     # -- files on the node
 
     def read_file(self, path: str) -> bytes:
-        result = self._step(["cat", "--", path])
+        result = self._step(self._reader(path))
         if result.returncode != 0:
             err = result.stderr.decode("utf-8", "replace").strip()
             if "No such file" in err:
@@ -101,8 +101,12 @@ class SlurmTransport(LocalTransport):
             raise HostError(self.host, f"cannot read {path}: {err or f'exit {result.returncode}'}")
         return result.stdout
 
+    def _reader(self, path: str) -> list:
+        """The guard's `read` mode: `cat`, but it exits only once srun has taken every byte."""
+        return [self.python, "-S", "-c", guard_source(), "read", path]
+
     def read_chunks(self, path: str, chunk: int = 1 << 22) -> Iterator[bytes]:
-        proc = subprocess.Popen(self.step_argv(["cat", "--", path]), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(self.step_argv(self._reader(path)), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             while True:

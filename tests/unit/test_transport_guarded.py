@@ -178,3 +178,18 @@ def test_unknown_host_key_policy_is_refused():
 def test_missing_openssh_fails_with_the_setup_command():
     with pytest.raises(OpenSshMissing, match="make test"):
         require("/nonexistent/sbin/sshd")
+
+
+def test_guard_read_copies_a_file_and_waits_until_it_was_read(tmp_path):
+    import subprocess
+    import sys
+
+    from launcher.transport.guarded import guard_source
+
+    data = bytes(range(256)) * 1000
+    (tmp_path / "f").write_bytes(data)
+    argv = [sys.executable, "-S", "-c", guard_source(), "read"]
+    done = subprocess.run([*argv, str(tmp_path / "f")], capture_output=True, timeout=30)
+    assert (done.returncode, done.stdout) == (0, data)
+    missing = subprocess.run([*argv, str(tmp_path / "nope")], capture_output=True, timeout=30)
+    assert missing.returncode == guard.NOT_FOUND and b"No such file" in missing.stderr
