@@ -10,14 +10,16 @@ DEPTHS = tuple(sorted(RESNET_LAYERS))
 
 
 def build_refinenet(num_classes: int = 21, depth: int = 101, bn_mode: str = "frozen",
-                    input_size: Optional[Tuple[int, int]] = None) -> RefineNet:
+                    input_size: Optional[Tuple[int, int]] = None, separable_pool: bool = False) -> RefineNet:
     """RefineNet on a ResNet-`depth` encoder; output (N, num_classes, H, W) logits for (N, 3, H, W) input.
 
     `bn_mode`: `frozen` (moving statistics only, the ModelZoo behaviour) or `train`.
     `input_size=(H, W)` fixes the input size and makes every resize a constant matrix product,
     the form that exports to ONNX; without it the network takes any size.
+    `separable_pool=True`: separable argmax max pools in the CRP blocks when training (same results).
     """
-    return RefineNet(num_classes=num_classes, depth=depth, bn_mode=bn_mode, input_size=input_size)
+    return RefineNet(num_classes=num_classes, depth=depth, bn_mode=bn_mode, input_size=input_size,
+                     separable_pool=separable_pool)
 
 
 __all__ = ["build_refinenet", "RefineNet", "feature_sizes", "DEPTHS", "BN_MODES"]

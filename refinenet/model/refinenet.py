@@ -33,14 +33,40 @@ class RCUBlock(nn.Cell):
         return x
 
 
+class MaxPool5x5(nn.Cell):
+    """5x5 stride-1 max pool with PyTorch's padding=2; `separable=True` trains with a cheaper backward.
+
+    A 5x5 max is a 5x1 max of a 1x5 max; each pass is MindSpore's argmax-keeping pool ('pad' mode,
+    MaxPool3DWithArgmax), whose backward is a scatter by the kept indices, where the square pool's
+    MaxPoolGrad recomputes the window maxima (13% of a RefineNet-101 train step at 513x513). The
+    forward values equal the square pool's bit for bit and so does the backward except where a
+    window holds tied maxima (in practice the zeros of a ReLU output, whose gradient the ReLU zeroes
+    anyway). Opt-in: on the shared development machine its gain in a whole train step stayed within
+    the load noise (docs/performance.md, "Train step, RefineNet-101 at 513x513"). In inference
+    (`set_train(False)`) the square 'same' pool is always used: it exports to ONNX ('pad' does not).
+    """
+
+    def __init__(self, separable: bool = False):
+        super().__init__()
+        self.separable = separable
+        # 'same' equals PyTorch's padding=2 for 5x5 stride 1, and exports to ONNX ('pad' does not).
+        self.square = nn.MaxPool2d(kernel_size=5, stride=1, pad_mode="same")
+        self.rows = nn.MaxPool2d(kernel_size=(1, 5), stride=1, pad_mode="pad", padding=(0, 2))
+        self.cols = nn.MaxPool2d(kernel_size=(5, 1), stride=1, pad_mode="pad", padding=(2, 0))
+
+    def construct(self, x):
+        if self.separable and self.training:
+            return self.cols(self.rows(x))
+        return self.square(x)
+
+
 class CRPBlock(nn.Cell):
     """Chained residual pooling: 4 x (5x5 stride-1 max pool, conv3x3), each output added to the input."""
 
-    def __init__(self, cin: int, cout: int, n_stages: int = 4):
+    def __init__(self, cin: int, cout: int, n_stages: int = 4, separable_pool: bool = False):
         super().__init__()
         self.layers = nn.CellList([conv3x3(cin if i == 0 else cout, cout) for i in range(n_stages)])
-        # 'same' equals PyTorch's padding=2 for 5x5 stride 1, and exports to ONNX ('pad' does not).
-        self.pool = nn.MaxPool2d(kernel_size=5, stride=1, pad_mode="same")
+        self.pool = MaxPool5x5(separable_pool)
 
     def construct(self, x):
         top = x
@@ -71,11 +97,13 @@ class RefineNet(nn.Cell):
     """RefineNet-`depth`; output (N, num_classes, H, W) logits for (N, 3, H, W) float32 input.
 
     With `input_size` the resizes use constant matrices for that size (exportable to ONNX),
-    otherwise MindSpore's resize operator (any size).
+    otherwise MindSpore's resize operator (any size). `separable_pool=True` trains the CRP blocks'
+    max pools in a separable argmax form (same results, cheaper pool backward: see `MaxPool5x5`);
+    measured by `benchmarks/train_step_formulation.py`.
     """
 
     def __init__(self, num_classes: int = 21, depth: int = 101, bn_mode: str = "frozen",
-                 input_size: Optional[Tuple[int, int]] = None):
+                 input_size: Optional[Tuple[int, int]] = None, separable_pool: bool = False):
         super().__init__()
         if depth not in RESNET_LAYERS:
             raise ValueError(f"depth must be one of {sorted(RESNET_LAYERS)}, not {depth}")
@@ -100,25 +128,25 @@ class RefineNet(nn.Cell):
 
         self.p_ims1d2_outl1_dimred = conv3x3(c4, 512)
         self.adapt_stage1_b = _wrap(RCUBlock(512, 512, 2))
-        self.mflow_conv_g1_pool = _wrap(CRPBlock(512, 512))
+        self.mflow_conv_g1_pool = _wrap(CRPBlock(512, 512, separable_pool=separable_pool))
         self.mflow_conv_g1_b = _wrap(RCUBlock(512, 512, 3))
         self.mflow_conv_g1_b3_joint_varout_dimred = conv3x3(512, 256)
         self.p_ims1d2_outl2_dimred = conv3x3(c3, 256)
         self.adapt_stage2_b = _wrap(RCUBlock(256, 256, 2))
         self.adapt_stage2_b2_joint_varout_dimred = conv3x3(256, 256)
-        self.mflow_conv_g2_pool = _wrap(CRPBlock(256, 256))
+        self.mflow_conv_g2_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool))
         self.mflow_conv_g2_b = _wrap(RCUBlock(256, 256, 3))
         self.mflow_conv_g2_b3_joint_varout_dimred = conv3x3(256, 256)
         self.p_ims1d2_outl3_dimred = conv3x3(c2, 256)
         self.adapt_stage3_b = _wrap(RCUBlock(256, 256, 2))
         self.adapt_stage3_b2_joint_varout_dimred = conv3x3(256, 256)
-        self.mflow_conv_g3_pool = _wrap(CRPBlock(256, 256))
+        self.mflow_conv_g3_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool))
         self.mflow_conv_g3_b = _wrap(RCUBlock(256, 256, 3))
         self.mflow_conv_g3_b3_joint_varout_dimred = conv3x3(256, 256)
         self.p_ims1d2_outl4_dimred = conv3x3(c1, 256)
         self.adapt_stage4_b = _wrap(RCUBlock(256, 256, 2))
         self.adapt_stage4_b2_joint_varout_dimred = conv3x3(256, 256)
-        self.mflow_conv_g4_pool = _wrap(CRPBlock(256, 256))
+        self.mflow_conv_g4_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool))
         self.mflow_conv_g4_b = _wrap(RCUBlock(256, 256, 3))
         self.clf_conv = conv3x3(256, num_classes, bias=True)
 
