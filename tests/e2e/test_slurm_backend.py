@@ -250,8 +250,10 @@ def test_files_commands_and_signals_on_a_node_go_through_srun(tmp_path, slurm_cl
                 transport.read_file(str(tmp_path / "missing"))
             result = transport.exec(["sh", "-c", "hostname; echo err >&2; exit 3"], env={"X": "1"})
             assert (result.returncode, result.stdout, result.stderr) == (3, "n2\n", "err\n")
-            sleeper = subprocess.Popen(["setsid", "sleep", "60"], env={**env, "REFINENET_JOB_ID": "sig"})
-            pgid = os.getpgid(wait_for("the sleeper", lambda: next(iter(tagged("sig")), None), 10))
+            sleeper = subprocess.Popen(["sleep", "60"], env={**env, "REFINENET_JOB_ID": "sig"},
+                                       start_new_session=True)
+            pgid = sleeper.pid
+            wait_for("the sleeper", lambda: sleeper.pid in tagged("sig"), 10)
             assert not transport.kill_group(pgid, signal.SIGTERM, verify_env=("REFINENET_JOB_ID", "other"))
             assert transport.kill_group(pgid, signal.SIGTERM, verify_env=("REFINENET_JOB_ID", "sig"))
             sleeper.wait(10)
