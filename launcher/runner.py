@@ -223,9 +223,7 @@ def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) 
               file=err, flush=True)
         return 0
     if state == JobState.STOPPED:
-        reason = getattr(supervisor, "stop_reason", "")
-        print(f"refinenet-launch: job {job.job_id} STOPPED" + (f": {reason}" if reason else ""), file=err,
-              flush=True)
+        print(f"refinenet-launch: job {job.job_id} STOPPED", file=err, flush=True)
         return 1
     raise JobFailed(root_cause_summary(record), root_cause=supervisor.root_cause)
 

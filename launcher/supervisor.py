@@ -118,7 +118,7 @@ class Supervisor:
         self.fanout = fanout
         self.clock = clock
         self.stop_event = threading.Event()
-        #: Why the job is being stopped, when not by `stop` or a plain signal (a Slurm time limit).
+        #: Set when a signal came because the Slurm allocation's time is up: the job then fails with it.
         self.stop_reason = ""
         #: Inside a Slurm allocation: why it is ending ("" while it is not); a failed attempt then ends
         #: the job with that reason instead of restarting.
@@ -160,9 +160,7 @@ class Supervisor:
             job_state = decision.job_state
             if job_state == JobState.SUCCEEDED and not self.last_stage:
                 job_state = JobState.RUNNING
-            stopped = job_state == JobState.STOPPED and self.stop_reason
-            message = self.stop_reason if stopped else decision.reason
-            self.job.end_attempt(outcome, record, job_state=job_state, message=message)
+            self.job.end_attempt(outcome, record, job_state=job_state, message=decision.reason)
             if decision.action == Action.FINISH:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
@@ -206,8 +204,10 @@ class Supervisor:
         stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
         failure = result.failure
         if result.state != JobState.SUCCEEDED and self.allocation_ended is not None:
+            # the allocation ending (its time limit; cancelled by someone else) fails the job with that
+            # reason; a stop asked of the launcher (stop, scancel of its allocation) stays a stop
             ended = self.stop_reason or self.allocation_ended()
-            if ended:
+            if ended and (self.stop_reason or not stop_asked):
                 return Decision(Action.FINISH, JobState.FAILED, reason=ended)
         restart = self.spec.restart
         return decide(result.state, restarts_used=self.restarts_used, max_restarts=restart.max_restarts,

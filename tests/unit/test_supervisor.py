@@ -554,3 +554,22 @@ def test_the_scheduler_failing_alone_is_reported_as_the_scheduler(tmp_path, code
     assert cause.who == "the scheduler" and cause.reason == expected and cause.log_tail == ["scheduler up"]
     assert str(cause) == f"the scheduler on a: {expected}"
     assert run.job.read().attempts[0].failure.summary() == f"the scheduler on a: {expected}"
+
+
+def test_a_failure_as_the_slurm_allocation_ends_fails_the_job_with_that_reason_and_no_restart(tmp_path):
+    fail = Script(exit_after=0.05, code=-15)
+    cluster = Cluster(scripts={(n, "r1"): fail for n in (1, 2)})
+    run = make_run(tmp_path, cluster, max_restarts=3)
+    run.supervisor.allocation_ended = lambda: "the Slurm allocation's time limit (00:01:00) ended the job"
+    assert run_to_end(run) == JobState.FAILED
+    record = run.job.read()
+    assert len(record.attempts) == 1 and run.waits == []
+    assert record.message == "the Slurm allocation's time limit (00:01:00) ended the job"
+
+
+def test_a_stop_asked_inside_a_slurm_allocation_stays_a_stop(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(every=0.02), (1, "r1"): Script(every=0.02)})
+    run = make_run(tmp_path, cluster)
+    run.supervisor.allocation_ended = lambda: "Slurm job 7 is ending (CANCELLED, reason None)"
+    threading.Timer(0.3, run.supervisor.request_stop).start()
+    assert run_to_end(run) == JobState.STOPPED
