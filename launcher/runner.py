@@ -219,7 +219,9 @@ def _spec_data(spec: ClusterSpec, args: argparse.Namespace) -> dict:
 def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) -> int:
     record = job.read()
     if state == JobState.SUCCEEDED:
-        print(f"refinenet-launch: job {job.job_id} SUCCEEDED after {len(record.attempts)} attempt(s)",
+        stages = list(dict.fromkeys(a.stage for a in record.attempts if a.stage))
+        over = f" over {len(stages)} stages ({', '.join(stages)})" if len(stages) > 1 else ""
+        print(f"refinenet-launch: job {job.job_id} SUCCEEDED after {len(record.attempts)} attempt(s){over}",
               file=err, flush=True)
         return 0
     if state == JobState.STOPPED:
