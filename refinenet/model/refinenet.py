@@ -41,8 +41,8 @@ class MaxPool5x5(nn.Cell):
     MaxPoolGrad recomputes the window maxima (13% of a RefineNet-101 train step at 513x513). The
     forward values equal the square pool's bit for bit and so does the backward except where a
     window holds tied maxima (in practice the zeros of a ReLU output, whose gradient the ReLU zeroes
-    anyway). Opt-in: on the shared development machine its gain in a whole train step stayed within
-    the load noise (docs/performance.md, "Train step, RefineNet-101 at 513x513"). In inference
+    anyway). Opt-in: a whole RefineNet-101 train step gains only 3% from it (docs/performance.md,
+    "Train step, RefineNet-101 at 513x513"). In inference
     (`set_train(False)`) the square 'same' pool is always used: it exports to ONNX ('pad' does not).
     """
 
