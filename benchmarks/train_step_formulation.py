@@ -41,7 +41,7 @@ import refinenet  # noqa: F401
 import mindspore as ms
 from mindspore import nn, ops
 
-from refinenet.loss import NetWithLoss, SegmentationLoss
+from refinenet.loss import LossAndGrads, NetWithLoss, SegmentationLoss
 from refinenet.lr import learning_rates
 from refinenet.model import build_refinenet
 from refinenet.model.resnet import Bottleneck
@@ -91,19 +91,6 @@ def swap_class(net, old, new) -> int:
             cell.__class__ = new
             count += 1
     return count
-
-
-class LossAndGrads(nn.Cell):
-    """Loss and the gradients of `weights` (no loss scale, no update)."""
-
-    def __init__(self, with_loss, weights):
-        super().__init__(auto_prefix=False)
-        self.with_loss = with_loss
-        self.weights = weights
-        self.grad = ops.GradOperation(get_by_list=True)
-
-    def construct(self, x, y):
-        return self.with_loss(x, y), self.grad(self.with_loss, self.weights)(x, y)
 
 
 def worker(args) -> None:

@@ -43,3 +43,17 @@ class NetWithLoss(nn.Cell):
 
     def construct(self, data, label):
         return self.loss_fn(self.net(data), label)
+
+
+class LossAndGrads(nn.Cell):
+    """The loss and the gradients of `weights` for one batch, no loss scale and no update (for
+    comparing two formulations of the network)."""
+
+    def __init__(self, with_loss: nn.Cell, weights):
+        super().__init__(auto_prefix=False)
+        self.with_loss = with_loss
+        self.weights = weights
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, x, y):
+        return self.with_loss(x, y), self.grad(self.with_loss, self.weights)(x, y)

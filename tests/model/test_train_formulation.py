@@ -5,25 +5,14 @@ come from benchmarks/train_step_formulation.py (docs/performance.md)."""
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn, ops
+from mindspore import ops
 
-from refinenet.loss import NetWithLoss, SegmentationLoss
+from refinenet.loss import LossAndGrads, NetWithLoss, SegmentationLoss
 from refinenet.model import build_refinenet
 from refinenet.model.refinenet import MaxPool5x5
 
 NUM_CLASSES = 5
 CROP = 33
-
-
-class LossAndGrads(nn.Cell):
-    def __init__(self, with_loss, weights):
-        super().__init__(auto_prefix=False)
-        self.with_loss = with_loss
-        self.weights = weights
-        self.grad = ops.GradOperation(get_by_list=True)
-
-    def construct(self, x, y):
-        return self.with_loss(x, y), self.grad(self.with_loss, self.weights)(x, y)
 
 
 def _rel(a, b):
