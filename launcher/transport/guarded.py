@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
 
+from launcher.errors import HostError
 from launcher.transport import guard
 
 CHUNK = 1 << 16
@@ -20,7 +21,6 @@ def guard_source() -> str:
 
 _GUARD_SOURCE = Path(guard.__file__).read_text(encoding="utf-8")
 _GUARD_BYTES = _GUARD_SOURCE.encode("utf-8")
-
 
 
 def bootstrap(name: str) -> str:
@@ -46,6 +46,24 @@ def guard_argv(python: str, mode: str) -> list:
     `-S` skips site-packages (the guard needs only the standard library; saves start-up time).
     """
     return [python, "-S", "-c", BOOTSTRAP, mode, str(len(_GUARD_BYTES))]
+
+
+def kill_argv(python: str, pgid: int, sig: int, verify_env: Optional[Tuple[str, str]] = None) -> list:
+    """The guard's `kill` mode on a host (see `Transport.kill_group`)."""
+    argv = [python, "-c", _GUARD_SOURCE, "kill", str(int(pgid)), str(int(sig))]
+    if verify_env is not None:
+        argv.append(f"{verify_env[0]}={verify_env[1]}")
+    return argv
+
+
+def kill_outcome(host: str, pgid: int, code: int, err: str = "") -> bool:
+    """`Transport.kill_group`'s answer from the guard's kill-mode exit code: True if signalled, False if
+    no such (tagged) group; `HostError` when not permitted or the guard failed."""
+    if code == guard.NOT_PERMITTED:
+        raise HostError(host, f"not permitted to signal process group {pgid}")
+    if code not in (0, guard.NOT_FOUND):
+        raise HostError(host, f"signalling process group {pgid} failed (exit {code}): {err.strip()}")
+    return code == 0
 
 
 def guard_stdin(header: bytes) -> bytes:

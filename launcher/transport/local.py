@@ -25,6 +25,7 @@ from launcher.transport.guarded import (
     guard_argv,
     guard_header,
     guard_stdin,
+    kill_outcome,
     new_nonce,
     split_exec_trailer,
     status_from_exit_code,
@@ -140,10 +141,7 @@ class LocalTransport(Transport):
 
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
                    verify_env: Optional[Tuple[str, str]] = None) -> bool:
-        code = guard.signal_group(int(pgid), int(sig), verify_env)
-        if code == guard.NOT_PERMITTED:
-            raise HostError(self.host, f"not permitted to signal process group {pgid}")
-        return code == 0
+        return kill_outcome(self.host, pgid, guard.signal_group(int(pgid), int(sig), verify_env))
 
     def probe(self, python: str = "python3") -> HostInfo:
         return parse_probe(self.host, python, self.exec(probe_argv(python)))

@@ -13,9 +13,8 @@ import subprocess
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from launcher.slurm import parse_task_failures
-from launcher.transport import guard
 from launcher.transport.base import CommandResult, HostError
-from launcher.transport.guarded import guard_argv, guard_source
+from launcher.transport.guarded import guard_argv, guard_source, kill_argv, kill_outcome
 from launcher.transport.local import DEFAULT_GRACE_S, LocalTransport
 
 #: Options of the agent's step only: all of the node's CPUs (and devices) for the ranks it starts.
@@ -79,16 +78,8 @@ class SlurmTransport(LocalTransport):
 
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
                    verify_env: Optional[Tuple[str, str]] = None) -> bool:
-        argv = [self.python, "-c", guard_source(), "kill", str(int(pgid)), str(int(sig))]
-        if verify_env is not None:
-            argv.append(f"{verify_env[0]}={verify_env[1]}")
-        result = self._step(argv)
-        if result.returncode == guard.NOT_PERMITTED:
-            raise HostError(self.host, f"not permitted to signal process group {pgid}")
-        if result.returncode not in (0, guard.NOT_FOUND):
-            raise HostError(self.host, f"signalling process group {pgid} failed (exit {result.returncode}): "
-                                       f"{result.stderr.decode('utf-8', 'replace').strip()}")
-        return result.returncode == 0
+        result = self._step(kill_argv(self.python, pgid, sig, verify_env))
+        return kill_outcome(self.host, pgid, result.returncode, result.stderr.decode("utf-8", "replace"))
 
     # -- files on the node
 

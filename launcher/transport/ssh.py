@@ -30,14 +30,14 @@ from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import paramiko
 
-from launcher.transport import guard
 from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
 from launcher.transport.guarded import (
     CHUNK,
     guard_argv,
     guard_header,
-    guard_source,
     guard_stdin,
+    kill_argv,
+    kill_outcome,
     new_nonce,
     split_exec_trailer,
     status_from_exit_code,
@@ -265,15 +265,8 @@ class SshTransport(Transport):
 
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
                    verify_env: Optional[Tuple[str, str]] = None) -> bool:
-        argv = [self.python, "-c", guard_source(), "kill", str(int(pgid)), str(int(sig))]
-        if verify_env is not None:
-            argv.append(f"{verify_env[0]}={verify_env[1]}")
-        code, err = self._exec_plain(argv)
-        if code == guard.NOT_PERMITTED:
-            raise HostError(self.host, f"not permitted to signal process group {pgid}")
-        if code not in (0, guard.NOT_FOUND):
-            raise HostError(self.host, f"signalling process group {pgid} failed (exit {code}): {err.strip()}")
-        return code == 0
+        code, err = self._exec_plain(kill_argv(self.python, pgid, sig, verify_env))
+        return kill_outcome(self.host, pgid, code, err)
 
     def probe(self, python: str = "python3") -> HostInfo:
         return parse_probe(self.host, python, self.exec(probe_argv(python)))
