@@ -21,7 +21,7 @@ from launcher.errors import BadInput
 from launcher.slurm import expand_nodelist, parse_job_state, parse_node_addrs, time_limit_hit
 from launcher.spec import ClusterSpec, MasterSpec, host_order, slurm_host
 
-__all__ = ["Allocation", "current_allocation", "bind", "node_srun", "SRUN_TIMEOUT_S", "slurm_run",
+__all__ = ["Allocation", "current_allocation", "bind", "node_srun", "SRUN_TIMEOUT_S", "slurm_run", "show_job",
            "time_is_up", "ending", "time_limit_reason"]
 
 SRUN_TIMEOUT_S = 30.0
@@ -38,6 +38,18 @@ def slurm_run(argv: Sequence[str], timeout: float = SRUN_TIMEOUT_S) -> subproces
         raise BadInput(f"backend slurm: {argv[0]} is not installed on this machine (Slurm's client commands "
                        f"are needed where the launcher runs)")
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+
+
+def show_job(job_id: str, run: Run = slurm_run) -> Optional[Dict[str, str]]:
+    """`scontrol show job -o JOB` as fields (see `launcher.slurm.parse_job_state`); None when Slurm does
+    not know the job (any more)."""
+    shown = run(["scontrol", "show", "job", "-o", str(job_id)])
+    if shown.returncode != 0:
+        return None
+    try:
+        return parse_job_state(shown.stdout)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -71,8 +83,7 @@ def current_allocation(environ: Mapping[str, str] = os.environ, run: Run = slurm
     resolved: Dict[str, str] = {}
     for node in nodes:
         resolved[node] = _ip_of(node, addrs.get(node, node), job_id)
-    job = run(["scontrol", "show", "job", "-o", job_id])
-    fields = parse_job_state(job.stdout) if job.returncode == 0 and "JobId=" in job.stdout else {}
+    fields = show_job(job_id, run) or {}
     return Allocation(job_id, nodes, resolved, fields.get("TimeLimit", ""), fields.get("EndTime", ""))
 
 
@@ -109,9 +120,10 @@ def ending(allocation: Allocation, run: Run = slurm_run) -> str:
     if time_is_up(allocation.end_time):
         return time_limit_reason(allocation)
     try:
-        shown = run(["scontrol", "show", "job", "-o", allocation.job_id])
-        state = parse_job_state(shown.stdout)
-    except (ValueError, OSError, subprocess.SubprocessError):
+        state = show_job(allocation.job_id, run)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if state is None:
         return ""
     if time_limit_hit(state):
         return time_limit_reason(allocation)

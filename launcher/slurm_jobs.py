@@ -6,39 +6,43 @@ that end into job.json, so `status`, `list` and `logs --follow` never show a job
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from typing import Dict, Optional
 
+from launcher.allocation import show_job, slurm_run
+from launcher.errors import BadInput
 from launcher.jobs import JobDir, JobRecord
-from launcher.slurm import job_finished, parse_exit_code, parse_job_state, time_limit_hit
+from launcher.slurm import job_finished, parse_exit_code, time_limit_hit
 from launcher.states import JobState
 
 TIMEOUT_S = 15.0
 
 
-def _client(*argv: str) -> Optional[subprocess.CompletedProcess]:
-    if shutil.which(argv[0]) is None:
-        return None
+def _client(argv) -> subprocess.CompletedProcess:
+    """A Slurm client command; what Slurm cannot answer here (not installed, too slow) is an OSError."""
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True, timeout=TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+        return slurm_run(argv, TIMEOUT_S)
+    except (BadInput, subprocess.SubprocessError) as exc:
+        raise OSError(str(exc)) from None
 
 
 def slurm_state(record: JobRecord) -> Optional[Dict[str, str]]:
-    """`scontrol show job` of the record's Slurm job; None when it has none or Slurm no longer knows it."""
+    """`scontrol show job` of the record's Slurm job; None when it has none, Slurm no longer knows it, or
+    Slurm cannot be asked from here."""
     slurm_id = record.slurm.get("job_id")
     if not slurm_id:
         return None
-    result = _client("scontrol", "show", "job", "-o", str(slurm_id))
-    if result is None or result.returncode != 0:
-        return None
     try:
-        return parse_job_state(result.stdout)
-    except ValueError:
+        return show_job(str(slurm_id), _client)
+    except OSError:
         return None
+
+
+def ended(record: JobRecord) -> bool:
+    """Whether Slurm has ended the record's job (or no longer knows it)."""
+    state = slurm_state(record)
+    return state is None or job_finished(state)
 
 
 def describe(state: Dict[str, str]) -> str:
@@ -76,6 +80,9 @@ def reconcile(job: JobDir, record: Optional[JobRecord] = None) -> JobRecord:
     return job.update(lambda r: r if r.is_final else r.with_state(new, message))
 
 
-def cancel(record: JobRecord, *options: str) -> Optional[subprocess.CompletedProcess]:
-    """`scancel [options] JOBID` for the record's Slurm job."""
-    return _client("scancel", *options, str(record.slurm["job_id"]))
+def cancel(record: JobRecord, *options: str) -> None:
+    """`scancel [options] JOBID` for the record's Slurm job (nothing if Slurm cannot be asked from here)."""
+    try:
+        _client(["scancel", *options, str(record.slurm["job_id"])])
+    except OSError:
+        pass

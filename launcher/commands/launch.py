@@ -223,7 +223,7 @@ def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
     spec = pool.spec if pool is not None else spec
     device_ips = {}
     everyone = dataclasses.replace(spec, hosts=spec.hosts + spec.spares)
-    if spec.slurm is not None and not spec.hosts[0].srun:
+    if _stand_in_nodes(spec):
         # a dry run outside an allocation: the nodes and their device IPs are not known yet
         device_ips = {h.name: {d: f"<{h.name} device {d} ip>" for d in h.devices} for h in spec.hosts}
     elif needs_discovery(everyone):
@@ -259,6 +259,11 @@ def _in_allocation(spec: ClusterSpec, args: argparse.Namespace) -> ClusterSpec:
     raise BadInput(f"{spec.source}: backend slurm runs inside a Slurm allocation and this is not one "
                    f"(SLURM_JOB_ID is not set): run `salloc -N {spec.slurm.nodes} refinenet-launch ...`, or "
                    f"`refinenet-launch submit --cluster ...` to queue it with sbatch")
+
+
+def _stand_in_nodes(spec: ClusterSpec) -> bool:
+    """A `backend: slurm` spec not bound to an allocation: its hosts stand for nodes not known yet."""
+    return spec.slurm is not None and not spec.hosts[0].srun
 
 
 def _host_pool(spec: ClusterSpec, exclude: Sequence[str]) -> Optional[HostPool]:
@@ -382,11 +387,10 @@ def _reached_by(host: HostSpec) -> str:
 def _agent_step(host: HostSpec, spec: ClusterSpec) -> str:
     """The srun line that starts `host`'s agent (the agent's own source goes on its stdin)."""
     from launcher.allocation import node_srun
-    from launcher.transport.slurm import SlurmTransport
+    from launcher.transport.slurm import AGENT_STEP
 
     srun = host.srun or node_srun("$SLURM_JOB_ID", host.name, spec.slurm.srun_options if spec.slurm else ())
-    step = SlurmTransport(host.name, srun, host.python).step_argv([host.python], agent=True)
-    return shlex.join(step) + " -S -c <host agent>"
+    return shlex.join([*srun, *AGENT_STEP, host.python]) + " -S -c <host agent>"
 
 
 def _ranks_text(ranks: Sequence[int]) -> str:
@@ -419,7 +423,7 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
             out.write(f"\nthen stage {stage} (same job, after {plan.stage} succeeded):\n")
             for p in later.processes:
                 out.write(f"  [{p.host}] {p.name}: {p.command}\n")
-        if spec.slurm is not None and not spec.hosts[0].srun:
+        if _stand_in_nodes(spec):
             out.write(f"\noutside a Slurm allocation: {spec.hosts[0].name}..{spec.hosts[-1].name} stand for "
                       f"its nodes (their addresses and device IPs are read inside it: salloc, or submit)\n")
         out.write(f"\ndry run: nothing started; plan in {job_dir / PLAN_FILE}\n")

@@ -7,6 +7,7 @@ import sys
 from typing import List, Sequence
 
 from launcher.jobs import RUNS_DIR_ENV, JobDir, JobRecord, format_time, list_job_dirs, resolve_runs_dir
+from launcher.slurm_jobs import reconcile
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -29,13 +30,6 @@ def format_table(rows: Sequence[Sequence[str]]) -> List[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1]
             if len(row) > 1 else row[0] for row in rows]
-
-
-def reconcile(job: JobDir) -> JobRecord:
-    """The record; a job Slurm ended without its launcher recording it gets Slurm's end first."""
-    from launcher.slurm_jobs import reconcile as slurm_reconcile
-
-    return slurm_reconcile(job)
 
 
 def _summary(job: JobDir, record: JobRecord) -> dict:

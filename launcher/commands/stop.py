@@ -114,14 +114,6 @@ def _wait_final(job: JobDir, timeout: float, launcher) -> bool:
     return job.read().is_final
 
 
-def _slurm_ended(record: JobRecord) -> bool:
-    from launcher import slurm_jobs
-    from launcher.slurm import job_finished
-
-    state = slurm_jobs.slurm_state(record)
-    return state is None or job_finished(state)
-
-
 def stop_slurm_job(job: JobDir, record: JobRecord, timeout: float) -> int:
     """A job Slurm runs: a queued one is cancelled; a running one's launcher (the batch script) gets SIGTERM
     and ends the job on every node itself (it also sees the stop request in job.json); whatever is left
@@ -139,7 +131,7 @@ def stop_slurm_job(job: JobDir, record: JobRecord, timeout: float) -> int:
         slurm_jobs.cancel(record, "--batch", "--signal=TERM")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not job.read().is_final:
-        if record.launcher is None and _slurm_ended(record):
+        if record.launcher is None and slurm_jobs.ended(record):
             break
         time.sleep(0.2)
     if not job.read().is_final and submitted:
@@ -149,7 +141,7 @@ def stop_slurm_job(job: JobDir, record: JobRecord, timeout: float) -> int:
     final = job.update(lambda r: r if r.is_final else r.with_state(
         JobState.STOPPED, f"stopped by refinenet-launch stop (Slurm job {slurm_id} cancelled)"))
     print(f"job {final.job_id}: {final.state.value}")
-    return 0 if final.state == JobState.STOPPED or final.is_final else 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

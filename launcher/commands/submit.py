@@ -99,26 +99,25 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     if spec.slurm is None:
         raise BadInput(f"{spec.source}: submit queues jobs on Slurm: the cluster file needs backend slurm "
                        f"(it has backend {spec.backend})")
+    job_dir = job_dir.absolute()
+    script_path = job_dir / SCRIPT
+    script = template(SCRIPT + ".j2").render(job_id=job_id, cwd=str(Path.cwd()),
+                                             argv=launcher_argv(args, spec.slurm.python, job_dir))
+    command = sbatch_argv(spec, job_id, job_dir, script_path)
     if args.dry_run:
-        argv = launcher_argv(args, spec.slurm.python, job_dir.absolute())
-        script = template(SCRIPT + ".j2").render(job_id=job_id, cwd=str(Path.cwd()), argv=argv)
-        command = sbatch_argv(spec, job_id, job_dir.absolute(), job_dir.absolute() / SCRIPT)
         out.write(f"sbatch command: {shlex.join(command)}\n")
         out.write(f"batch script:\n{script}\ndry run: nothing submitted\n")
         return 0
     check_partition(spec)
     plan = factory(0, None)
     args.cluster_path = str(launch.resolve_cluster_path(args.cluster))
-    job = JobDir.create(job_dir.absolute().parent, cluster=spec.name, stage=_label(args, factory),
-                        spec=_spec_data(spec, args),
-                        cluster_file=str(launch.resolve_cluster_path(args.cluster)), plan=plan.to_dict(),
+    job = JobDir.create(job_dir.parent, cluster=spec.name, stage=args.stage or factory.workload.stage,
+                        spec=_spec_data(spec, args), cluster_file=args.cluster_path, plan=plan.to_dict(),
                         job_id=job_id, owned=False)
-    script = job.path / SCRIPT
-    argv = launcher_argv(args, spec.slurm.python, job.path.absolute())
-    script.write_text(template(SCRIPT + ".j2").render(job_id=job_id, cwd=str(Path.cwd()), argv=argv) + "\n")
-    script.chmod(0o755)
-    command = sbatch_argv(spec, job_id, job.path.absolute(), script)
-    job.set_slurm(submitted=True, partition=spec.slurm.partition or "", script=str(script), sbatch=command)
+    script_path.write_text(script + "\n")
+    script_path.chmod(0o755)
+    job.set_slurm(submitted=True, partition=spec.slurm.partition or "", script=str(script_path),
+                  sbatch=command)
     result = slurm_run(command)
     if result.returncode != 0:
         shutil.rmtree(job.path, ignore_errors=True)
@@ -137,7 +136,3 @@ def _as_dry_run(args: argparse.Namespace) -> argparse.Namespace:
     copy = argparse.Namespace(**vars(args))
     copy.dry_run, copy.queued = True, True
     return copy
-
-
-def _label(args: argparse.Namespace, factory) -> str:
-    return args.stage if args.stage else factory.workload.stage

@@ -85,11 +85,7 @@ class SlurmTransport(LocalTransport):
 
     def read_file(self, path: str) -> bytes:
         result = self._step(self._reader(path))
-        if result.returncode != 0:
-            err = result.stderr.decode("utf-8", "replace").strip()
-            if "No such file" in err:
-                raise FileNotFoundError(2, f"{path} does not exist on {self.host}", path)
-            raise HostError(self.host, f"cannot read {path}: {err or f'exit {result.returncode}'}")
+        self._check_read(path, result.returncode, result.stderr)
         return result.stdout
 
     def _reader(self, path: str) -> list:
@@ -107,12 +103,18 @@ class SlurmTransport(LocalTransport):
                 yield data
         finally:
             proc.stdout.close()
-            err = proc.stderr.read().decode("utf-8", "replace").strip()
+            err = proc.stderr.read()
             code = proc.wait()
-        if code != 0:
-            if "No such file" in err:
-                raise FileNotFoundError(2, f"{path} does not exist on {self.host}", path)
-            raise HostError(self.host, f"cannot read {path}: {err or f'exit {code}'}")
+        self._check_read(path, code, err)
+
+    def _check_read(self, path: str, code: int, stderr: bytes) -> None:
+        """`FileNotFoundError` for a missing file, `HostError` for any other failed read."""
+        if code == 0:
+            return
+        err = stderr.decode("utf-8", "replace").strip()
+        if "No such file" in err:
+            raise FileNotFoundError(2, f"{path} does not exist on {self.host}", path)
+        raise HostError(self.host, f"cannot read {path}: {err or f'exit {code}'}")
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         self._write(path, [data], mode, len(data))
