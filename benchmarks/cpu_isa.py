@@ -1,7 +1,10 @@
 """oneDNN ISA cap: a convolution train step with ONEDNN_MAX_CPU_ISA=AVX2 vs the library default.
 
 Each variant runs in its own process (the variable is read when MindSpore loads). Prints the
-seconds per step of each and their ratio. Usage: python benchmarks/cpu_isa.py [--size 129] [--steps 3]
+seconds per step of each, their ratio, and the oneDNN convolution implementations each ran
+(ONEDNN_VERBOSE): with AVX-512 the NCHW forward and backward-data convolutions go to
+`jit_uni_ncsp:conv+ref`, a reference kernel behind a layout wrapper.
+Usage: python benchmarks/cpu_isa.py [--size 129] [--steps 3]
 """
 import argparse
 import json
@@ -36,13 +39,23 @@ print(json.dumps({"seconds_per_step": (time.perf_counter() - t0) / steps}))
 
 
 def run_variant(isa, size, steps):
-    env = dict(os.environ)
+    """(seconds per step, {propagation: oneDNN convolution implementations}) with the given ISA cap."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
     env.pop("ONEDNN_MAX_CPU_ISA", None)
     if isa:
         env["ONEDNN_MAX_CPU_ISA"] = isa
     out = subprocess.run([sys.executable, "-c", CHILD, str(size), str(steps)], env=env,
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_step"]
+    impls = {}
+    for line in out.stdout.splitlines():
+        f = line.split(",")
+        if ",primitive,exec," in line and f[5] == "convolution":
+            impls.setdefault(f[7], set()).add(f[6])
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_step"], impls
+
+
+def describe(impls):
+    return "; ".join(f"{prop}: {', '.join(sorted(names))}" for prop, names in sorted(impls.items()))
 
 
 def main():
@@ -50,10 +63,12 @@ def main():
     parser.add_argument("--size", type=int, default=129)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    capped = run_variant("AVX2", args.size, args.steps)
-    default = run_variant(None, args.size, args.steps)
+    capped, capped_impls = run_variant("AVX2", args.size, args.steps)
+    default, default_impls = run_variant(None, args.size, args.steps)
     print(f"conv train step 1x3x{args.size}x{args.size}: ONEDNN_MAX_CPU_ISA=AVX2 {capped:.3f} s, "
           f"library default {default:.3f} s, default/AVX2 = {default / capped:.1f}x")
+    print(f"oneDNN convolutions with AVX2: {describe(capped_impls)}")
+    print(f"oneDNN convolutions with the library default: {describe(default_impls)}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ the bottleneck blocks folded into its convolution: conv(x, w * s) + (beta - mean
 `no-bn` (separable pool, frozen BN removed: not the same results, an upper bound for folding),
 `jit-O0`, `jit-O1` (separable pool, JitConfig(jit_level=...) on the train cell),
 `graph-kernel` (separable pool, set_context(enable_graph_kernel=True)), `threads-N`
-(separable pool, device_context.cpu.op_tuning.threads_num(N)).
+(separable pool, device_context.cpu.op_tuning.threads_num(N)), `inter-op-N` (separable pool,
+set_context(inter_op_parallel_num=N): at most N operators at once).
 """
 from __future__ import annotations  # noqa: I001  (refinenet sets CPU defaults before MindSpore loads)
 
@@ -102,6 +103,8 @@ def worker(args) -> None:
         ms.set_context(enable_graph_kernel=True)
     if variant.startswith("threads-"):
         ms.device_context.cpu.op_tuning.threads_num(int(variant.split("-")[1]))
+    if variant.startswith("inter-op-"):
+        ms.set_context(inter_op_parallel_num=int(variant.split("-")[2]))
     hp = preset("r1", "cpu", 1, {"batch_size": 1, "crop_size": args.crop, "depth": args.depth})
     ms.set_seed(hp.seed)
     net = build_refinenet(num_classes=hp.num_classes, depth=hp.depth, bn_mode=hp.bn_mode,

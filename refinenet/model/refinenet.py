@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
+import mindspore as ms
 from mindspore import nn, ops
 
 from refinenet.model.resize import Resize
@@ -38,11 +39,12 @@ class MaxPool5x5(nn.Cell):
 
     A 5x5 max is a 5x1 max of a 1x5 max; each pass is MindSpore's argmax-keeping pool ('pad' mode,
     MaxPool3DWithArgmax), whose backward is a scatter by the kept indices, where the square pool's
-    MaxPoolGrad recomputes the window maxima (13% of a RefineNet-101 train step at 513x513). The
+    MaxPoolGrad recomputes the window maxima in oneDNN's slow plain-layout kernel (13% of a
+    RefineNet-101 train step at 513x513). The
     forward values equal the square pool's bit for bit and so does the backward except where a
     window holds tied maxima (in practice the zeros of a ReLU output, whose gradient the ReLU zeroes
-    anyway). Opt-in: a whole RefineNet-101 train step gains only 3% from it (docs/performance.md,
-    "Train step, RefineNet-101 at 513x513"). In inference
+    anyway). A RefineNet-101 train step at 513x513 on CPU takes 0.91x the time with it
+    (docs/performance.md, "Train step, RefineNet-101 at 513x513"). In inference
     (`set_train(False)`) the square 'same' pool is always used: it exports to ONNX ('pad' does not).
     """
 
@@ -99,12 +101,15 @@ class RefineNet(nn.Cell):
     With `input_size` the resizes use constant matrices for that size (exportable to ONNX),
     otherwise MindSpore's resize operator (any size). `separable_pool=True` trains the CRP blocks'
     max pools in a separable argmax form (same results, cheaper pool backward: see `MaxPool5x5`);
-    measured by `benchmarks/train_step_formulation.py`.
+    None (the default) selects it when the device target is CPU, where
+    `benchmarks/train_step_formulation.py` measured it.
     """
 
     def __init__(self, num_classes: int = 21, depth: int = 101, bn_mode: str = "frozen",
-                 input_size: Optional[Tuple[int, int]] = None, separable_pool: bool = False):
+                 input_size: Optional[Tuple[int, int]] = None, separable_pool: Optional[bool] = None):
         super().__init__()
+        if separable_pool is None:
+            separable_pool = ms.get_context("device_target") == "CPU"
         if depth not in RESNET_LAYERS:
             raise ValueError(f"depth must be one of {sorted(RESNET_LAYERS)}, not {depth}")
         if num_classes < 1:

@@ -79,3 +79,19 @@ def test_separable_pool_equals_square_pool():
     grad = ops.GradOperation()
     gs, gp = grad(square)(x).asnumpy(), grad(separable)(x).asnumpy()
     assert np.array_equal(gs, gp)
+
+
+def test_cpu_default_trains_with_separable_pools_down_to_one_pixel_maps():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    assert ms.get_context("device_target") == "CPU"
+    net = build_refinenet(num_classes=NUM_CLASSES, depth=18)
+    pools = [cell for _, cell in net.cells_and_names() if isinstance(cell, MaxPool5x5)]
+    assert len(pools) == 4 and all(p.separable for p in pools)
+    assert not build_refinenet(num_classes=NUM_CLASSES, depth=18, separable_pool=False) \
+        .mflow_conv_g1_pool[0].pool.separable
+    with_loss = NetWithLoss(net, SegmentationLoss(NUM_CLASSES, 255))
+    with_loss.set_train()
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((1, 3, 17, 17)).astype(np.float32))  # layer4: 1x1
+    labels = ms.Tensor(np.zeros((1, 17, 17), np.int32))
+    loss, grads = LossAndGrads(with_loss, ms.ParameterTuple(net.trainable_params()))(x, labels)
+    assert np.isfinite(float(loss.asnumpy())) and all(np.isfinite(g.asnumpy()).all() for g in grads)
