@@ -21,13 +21,7 @@ import refinenet  # noqa: F401
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
-G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
-AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
-#: input transform as a 1 -> 16 channel 4x4 kernel: channel i*4+j holds BT[i,a] * BT[j,b]
-KERNEL_IN = np.einsum("ia,jb->ijab", BT, BT).reshape(16, 1, 4, 4)
-#: output transform as a 16 -> 1 channel 2x2 transposed-convolution kernel
-KERNEL_OUT = np.einsum("pi,qj->ijpq", AT, AT).reshape(16, 1, 2, 2)
+from refinenet.model.winograd import KERNEL_IN, KERNEL_OUT, KERNEL_W, WinogradConv2d
 
 
 class Direct(nn.Cell):
@@ -40,13 +34,13 @@ class Direct(nn.Cell):
         return self.conv(x, self.weight)
 
 
-class Winograd(nn.Cell):
-    """F(2x2,3x3) for batch 1, stride 1, padding 1, any height and width."""
+class WinogradBatchedMatmul(nn.Cell):
+    """F(2x2,3x3) with the 16 products as one batched matmul (batch 1, stride 1, padding 1)."""
 
     def __init__(self, weight: np.ndarray, height: int, width: int):
         super().__init__()
         self.weight = ms.Parameter(Tensor(weight), name="weight")
-        self.g, self.k_in, self.k_out = Tensor(G), Tensor(KERNEL_IN), Tensor(KERNEL_OUT)
+        self.k_w, self.k_in, self.k_out = Tensor(KERNEL_W), Tensor(KERNEL_IN), Tensor(KERNEL_OUT)
         self.tiles = ((height + 1) // 2, (width + 1) // 2)
         th, tw = self.tiles
         self.transform_in = ops.Conv2D(16, 4, pad_mode="pad", stride=2,
@@ -61,7 +55,7 @@ class Winograd(nn.Cell):
         th, tw = self.tiles
         v = self.transform_in(x.reshape(cin, 1, h, w), self.k_in)               # (cin, 16, th, tw)
         v = v.reshape(cin, 16, th * tw).transpose(1, 0, 2)                      # (16, cin, T)
-        u = ops.matmul(ops.matmul(self.g, self.weight), self.g.T)               # (cout, cin, 4, 4)
+        u = ops.matmul(self.weight.reshape(cout * cin, 9), self.k_w)            # (cout*cin, 16)
         u = u.reshape(cout, cin, 16).transpose(2, 0, 1)                         # (16, cout, cin)
         m = self.bmm(u, v).transpose(1, 0, 2).reshape(cout, 16, th, tw)         # (cout, 16, th, tw)
         return self.transform_out(m, self.k_out, (cout, 1, h, w)).reshape(1, cout, h, w)
@@ -93,7 +87,12 @@ def main() -> None:
     weight = (rng.normal(size=(c, c, 3, 3)) * 0.05).astype(np.float32)
     x = Tensor(rng.normal(size=(1, c, s, s)).astype(np.float32))
     dy = Tensor(rng.normal(size=(1, c, s, s)).astype(np.float32))
-    nets = {"Conv2D": Direct(weight), "Winograd F(2x2,3x3)": Winograd(weight, s, s)}
+    production = WinogradConv2d(c, c)
+    production.weight.set_data(Tensor(weight))
+    production.set_train()
+    nets = {"Conv2D": Direct(weight),
+            "Winograd, batched-matmul products": WinogradBatchedMatmul(weight, s, s),
+            "Winograd, grouped 1x1 products (WinogradConv2d)": production}
     grads, outs = {}, {}
     for name, net in nets.items():
         grads[name] = ops.GradOperation(get_all=True, get_by_list=True)(

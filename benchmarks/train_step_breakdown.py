@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CONV_SHAPE = re.compile(r"mb(\d+)_ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+)sh\d+dh\d+ph\d+_iw\d+ow(\d+)kw(\d+)")
+CONV_SHAPE = re.compile(r"(?:g(\d+))?mb(\d+)_ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+)sh\d+dh\d+ph\d+"
+                        r"_iw\d+ow(\d+)kw(\d+)")
 
 
 def conv_flops(shape: str) -> int:
@@ -28,8 +29,9 @@ def conv_flops(shape: str) -> int:
     m = CONV_SHAPE.match(shape)
     if not m:
         return 0
-    mb, ic, oc, oh, kh, ow, kw = map(int, m.groups())
-    return 2 * mb * ic * oc * oh * ow * kh * kw
+    groups = int(m.group(1) or 1)
+    mb, ic, oc, oh, kh, ow, kw = map(int, m.groups()[1:])
+    return 2 * mb * (ic // groups) * oc * oh * ow * kh * kw
 
 
 def exec_records(text: str) -> list:

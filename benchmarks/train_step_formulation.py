@@ -13,15 +13,19 @@ per-step training losses and of the gradients (per parameter max|g - g_today| / 
 the worst parameter reported). `--rounds 2` runs the list twice (interleaved) and takes each
 variant's median over all its timed steps, which evens out load from other jobs.
 
-Variants: `today` (square 5x5 'same' max pool: the formulation before this benchmark),
-`separable-pool` (opt-in `separable_pool=True`: 1x5 and 5x1 argmax-keeping pools, see MaxPool5x5),
+Variants: `today` (square 5x5 'same' max pool, plain convolutions: the formulation before this
+benchmark), `separable-pool` (`separable_pool=True`: 1x5 and 5x1 argmax-keeping pools, see
+MaxPool5x5), `winograd` (separable pools and `winograd=True`: the decoder's 3x3 convolutions of
+>= 256 channels at >= 65x65 in Winograd form F(2x2,3x3), see WinogradConv2d; the CPU default),
 `argmax-pool` (square 5x5 argmax-keeping pool), `bn-folded` (separable pool, and each frozen BN of
 the bottleneck blocks folded into its convolution: conv(x, w * s) + (beta - mean * s)),
 `no-bn` (separable pool, frozen BN removed: not the same results, an upper bound for folding),
 `jit-O0`, `jit-O1` (separable pool, JitConfig(jit_level=...) on the train cell),
 `graph-kernel` (separable pool, set_context(enable_graph_kernel=True)), `threads-N`
 (separable pool, device_context.cpu.op_tuning.threads_num(N)), `inter-op-N` (separable pool,
-set_context(inter_op_parallel_num=N): at most N operators at once).
+set_context(inter_op_parallel_num=N): at most N operators at once). Control: `input-ulp` (today's
+formulation with every input value moved by one unit in the last place: how far float rounding
+alone moves the gradients).
 """
 from __future__ import annotations  # noqa: I001  (refinenet sets CPU defaults before MindSpore loads)
 
@@ -50,7 +54,7 @@ from refinenet.presets import preset
 from refinenet.train import build_train_cell
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_VARIANTS = ["today", "separable-pool"]
+DEFAULT_VARIANTS = ["today", "separable-pool", "winograd"]
 
 
 def conv_bn(conv, bn, x):
@@ -94,6 +98,68 @@ def swap_class(net, old, new) -> int:
     return count
 
 
+def train_preset(args):
+    return preset("r1", "cpu", 1, {"batch_size": 1, "crop_size": args.crop, "depth": args.depth})
+
+
+def build_variant(variant: str, hp) -> tuple:
+    """(network, note) of one variant, seeded like every other variant, BN values randomised."""
+    ms.set_seed(hp.seed)
+    net = build_refinenet(num_classes=hp.num_classes, depth=hp.depth, bn_mode=hp.bn_mode,
+                          separable_pool=variant not in ("today", "argmax-pool", "input-ulp"),
+                          winograd=variant == "winograd")
+    if variant == "argmax-pool":
+        for _, cell in net.cells_and_names():
+            if type(cell).__name__ == "MaxPool5x5":
+                cell.square = nn.MaxPool2d(kernel_size=5, stride=1, pad_mode="pad", padding=2)
+    note = ""
+    if variant == "bn-folded":
+        note = f"{swap_class(net, Bottleneck, FoldedBottleneck)} bottleneck blocks folded"
+    if variant == "no-bn":
+        note = f"{swap_class(net, nn.BatchNorm2d, NoBN)} BN removed"
+    randomize_bn(net)
+    return net, note
+
+
+def batch(variant: str, hp, crop: int) -> tuple:
+    """The same seeded 1x3xCROPxCROP input and labels for every variant (moved by 1 ulp for `input-ulp`)."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 3, crop, crop)).astype(np.float32)
+    if variant == "input-ulp":  # a control, not a formulation: today's network, input moved by 1 ulp
+        image = np.nextafter(image, np.float32(np.inf))
+    label = rng.integers(0, hp.num_classes, size=(1, crop, crop)).astype(np.int32)
+    return ms.Tensor(image), ms.Tensor(label)
+
+
+def same_process(args) -> None:
+    """`today` and one variant in this one process, their train steps alternated; prints the ratio."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    hp = train_preset(args)
+    lrs = learning_rates("cos", hp.base_lr, 100, 1)
+    cells = {}
+    for variant in ("today", args.same_process):
+        net, _ = build_variant(variant, hp)
+        cells[variant] = build_train_cell(net, hp, lrs)[0]
+    data, label = batch("today", hp, args.crop)
+    times = {v: [] for v in cells}
+    losses = {v: [] for v in cells}
+    for i in range(args.steps + 1):
+        for variant, cell in cells.items():
+            t0 = time.perf_counter()
+            losses[variant].append(float(cell(data, label).asnumpy()))
+            if i:
+                times[variant].append(time.perf_counter() - t0)
+    base, other = (statistics.median(times[v]) for v in cells)
+    print(f"RefineNet-{args.depth}, input 1x3x{args.crop}x{args.crop}, one process, {args.steps} "
+          f"alternated steps each after one warm-up step each; max RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+    for variant in cells:
+        print(f"  {variant}: steps {', '.join(f'{t:.2f}' for t in times[variant])} s, "
+              f"losses {', '.join(f'{x:.7f}' for x in losses[variant])}")
+    print(f"median s/step: today {base:.2f}, {args.same_process} {other:.2f}: {other / base:.3f}x")
+
+
 def worker(args) -> None:
     """One variant in this process: loss and gradients once, then timed train steps; JSON to stdout."""
     variant = args.worker
@@ -105,24 +171,10 @@ def worker(args) -> None:
         ms.device_context.cpu.op_tuning.threads_num(int(variant.split("-")[1]))
     if variant.startswith("inter-op-"):
         ms.set_context(inter_op_parallel_num=int(variant.split("-")[2]))
-    hp = preset("r1", "cpu", 1, {"batch_size": 1, "crop_size": args.crop, "depth": args.depth})
-    ms.set_seed(hp.seed)
-    net = build_refinenet(num_classes=hp.num_classes, depth=hp.depth, bn_mode=hp.bn_mode,
-                          separable_pool=variant not in ("today", "argmax-pool"))
-    if variant == "argmax-pool":
-        for _, cell in net.cells_and_names():
-            if type(cell).__name__ == "MaxPool5x5":
-                cell.square = nn.MaxPool2d(kernel_size=5, stride=1, pad_mode="pad", padding=2)
-    note = ""
-    if variant == "bn-folded":
-        note = f"{swap_class(net, Bottleneck, FoldedBottleneck)} bottleneck blocks folded"
-    if variant == "no-bn":
-        note = f"{swap_class(net, nn.BatchNorm2d, NoBN)} BN removed"
-    randomize_bn(net)
+    hp = train_preset(args)
+    net, note = build_variant(variant, hp)
     names = [(p.name, tuple(p.shape)) for p in net.get_parameters()]
-    rng = np.random.default_rng(0)
-    data = ms.Tensor(rng.normal(size=(1, 3, args.crop, args.crop)).astype(np.float32))
-    label = ms.Tensor(rng.integers(0, hp.num_classes, size=(1, args.crop, args.crop)).astype(np.int32))
+    data, label = batch(variant, hp, args.crop)
 
     result = {"variant": variant, "note": note, "params": len(names)}
     with_loss = NetWithLoss(net, SegmentationLoss(hp.num_classes, hp.ignore_label))
@@ -172,14 +224,17 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def grad_error(path: Path, ref_path: Path) -> tuple:
-    """(worst per-parameter relative error, its parameter name) of the gradients at `path` vs `ref_path`."""
-    worst, name = 0.0, ""
+    """(worst per-parameter relative error, its parameter name, relative error of all gradients as
+    one vector: |g - g_ref|_2 / |g_ref|_2) of the gradients at `path` vs `ref_path`."""
+    worst, name, diff2, ref2 = 0.0, "", 0.0, 0.0
     with np.load(path) as a, np.load(ref_path) as b:
         for key in b.files:
             err = rel_err(a[key], b[key])
             if err > worst:
                 worst, name = err, key
-    return worst, name
+            diff2 += float(np.sum((a[key].astype(np.float64) - b[key]) ** 2))
+            ref2 += float(np.sum(b[key].astype(np.float64) ** 2))
+    return worst, name, (diff2 / ref2) ** 0.5 if ref2 else diff2 ** 0.5
 
 
 def main() -> None:
@@ -189,11 +244,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up step)")
     p.add_argument("--rounds", type=int, default=1, help="run the variant list this many times, interleaved")
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
+    p.add_argument("--same-process", metavar="VARIANT",
+                   help="time VARIANT against today in this one process, steps alternated (needs the "
+                        "memory of both; RefineNet-101 at 513: today 11.6 GiB, winograd 8.7 GiB)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--grads-out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
+        return
+    if args.same_process:
+        same_process(args)
         return
     variants = args.variants if args.variants[0] == "today" else ["today"] + args.variants
     results = {v: {"times": []} for v in variants}
@@ -222,23 +283,23 @@ def main() -> None:
         base_s = statistics.median(base["times"]) if base["times"] else None
         print()
         print("| variant | median s/step | vs today | loss rel. err | step losses rel. err | "
-              "worst grad rel. err (parameter) | names, shapes |")
-        print("|---|---|---|---|---|---|---|")
+              "worst grad rel. err (parameter) | all grads rel. err (L2) | names, shapes |")
+        print("|---|---|---|---|---|---|---|---|")
         for v in variants:
             res = results[v]
             if not res["times"]:
-                print(f"| {v} | fails: {res.get('error', '')} | | | | | |")
+                print(f"| {v} | fails: {res.get('error', '')} | | | | | | |")
                 continue
             med = statistics.median(res["times"])
             ratio = f"{med / base_s:.3f}x" if base_s else ""
             if v == "today" or "loss" not in base:
-                errs = f"loss {res.get('loss', float('nan')):.7f} | |" if v == "today" else " | |"
+                errs = f"loss {res.get('loss', float('nan')):.7f} | | |" if v == "today" else " | | |"
                 same = f"{res['params']} (reference)" if v == "today" else ""
             else:
                 loss_err = abs(res["loss"] - base["loss"]) / abs(base["loss"])
                 step_err = max(abs(a - b) / abs(b) for a, b in zip(res["step_losses"], base["step_losses"]))
-                g, gname = res["grad_err"]
-                errs = f"{loss_err:.1e} | {step_err:.1e} | {g:.1e} ({gname})"
+                g, gname, g_all = res["grad_err"]
+                errs = f"{loss_err:.1e} | {step_err:.1e} | {g:.1e} ({gname}) | {g_all:.1e}"
                 same = "same" if res["names"] == base["names"] else "DIFFERENT"
             note = f" ({res['note']})" if res.get("note") else ""
             print(f"| {v}{note} | {med:.2f} | {ratio} | {errs} | {same} |")

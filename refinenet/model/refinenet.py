@@ -11,21 +11,33 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from refinenet.model.resize import Resize
-from refinenet.model.resnet import RESNET_LAYERS, BasicBlock, Bottleneck, batch_norm, conv, make_layer
+from refinenet.model.resnet import (
+    RESNET_LAYERS,
+    BasicBlock,
+    Bottleneck,
+    batch_norm,
+    conv,
+    init_weight,
+    make_layer,
+)
+from refinenet.model.winograd import WinogradConv2d
 
 
-def conv3x3(cin: int, cout: int, bias: bool = False) -> nn.Conv2d:
+def conv3x3(cin: int, cout: int, bias: bool = False, winograd: bool = False) -> nn.Conv2d:
+    """3x3 'same' convolution; `winograd`: trained in Winograd form where that pays (same parameters)."""
+    if winograd:
+        return WinogradConv2d(cin, cout, has_bias=bias, weight_init=init_weight())
     return conv(cin, cout, 3, 1, bias)
 
 
 class RCUBlock(nn.Cell):
     """Residual conv units: `n_blocks` x (ReLU, conv3x3+bias, ReLU, conv3x3) with identity skips."""
 
-    def __init__(self, cin: int, cout: int, n_blocks: int):
+    def __init__(self, cin: int, cout: int, n_blocks: int, winograd: bool = False):
         super().__init__()
         self.layers = nn.CellList([
-            nn.SequentialCell([nn.ReLU(), conv3x3(cin if i == 0 else cout, cout, bias=True), nn.ReLU(),
-                               conv3x3(cout, cout)])
+            nn.SequentialCell([nn.ReLU(), conv3x3(cin if i == 0 else cout, cout, True, winograd),
+                               nn.ReLU(), conv3x3(cout, cout, winograd=winograd)])
             for i in range(n_blocks)])
 
     def construct(self, x):
@@ -43,8 +55,9 @@ class MaxPool5x5(nn.Cell):
     RefineNet-101 train step at 513x513). The
     forward values equal the square pool's bit for bit and so does the backward except where a
     window holds tied maxima (in practice the zeros of a ReLU output, whose gradient the ReLU zeroes
-    anyway). A RefineNet-101 train step at 513x513 on CPU takes 0.91x the time with it
-    (docs/performance.md, "Train step, RefineNet-101 at 513x513"). In inference
+    anyway). On CPU it is the default: with the Winograd decoder convolutions a RefineNet-101
+    train step at 513x513 takes 0.739x the time (docs/performance.md, "Train step, RefineNet-101
+    at 513x513"). In inference
     (`set_train(False)`) the square 'same' pool is always used: it exports to ONNX ('pad' does not).
     """
 
@@ -65,9 +78,11 @@ class MaxPool5x5(nn.Cell):
 class CRPBlock(nn.Cell):
     """Chained residual pooling: 4 x (5x5 stride-1 max pool, conv3x3), each output added to the input."""
 
-    def __init__(self, cin: int, cout: int, n_stages: int = 4, separable_pool: bool = False):
+    def __init__(self, cin: int, cout: int, n_stages: int = 4, separable_pool: bool = False,
+                 winograd: bool = False):
         super().__init__()
-        self.layers = nn.CellList([conv3x3(cin if i == 0 else cout, cout) for i in range(n_stages)])
+        self.layers = nn.CellList([conv3x3(cin if i == 0 else cout, cout, winograd=winograd)
+                                   for i in range(n_stages)])
         self.pool = MaxPool5x5(separable_pool)
 
     def construct(self, x):
@@ -101,15 +116,18 @@ class RefineNet(nn.Cell):
     With `input_size` the resizes use constant matrices for that size (exportable to ONNX),
     otherwise MindSpore's resize operator (any size). `separable_pool=True` trains the CRP blocks'
     max pools in a separable argmax form (same results, cheaper pool backward: see `MaxPool5x5`);
-    None (the default) selects it when the device target is CPU, where
-    `benchmarks/train_step_formulation.py` measured it.
+    `winograd=True` trains the decoder's 3x3 convolutions in Winograd form F(2x2,3x3) where it pays
+    (see `WinogradConv2d`). None (the default) selects each when the device target is CPU, where
+    `benchmarks/train_step_formulation.py` measured them.
     """
 
     def __init__(self, num_classes: int = 21, depth: int = 101, bn_mode: str = "frozen",
-                 input_size: Optional[Tuple[int, int]] = None, separable_pool: Optional[bool] = None):
+                 input_size: Optional[Tuple[int, int]] = None, separable_pool: Optional[bool] = None,
+                 winograd: Optional[bool] = None):
         super().__init__()
-        if separable_pool is None:
-            separable_pool = ms.get_context("device_target") == "CPU"
+        on_cpu = ms.get_context("device_target") == "CPU"
+        separable_pool = on_cpu if separable_pool is None else separable_pool
+        wg = on_cpu if winograd is None else winograd
         if depth not in RESNET_LAYERS:
             raise ValueError(f"depth must be one of {sorted(RESNET_LAYERS)}, not {depth}")
         if num_classes < 1:
@@ -131,28 +149,28 @@ class RefineNet(nn.Cell):
         self.layer4, inplanes = make_layer(block, inplanes, 512, layers[3], 2, bn_mode)
         c4 = inplanes
 
-        self.p_ims1d2_outl1_dimred = conv3x3(c4, 512)
-        self.adapt_stage1_b = _wrap(RCUBlock(512, 512, 2))
-        self.mflow_conv_g1_pool = _wrap(CRPBlock(512, 512, separable_pool=separable_pool))
-        self.mflow_conv_g1_b = _wrap(RCUBlock(512, 512, 3))
-        self.mflow_conv_g1_b3_joint_varout_dimred = conv3x3(512, 256)
-        self.p_ims1d2_outl2_dimred = conv3x3(c3, 256)
-        self.adapt_stage2_b = _wrap(RCUBlock(256, 256, 2))
-        self.adapt_stage2_b2_joint_varout_dimred = conv3x3(256, 256)
-        self.mflow_conv_g2_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool))
-        self.mflow_conv_g2_b = _wrap(RCUBlock(256, 256, 3))
-        self.mflow_conv_g2_b3_joint_varout_dimred = conv3x3(256, 256)
-        self.p_ims1d2_outl3_dimred = conv3x3(c2, 256)
-        self.adapt_stage3_b = _wrap(RCUBlock(256, 256, 2))
-        self.adapt_stage3_b2_joint_varout_dimred = conv3x3(256, 256)
-        self.mflow_conv_g3_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool))
-        self.mflow_conv_g3_b = _wrap(RCUBlock(256, 256, 3))
-        self.mflow_conv_g3_b3_joint_varout_dimred = conv3x3(256, 256)
-        self.p_ims1d2_outl4_dimred = conv3x3(c1, 256)
-        self.adapt_stage4_b = _wrap(RCUBlock(256, 256, 2))
-        self.adapt_stage4_b2_joint_varout_dimred = conv3x3(256, 256)
-        self.mflow_conv_g4_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool))
-        self.mflow_conv_g4_b = _wrap(RCUBlock(256, 256, 3))
+        self.p_ims1d2_outl1_dimred = conv3x3(c4, 512, winograd=wg)
+        self.adapt_stage1_b = _wrap(RCUBlock(512, 512, 2, winograd=wg))
+        self.mflow_conv_g1_pool = _wrap(CRPBlock(512, 512, separable_pool=separable_pool, winograd=wg))
+        self.mflow_conv_g1_b = _wrap(RCUBlock(512, 512, 3, winograd=wg))
+        self.mflow_conv_g1_b3_joint_varout_dimred = conv3x3(512, 256, winograd=wg)
+        self.p_ims1d2_outl2_dimred = conv3x3(c3, 256, winograd=wg)
+        self.adapt_stage2_b = _wrap(RCUBlock(256, 256, 2, winograd=wg))
+        self.adapt_stage2_b2_joint_varout_dimred = conv3x3(256, 256, winograd=wg)
+        self.mflow_conv_g2_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool, winograd=wg))
+        self.mflow_conv_g2_b = _wrap(RCUBlock(256, 256, 3, winograd=wg))
+        self.mflow_conv_g2_b3_joint_varout_dimred = conv3x3(256, 256, winograd=wg)
+        self.p_ims1d2_outl3_dimred = conv3x3(c2, 256, winograd=wg)
+        self.adapt_stage3_b = _wrap(RCUBlock(256, 256, 2, winograd=wg))
+        self.adapt_stage3_b2_joint_varout_dimred = conv3x3(256, 256, winograd=wg)
+        self.mflow_conv_g3_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool, winograd=wg))
+        self.mflow_conv_g3_b = _wrap(RCUBlock(256, 256, 3, winograd=wg))
+        self.mflow_conv_g3_b3_joint_varout_dimred = conv3x3(256, 256, winograd=wg)
+        self.p_ims1d2_outl4_dimred = conv3x3(c1, 256, winograd=wg)
+        self.adapt_stage4_b = _wrap(RCUBlock(256, 256, 2, winograd=wg))
+        self.adapt_stage4_b2_joint_varout_dimred = conv3x3(256, 256, winograd=wg)
+        self.mflow_conv_g4_pool = _wrap(CRPBlock(256, 256, separable_pool=separable_pool, winograd=wg))
+        self.mflow_conv_g4_b = _wrap(RCUBlock(256, 256, 3, winograd=wg))
         self.clf_conv = conv3x3(256, num_classes, bias=True)
 
         if input_size is None:

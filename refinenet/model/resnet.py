@@ -18,11 +18,16 @@ RESNET_LAYERS = {
 BN_MODES = ("frozen", "train")
 
 
+def init_weight() -> HeUniform:
+    """The ModelZoo recipe's convolution weight initialiser (kaiming-uniform, a=sqrt(5))."""
+    return HeUniform(negative_slope=math.sqrt(5))
+
+
 def conv(cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
-    """A convolution initialised like the ModelZoo recipe (kaiming-uniform, a=sqrt(5))."""
+    """A convolution initialised like the ModelZoo recipe."""
     pad = kernel // 2
     return nn.Conv2d(cin, cout, kernel, stride=stride, pad_mode="pad" if pad else "valid", padding=pad,
-                     has_bias=bias, weight_init=HeUniform(negative_slope=math.sqrt(5)))
+                     has_bias=bias, weight_init=init_weight())
 
 
 def batch_norm(channels: int, bn_mode: str) -> nn.BatchNorm2d:

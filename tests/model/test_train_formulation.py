@@ -1,7 +1,8 @@
-"""The faster training formulation (separable argmax max pools in the CRP blocks) computes what the
-original one does: same parameter names and shapes, same loss and gradients (1e-5 relative), same
-inference output. Tiny network (depth 18, 33x33) so it runs in seconds; the RefineNet-101 figures
-come from benchmarks/train_step_formulation.py (docs/performance.md)."""
+"""The faster training formulation (separable argmax max pools in the CRP blocks, the decoder's 3x3
+convolutions in Winograd form) computes what the original one does: same parameter names and
+shapes, same loss and gradients (1e-5 relative), same inference output. Tiny network (depth 18,
+33x33, every decoder convolution made eligible for the Winograd form) so it runs in seconds; the
+RefineNet-101 figures come from benchmarks/train_step_formulation.py (docs/performance.md)."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from mindspore import ops
 from refinenet.loss import LossAndGrads, NetWithLoss, SegmentationLoss
 from refinenet.model import build_refinenet
 from refinenet.model.refinenet import MaxPool5x5
+from refinenet.model.winograd import WinogradConv2d
 
 NUM_CLASSES = 5
 CROP = 33
@@ -21,9 +23,10 @@ def _rel(a, b):
     return diff / scale if scale else diff
 
 
-def _loss_and_grads(separable_pool):
+def _loss_and_grads(fast):
     ms.set_seed(5)
-    net = build_refinenet(num_classes=NUM_CLASSES, depth=18, bn_mode="frozen", separable_pool=separable_pool)
+    net = build_refinenet(num_classes=NUM_CLASSES, depth=18, bn_mode="frozen", separable_pool=fast,
+                          winograd=fast)
     rng = np.random.default_rng(11)
     for p in net.get_parameters():  # trained-like BN values instead of the identity of a fresh BN
         if p.name.endswith((".gamma", ".moving_variance")):
@@ -45,7 +48,12 @@ def _loss_and_grads(separable_pool):
 @pytest.fixture(scope="module")
 def both():
     ms.set_context(mode=ms.GRAPH_MODE)
-    return _loss_and_grads(False), _loss_and_grads(True)
+    saved = WinogradConv2d.min_size
+    WinogradConv2d.min_size = 1  # the decoder maps of a 33x33 input are 9x9 and smaller
+    try:
+        return _loss_and_grads(False), _loss_and_grads(True)
+    finally:
+        WinogradConv2d.min_size = saved
 
 
 def test_same_parameter_names_and_shapes(both):
@@ -81,14 +89,17 @@ def test_separable_pool_equals_square_pool():
     assert np.array_equal(gs, gp)
 
 
-def test_cpu_default_trains_with_separable_pools_down_to_one_pixel_maps():
+def test_cpu_default_trains_the_fast_form_down_to_one_pixel_maps(monkeypatch):
     ms.set_context(mode=ms.GRAPH_MODE)
     assert ms.get_context("device_target") == "CPU"
+    monkeypatch.setattr(WinogradConv2d, "min_size", 1)
     net = build_refinenet(num_classes=NUM_CLASSES, depth=18)
     pools = [cell for _, cell in net.cells_and_names() if isinstance(cell, MaxPool5x5)]
     assert len(pools) == 4 and all(p.separable for p in pools)
-    assert not build_refinenet(num_classes=NUM_CLASSES, depth=18, separable_pool=False) \
-        .mflow_conv_g1_pool[0].pool.separable
+    assert sum(isinstance(cell, WinogradConv2d) for _, cell in net.cells_and_names()) == 66
+    plain = build_refinenet(num_classes=NUM_CLASSES, depth=18, separable_pool=False, winograd=False)
+    assert not plain.mflow_conv_g1_pool[0].pool.separable
+    assert not any(isinstance(cell, WinogradConv2d) for _, cell in plain.cells_and_names())
     with_loss = NetWithLoss(net, SegmentationLoss(NUM_CLASSES, 255))
     with_loss.set_train()
     x = ms.Tensor(np.random.default_rng(1).standard_normal((1, 3, 17, 17)).astype(np.float32))  # layer4: 1x1
