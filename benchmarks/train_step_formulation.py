@@ -2,8 +2,10 @@
 
 `python benchmarks/train_step_formulation.py [--depth 101] [--crop 513] [--steps 3]
 [--variants today separable-pool ...]` runs every variant in a child process started by this
-command, one after the other (a RefineNet-101 train step at 513x513 holds ~12 GiB, two do not fit
-in one process next to other work on the development machine). Each child builds the same seeded
+command, one after the other (a RefineNet-101 train step at 513x513 holds ~12 GiB). `--same-process
+VARIANT` instead builds `today` and VARIANT in this one process and alternates their train steps:
+the timing to read, since step times move by several percent between processes (17.7 GiB for
+`today` and `winograd` at 513x513). Each child builds the same seeded
 network (ms.set_seed(1), bn_mode frozen as in r1) and the same 1x3xCROPxCROP input and labels; it
 computes the loss and the gradients of all trainable parameters once (GradOperation over network
 and loss, before any update), then builds the r1 train cell (Momentum, loss scale 1024), runs one
