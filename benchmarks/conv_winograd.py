@@ -4,7 +4,10 @@
 costliest convolution (256 -> 256 channels at 129x129, batch 1). The Winograd form computes the
 same convolution with 2.25x fewer multiplications: the input transform is a fixed 4x4 stride-2
 convolution over each channel, the 16 products a batched matmul with the transformed weights
-G w G^T, the output transform a fixed 2x2 stride-2 transposed convolution (which also crops).
+G w G^T (first form) or one 16-group 1x1 convolution between two row gathers (second form:
+`refinenet.model.winograd.WinogradConv2d`, what RefineNet trains with on CPU), the output
+transform a fixed 2x2 stride-2 transposed convolution (which also crops). Below 256 channels or
+65x65 the second form runs the plain convolution, so `--channels 128` times Conv2D twice.
 Both are differentiated by MindSpore. Prints the relative error of the output, the input gradient and
 the weight gradient against Conv2D, and the median time of loss-and-gradients of each, measured
 interleaved in one process.

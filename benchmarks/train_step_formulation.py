@@ -255,6 +255,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.same_process == "today":
+        p.error("--same-process times a variant against today: name another variant")
     if args.same_process:
         same_process(args)
         return

@@ -52,12 +52,11 @@ class MaxPool5x5(nn.Cell):
     A 5x5 max is a 5x1 max of a 1x5 max; each pass is MindSpore's argmax-keeping pool ('pad' mode,
     MaxPool3DWithArgmax), whose backward is a scatter by the kept indices, where the square pool's
     MaxPoolGrad recomputes the window maxima in oneDNN's slow plain-layout kernel (13% of a
-    RefineNet-101 train step at 513x513). The
-    forward values equal the square pool's bit for bit and so does the backward except where a
-    window holds tied maxima (in practice the zeros of a ReLU output, whose gradient the ReLU zeroes
-    anyway). On CPU it is the default: with the Winograd decoder convolutions a RefineNet-101
-    train step at 513x513 takes 0.739x the time (docs/performance.md, "Train step, RefineNet-101
-    at 513x513"). In inference
+    RefineNet-101 train step at 513x513). The forward values equal the square pool's bit for bit
+    and so does the backward except where a window holds tied maxima (in practice the zeros of a
+    ReLU output, whose gradient the ReLU zeroes anyway). On CPU it is the default: with the
+    Winograd decoder convolutions a RefineNet-101 train step at 513x513 takes 0.739x the time
+    (docs/performance.md, "Train step, RefineNet-101 at 513x513"). In inference
     (`set_train(False)`) the square 'same' pool is always used: it exports to ONNX ('pad' does not).
     """
 
