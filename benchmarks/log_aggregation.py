@@ -27,7 +27,9 @@ from typing import Callable, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher.agent.session import AgentEvent, start_session  # noqa: E402
-from launcher.logs import JOB_LOG, LogAggregator, rank_log_name  # noqa: E402
+from launcher.logs.aggregator import LogAggregator  # noqa: E402
+from launcher.logs.format import JOB_LOG, rank_log_name  # noqa: E402
+from launcher.logs.progress import ProgressRecorder  # noqa: E402
 from launcher.transport.local import LocalTransport  # noqa: E402
 
 WRITER = r"""
@@ -113,7 +115,8 @@ def run_agent_only(transport, ranks: int, lines: int) -> float:
 def run_aggregated(transport, ranks: int, lines: int, job_dir: Path) -> float:
     """Seconds for all writers to finish with every line written by the aggregator."""
     with open(os.devnull, "w") as devnull:
-        agg = LogAggregator(job_dir / "logs", stream=devnull, metrics_file=job_dir / "metrics.jsonl")
+        agg = LogAggregator(job_dir / "logs", stream=devnull,
+                            observers=[ProgressRecorder(job_dir / "metrics.jsonl")])
         agg.start_attempt(1)
         t0 = time.perf_counter()
         run_agent(transport, [writer_argv(r, lines) for r in range(ranks)],

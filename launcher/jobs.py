@@ -5,7 +5,7 @@ pid and process group of every process) so that `refinenet-launch status|logs|st
 from any terminal, can find a job and act on it. Layout::
 
     runs/<job-id>/job.json        the JobRecord, replaced atomically on every update
-    runs/<job-id>/logs/           rank_<r>.log, <process>.log, job.log (see launcher.logs)
+    runs/<job-id>/logs/           rank_<r>.log, <process>.log, job.log (see launcher.logs.format)
     runs/<job-id>/metrics.jsonl   progress records parsed from the ranks' log lines
     runs/<job-id>/stragglers.jsonl  ranks flagged as stragglers (also in job.json `stragglers`)
 
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from launcher.errors import BadInput, JobNotFound, RankFailure
-from launcher.logs import LogAggregator
+from launcher.logs.aggregator import LogAggregator
+from launcher.logs.progress import ProgressRecorder
 from launcher.states import (
     JobState,
     RankState,
@@ -583,12 +584,13 @@ class JobDir:
 
     def open_logs(self, *, straggler_factor: float = DEFAULT_FACTOR, straggler_window: int = DEFAULT_WINDOW,
                   show_framework_logs: bool = False, **options: Any) -> LogAggregator:
-        """A `LogAggregator` writing this job's `logs/`, `metrics.jsonl` and `stragglers.jsonl`, and
-        recording flagged ranks in `job.json` (other options go through)."""
-        return LogAggregator(self.logs_dir, metrics_file=self.metrics_file,
-                             stragglers_file=self.stragglers_file, on_straggler=self.record_straggler,
-                             straggler_factor=straggler_factor, straggler_window=straggler_window,
-                             show_framework_logs=show_framework_logs, **options)
+        """A `LogAggregator` writing this job's `logs/`, with a `ProgressRecorder` writing `metrics.jsonl`
+        and `stragglers.jsonl` and recording flagged ranks in `job.json` (other options go through)."""
+        progress = ProgressRecorder(self.metrics_file, stragglers_file=self.stragglers_file,
+                                    on_straggler=self.record_straggler, straggler_factor=straggler_factor,
+                                    straggler_window=straggler_window)
+        return LogAggregator(self.logs_dir, show_framework_logs=show_framework_logs, observers=[progress],
+                             **options)
 
     def last_metrics(self, max_bytes: int = 1 << 18) -> Dict[int, Dict[str, Any]]:
         """Rank -> its newest record in `metrics.jsonl` (looks at the last `max_bytes` only)."""

@@ -16,11 +16,11 @@ import threading
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Sequence
 
-from launcher.allocation import ending, time_is_up, time_limit_reason
 from launcher.errors import BadInput, HostError, JobFailed
 from launcher.fanout import fan_out
 from launcher.jobs import JobDir, format_time
-from launcher.logs import parse_ranks
+from launcher.logs.format import parse_ranks
+from launcher.slurm.allocation import ending, time_is_up, time_limit_reason
 from launcher.spec import ClusterSpec, HostSpec
 from launcher.states import JobState
 from launcher.supervisor import PlanFactory, Supervisor

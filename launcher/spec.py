@@ -201,7 +201,7 @@ class ClusterSpec:
     #: Hosts standing by to take the ranks of an excluded host (same schema as `hosts`).
     spares: Tuple[HostSpec, ...] = ()
     #: `backend: slurm`: the allocation (then `backend` is how the ranks form a cluster, `slurm.ranks_with`,
-    #: and `hosts` are placeholders until `launcher.allocation` binds the allocation's nodes).
+    #: and `hosts` are placeholders until `launcher.slurm.allocation` binds the allocation's nodes).
     slurm: Optional[SlurmSpec] = None
     #: `shared`: every host sees the same output directory (one copy of each checkpoint, one resume scan);
     #: `local`: each host keeps its own copy.

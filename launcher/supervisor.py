@@ -30,7 +30,8 @@ from launcher.errors import RankFailure
 from launcher.exclusion import HostPool, HostTracker, NoSpareLeft
 from launcher.fanout import DEFAULT_WIDTH, fan_out
 from launcher.jobs import Failure, JobDir, ProcessRecord
-from launcher.logs import LogAggregator, rank_source
+from launcher.logs.aggregator import LogAggregator
+from launcher.logs.format import rank_source
 from launcher.plan import LaunchPlan, write_plan
 from launcher.policy import Action, Decision, decide
 from launcher.resume import (

@@ -7,7 +7,7 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from launcher.logs import LogAggregator
+from launcher.logs.aggregator import LogAggregator
 from launcher.plan import LaunchPlan, ProcessSpec
 
 if TYPE_CHECKING:

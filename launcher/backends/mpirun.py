@@ -7,7 +7,7 @@ import re
 from typing import Callable, Dict, List
 
 from launcher.backends.base import Backend, Sink
-from launcher.logs import LogAggregator
+from launcher.logs.aggregator import LogAggregator
 from launcher.plan import LaunchPlan, ProcessSpec
 from launcher.render import HOSTFILE, render_hostfile, template
 

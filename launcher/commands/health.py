@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from typing import Dict
 
 from launcher.health.collect import check_cluster
-from launcher.health.report import HealthThresholds
+from launcher.health.verdicts import HealthThresholds
 from launcher.transport.base import HostError
 
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"--timeout: {args.timeout} must be > 0")
     spec = load_cluster(args.cluster)
     if spec.slurm is not None:
-        from launcher.allocation import bind, current_allocation
+        from launcher.slurm.allocation import bind, current_allocation
 
         allocation = current_allocation()
         if allocation is None:

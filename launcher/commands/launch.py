@@ -248,7 +248,7 @@ def prepare(args: argparse.Namespace, read_file: Optional[ReadFile] = None):
 def _in_allocation(spec: ClusterSpec, args: argparse.Namespace) -> ClusterSpec:
     """A `backend: slurm` spec bound to the allocation this runs in; outside one only a dry run goes on,
     with placeholder nodes."""
-    from launcher.allocation import bind, current_allocation
+    from launcher.slurm.allocation import bind, current_allocation
 
     allocation = None if getattr(args, "queued", False) else current_allocation()
     if allocation is not None:
@@ -323,7 +323,7 @@ def make_plan_factory(spec: ClusterSpec, slots: Sequence[RankSlot], stage: str, 
 def _check_ranks(text: Optional[str], world: int) -> None:
     if not text:
         return
-    parse_ranks = _optional("launcher.logs", "parse_ranks")
+    parse_ranks = _optional("launcher.logs.format", "parse_ranks")
     ranks = parse_ranks(text) if parse_ranks else {int(p) for p in text.split(",") if p.strip().isdigit()}
     outside = sorted(r for r in ranks if r >= world)
     if outside:
@@ -386,8 +386,8 @@ def _reached_by(host: HostSpec) -> str:
 
 def _agent_step(host: HostSpec, spec: ClusterSpec) -> str:
     """The srun line that starts `host`'s agent (the agent's own source goes on its stdin)."""
-    from launcher.allocation import node_srun
-    from launcher.transport.slurm import AGENT_STEP
+    from launcher.slurm.allocation import node_srun
+    from launcher.slurm.transport import AGENT_STEP
 
     srun = host.srun or node_srun("$SLURM_JOB_ID", host.name, spec.slurm.srun_options if spec.slurm else ())
     return shlex.join([*srun, *AGENT_STEP, host.python]) + " -S -c <host agent>"

@@ -7,7 +7,7 @@ import sys
 from typing import List, Sequence
 
 from launcher.jobs import RUNS_DIR_ENV, JobDir, JobRecord, format_time, list_job_dirs, resolve_runs_dir
-from launcher.slurm_jobs import reconcile
+from launcher.slurm.jobs import reconcile
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

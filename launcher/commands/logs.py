@@ -14,7 +14,7 @@ from typing import IO, Optional
 
 from launcher.errors import BadInput
 from launcher.jobs import RUNS_DIR_ENV, JobDir
-from launcher.logs import JOB_LOG, JobLogFilter, parse_ranks
+from launcher.logs.format import JOB_LOG, JobLogFilter, parse_ranks
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -75,7 +75,7 @@ def print_log(job: JobDir, out: IO[str], keep: JobLogFilter, follow: bool, inter
             break
         final_seen = job.read().is_final
         if not final_seen and time.monotonic() - asked_slurm > SLURM_POLL_S:
-            from launcher.slurm_jobs import reconcile
+            from launcher.slurm.jobs import reconcile
 
             asked_slurm = time.monotonic()
             final_seen = reconcile(job).is_final

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from launcher.commands.list_jobs import format_table
 from launcher.jobs import RUNS_DIR_ENV, JobDir, JobRecord, ProcessRecord, format_time
-from launcher.logs import parse_attempt_header, rank_log_name, tail_lines
+from launcher.logs.format import parse_attempt_header, rank_log_name, tail_lines
 from launcher.states import JobState
 
 
@@ -78,7 +78,7 @@ def _slurm(record: JobRecord) -> Optional[Dict[str, Any]]:
     """The record's Slurm facts, with what Slurm says now while the job is not final."""
     if not record.slurm:
         return None
-    from launcher import slurm_jobs
+    from launcher.slurm import jobs as slurm_jobs
 
     info = dict(record.slurm)
     state = None if record.is_final else slurm_jobs.slurm_state(record)
@@ -170,7 +170,7 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.slurm_jobs import reconcile
+    from launcher.slurm.jobs import reconcile
 
     job = JobDir.resolve(args.job, args.runs_dir)
     record = reconcile(job)

@@ -118,7 +118,7 @@ def stop_slurm_job(job: JobDir, record: JobRecord, timeout: float) -> int:
     """A job Slurm runs: a queued one is cancelled; a running one's launcher (the batch script) gets SIGTERM
     and ends the job on every node itself (it also sees the stop request in job.json); whatever is left
     after `timeout` s goes with the whole Slurm job."""
-    from launcher import slurm_jobs
+    from launcher.slurm import jobs as slurm_jobs
 
     slurm_id = record.slurm["job_id"]
     submitted = bool(record.slurm.get("submitted"))

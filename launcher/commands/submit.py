@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import IO, List, Optional
 
-from launcher.allocation import slurm_run
 from launcher.commands import launch
 from launcher.errors import BadInput
 from launcher.jobs import JobDir
 from launcher.render import template
 from launcher.runner import _spec_data
-from launcher.slurm import parse_key_values, parse_sbatch_job_id
+from launcher.slurm.allocation import slurm_run
+from launcher.slurm.text import parse_key_values, parse_sbatch_job_id
 from launcher.spec import ClusterSpec
 
 SCRIPT = "sbatch.sh"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from launcher.jobs import RUNS_DIR_ENV, JobDir, JobRecord
-from launcher.logs import rank_log_name
+from launcher.logs.format import rank_log_name
 from launcher.report.data import JobData
 from launcher.report.series import global_step, steps_per_epoch
 from launcher.stragglers import step_interval

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Typ
 
 from launcher.health.host import HostSample
 from launcher.health.probes import device_probe, read_host
-from launcher.health.report import (
+from launcher.health.verdicts import (
     NO_THRESHOLDS,
     ClusterHealth,
     DeviceRow,

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from launcher.health.collect import PROBE_TIMEOUT_S, output_dir, parallel_map, read_devices
 from launcher.health.probes import read_host
-from launcher.health.report import NO_THRESHOLDS, HealthThresholds, Verdict, device_dict
 from launcher.health.samples import HealthSampleWriter, plain
+from launcher.health.verdicts import NO_THRESHOLDS, HealthThresholds, Verdict, device_dict
 
 __all__ = ["HealthFailure", "HealthMonitor"]
 

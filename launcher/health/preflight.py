@@ -9,7 +9,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 from launcher.errors import LauncherError
 from launcher.health.collect import PROBE_TIMEOUT_S, dir_checks, output_dir, parallel_map, read_devices
 from launcher.health.probes import read_host
-from launcher.health.report import NO_THRESHOLDS, HealthThresholds, Verdict, format_table
+from launcher.health.verdicts import NO_THRESHOLDS, HealthThresholds, Verdict, format_table
 from launcher.transport.base import HostError, HostInfo
 
 __all__ = ["PreflightCheck", "PreflightReport", "PreflightFailed", "run_preflight", "host_checks",

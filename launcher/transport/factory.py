@@ -22,7 +22,7 @@ def open_transport(host) -> Transport:
     node (`host.srun` set) is reached through steps of the allocation."""
     srun = getattr(host, "srun", None)
     if srun:
-        from launcher.transport.slurm import SlurmTransport
+        from launcher.slurm.transport import SlurmTransport
 
         return SlurmTransport(host.name, srun, getattr(host, "python", None) or "python3")
     ssh = getattr(host, "ssh", None)

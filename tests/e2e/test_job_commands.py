@@ -13,7 +13,7 @@ import pytest
 
 from launcher.cli import main
 from launcher.jobs import JOB_ID_ENV, Failure, JobDir, LauncherInfo, ProcessRecord
-from launcher.logs import LogAggregator
+from launcher.logs.aggregator import LogAggregator
 from launcher.states import JobState, RankState
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.slurm import (
+from launcher.slurm.text import (
     expand_nodelist,
     parse_job_state,
     parse_node_addrs,

@@ -8,7 +8,8 @@ from launcher.health.collect import dir_checks
 from launcher.health.host import DirSample, HostSample, MemorySample, parse_host_sample
 from launcher.health.npu_smi import parse_npu_smi_info
 from launcher.health.probes import DeviceReading, npu_readings
-from launcher.health.report import (
+from launcher.health.samples import HealthSampleWriter, read_samples
+from launcher.health.verdicts import (
     ClusterHealth,
     HealthReport,
     HealthThresholds,
@@ -16,7 +17,6 @@ from launcher.health.report import (
     classify_device,
     classify_devices,
 )
-from launcher.health.samples import HealthSampleWriter, read_samples
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -8,16 +8,17 @@ import time
 import pytest
 
 from launcher.errors import BadInput
-from launcher.logs import (
+from launcher.logs.aggregator import LogAggregator
+from launcher.logs.format import (
     JOB_LOG,
     JobLogFilter,
-    LogAggregator,
     parse_attempt_header,
     parse_ranks,
     parse_source,
     source_rank,
     tail_lines,
 )
+from launcher.logs.progress import ProgressRecorder
 from launcher.workload.base import parse_progress
 
 
@@ -93,7 +94,7 @@ def test_rank_filter_applies_to_the_stream_only(tmp_path):
 
 def test_attempts_tail_activity_and_metrics(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
-    agg = LogAggregator(tmp_path / "logs", tail_lines=3, metrics_file=metrics)
+    agg = LogAggregator(tmp_path / "logs", tail_lines=3, observers=[ProgressRecorder(metrics)])
     assert agg.last_activity() == {}
     agg.start_attempt(1)
     r0, r1 = agg.rank_sink(0, "a"), agg.rank_sink(1, "b")
@@ -200,7 +201,7 @@ def test_tail_lines(tmp_path):
 def test_rank_log_files_open_at_once_are_bounded(tmp_path):
     import os
 
-    from launcher.logs import MAX_OPEN_FILES, LogAggregator
+    from launcher.logs.aggregator import MAX_OPEN_FILES, LogAggregator
 
     before = len(os.listdir("/proc/self/fd"))
     with LogAggregator(tmp_path / "logs") as logs:

@@ -7,7 +7,8 @@ import io
 import pytest
 
 from launcher.jobs import JobDir
-from launcher.logs import LogAggregator, is_framework_log
+from launcher.logs.aggregator import LogAggregator
+from launcher.logs.format import is_framework_log
 from refinenet.data.progress import Progress
 
 FRAMEWORK = [

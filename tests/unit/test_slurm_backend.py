@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher.allocation import Allocation, bind, current_allocation, ending, time_is_up
 from launcher.commands import submit
 from launcher.errors import BadInput, ClusterFileError
 from launcher.render import template
+from launcher.slurm.allocation import Allocation, bind, current_allocation, ending, time_is_up
+from launcher.slurm.transport import SlurmTransport
 from launcher.spec import parse_cluster
 from launcher.transport.factory import open_transport
-from launcher.transport.slurm import SlurmTransport
 
 
 def data(**slurm):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.slurm import (
+from launcher.slurm.text import (
     FINISHED_JOB_STATES,
     TaskFailure,
     expand_nodelist,

@@ -99,7 +99,7 @@ def test_the_aggregator_flags_a_rank_that_really_sleeps_longer(tmp_path):
         for t in threads:
             t.join()
         assert agg.flush(5)
-        flagged = list(agg.stragglers)
+        flagged = list(agg.observers[0].stragglers)
     assert [(s.rank, s.host) for s in flagged] == [(1, "host-b")]
     assert 2.0 < flagged[0].ratio < 5.0
     text = stream.getvalue()

@@ -1,108 +1,56 @@
-"""Log aggregation: every line of every rank to its own file, one prefixed live stream, activity.
-
-Files under `JOB/logs/` (one set per job; attempts are marked inside the files):
-
-    rank_<r>.log   the rank's output exactly as it printed it, with an `=== attempt N started … ===`
-                   line at the start of each attempt, so `tail -f` and `grep` work across restarts
-    <name>.log     the same for an auxiliary process (e.g. `scheduler.log`)
-    job.log        every line of every process in arrival order, prefixed `[r<rank> <host>] ` or
-                   `[<name> <host>] `, plus the attempt lines; `refinenet-launch logs` reads this
+"""Log aggregation: every line of every process to its own file, one prefixed live stream, activity.
 
 Transports call a sink once per whole line, from their reader threads; the sink only queues the
 line, and one writer thread writes whole lines in arrival order (so each rank keeps its order and
 no line is split), buffered and flushed whenever the queue runs empty or `flush_interval` passes.
-The aggregator also keeps, per process, the last lines and the time of the last one (for failure
-reports and hang detection) and copies `epoch: N step: M, loss is X` lines as JSON records into
-`JOB/metrics.jsonl`, feeding them to a straggler detector: a flagged rank gets a `[launcher]
-straggler: ...` line in job.log and the stream and a record in `JOB/stragglers.jsonl`.
-
-MindSpore's own INFO/DEBUG log lines (`[INFO] DISTRIBUTED(pid,tid,python):2026-... [file] ...`) stay in
-the files but are left out of the live stream unless `show_framework_logs` is set.
+The file names and line format are `launcher.logs.format`'s. The aggregator also keeps, per process,
+the last lines and the time of the last one (for failure reports and hang detection), and hands the
+lines that carry an observer's mark to that observer (`launcher.logs.progress`: metrics records and
+stragglers), on the writer thread; what an observer returns is added to job.log and the stream.
 """
 from __future__ import annotations
 
 import collections
 import itertools
-import json
 import os
 import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Deque, Dict, Iterable, List, Optional, Set, Union
+from typing import IO, Callable, Deque, Dict, Iterable, List, Optional, Protocol, Sequence, Union
 
-from launcher.errors import BadInput
-from launcher.stragglers import DEFAULT_FACTOR, DEFAULT_WINDOW, Straggler, StragglerDetector
-from launcher.workload.base import PROGRESS_MARK, parse_progress
+from launcher.logs.format import (
+    JOB_LOG,
+    LAUNCHER_SOURCE,
+    attempt_header,
+    is_framework_log,
+    line_prefix,
+    rank_log_name,
+    rank_source,
+    source_rank,
+)
 
-JOB_LOG = "job.log"
 #: Rank and process log files kept open at once (least recently written closed first), so the
 #: launcher's file descriptors do not grow with the number of ranks.
 MAX_OPEN_FILES = 64
-ATTEMPT_HEADER = "=== attempt {number} started {time} ==="
-_HEADER_RE = re.compile(r"^=== attempt (\d+) started [^=]*===$")
-_PREFIX_RE = re.compile(r"^\[([^\s\]]+) [^\]]*\] ")
-_RANK_SOURCE_RE = re.compile(r"^r(\d+)$")
-_FRAMEWORK_RE = re.compile(r"^\[(?:INFO|DEBUG)\] [A-Z][A-Z0-9_]*\([^)]*\):\d{4}-\d\d-\d\d-")
 Sink = Callable[[str], None]
 
 
-LAUNCHER_SOURCE = "launcher"
+class LineObserver(Protocol):
+    """Sees the lines that contain its `mark`, on the aggregator's writer thread."""
 
+    mark: str
 
-def is_framework_log(line: str) -> bool:
-    """True for a MindSpore C++ log line at INFO or DEBUG level (kept in files, not streamed)."""
-    return line.startswith(("[INFO] ", "[DEBUG] ")) and _FRAMEWORK_RE.match(line) is not None
+    def observe(self, source: str, host: str, rank: Optional[int], attempt: int, line: str
+                ) -> Optional[str]:
+        """Handle one line; a launcher note to add to job.log and the stream, or None."""
 
+    def flush(self) -> None:
+        """Make what the observer wrote so far visible to readers (called when the aggregator flushes)."""
 
-def rank_log_name(rank: int) -> str:
-    return f"rank_{rank}.log"
-
-
-def rank_source(rank: int) -> str:
-    """The name of a rank in prefixes and process records: `r<rank>`."""
-    return f"r{rank}"
-
-
-def line_prefix(source: str, host: str) -> str:
-    return f"[{source} {host}] "
-
-
-def attempt_header(number: int, at: Optional[float] = None) -> str:
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() if at is None else at))
-    return ATTEMPT_HEADER.format(number=number, time=stamp)
-
-
-def parse_attempt_header(line: str) -> Optional[int]:
-    """The attempt number if `line` is an attempt header, else None."""
-    m = _HEADER_RE.match(line)
-    return int(m.group(1)) if m else None
-
-
-def parse_source(line: str) -> Optional[str]:
-    """The source (`r3`, `scheduler`) of a prefixed `job.log` line, or None."""
-    m = _PREFIX_RE.match(line)
-    return m.group(1) if m else None
-
-
-def source_rank(source: Optional[str]) -> Optional[int]:
-    m = _RANK_SOURCE_RE.match(source or "")
-    return int(m.group(1)) if m else None
-
-
-def parse_ranks(text: str) -> Set[int]:
-    """`0,3` or `0-3,6` -> a set of ranks; `BadInput` naming `--ranks` otherwise."""
-    ranks: Set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise BadInput(f"--ranks: {part!r} in {text!r} is not a rank or a range like 0-3")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise BadInput(f"--ranks: range {part!r} is empty")
-        ranks.update(range(lo, hi + 1))
-    return ranks
+    def close(self) -> None:
+        """The aggregator closes: flush and close whatever the observer writes."""
 
 
 def _join_lines(lines: List[str]) -> Optional[str]:
@@ -199,19 +147,15 @@ class LogAggregator:
 
     `stream` (e.g. sys.stdout) gets the prefixed live view, restricted to `ranks` when given
     (auxiliary processes are shown only without a rank filter), without MindSpore's INFO/DEBUG lines
-    unless `show_framework_logs`. Stragglers (`straggler_factor`, `straggler_window`, see
-    launcher.stragglers) are appended to `stragglers_file` and handed to `on_straggler` (called on
-    the writer thread; its exceptions are ignored). Use as a context manager or call `close()`; a
-    line that still arrives after `close()` is appended to the files directly.
+    unless `show_framework_logs`. `observers` see the lines carrying their mark (see
+    `LineObserver`). Use as a context manager or call `close()`; a line that still arrives after
+    `close()` is appended to the files directly.
     """
 
     def __init__(self, logs_dir: Union[str, os.PathLike], *, stream: Optional[IO[str]] = None,
-                 ranks: Optional[Iterable[int]] = None, tail_lines: int = 50,
-                 metrics_file: Union[str, os.PathLike, None] = None, flush_interval: float = 0.2,
+                 ranks: Optional[Iterable[int]] = None, tail_lines: int = 50, flush_interval: float = 0.2,
                  max_pending: int = 100_000, show_framework_logs: bool = False,
-                 straggler_factor: float = DEFAULT_FACTOR, straggler_window: int = DEFAULT_WINDOW,
-                 stragglers_file: Union[str, os.PathLike, None] = None,
-                 on_straggler: Optional[Callable[[Straggler], None]] = None):
+                 observers: Sequence[LineObserver] = ()):
         self.logs_dir = Path(logs_dir)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._stream = stream
@@ -221,10 +165,7 @@ class LogAggregator:
         self._max_pending = max_pending
         self._show_framework = show_framework_logs
         self._stream_differs = False
-        self._detector = StragglerDetector(straggler_factor, straggler_window)
-        self._stragglers_path = Path(stragglers_file) if stragglers_file else None
-        self._on_straggler = on_straggler
-        self.stragglers: List[Straggler] = []
+        self.observers = tuple(observers)
         self._lock = threading.Lock()
         self._channels: Dict[str, _Channel] = {}
         self._queue: Deque[int] = collections.deque()
@@ -233,9 +174,7 @@ class LogAggregator:
         self._open_channels: collections.OrderedDict[int, _Channel] = collections.OrderedDict()
         self._attempt = 0
         self._job_log_path = self.logs_dir / JOB_LOG
-        self._metrics_path = Path(metrics_file) if metrics_file else None
         self._job_log = self._open(self._job_log_path)
-        self._metrics = self._open(self._metrics_path) if self._metrics_path else None
         self._idle = False
         self._attention = False
         self._wake = threading.Event()
@@ -375,13 +314,15 @@ class LogAggregator:
                 self._stream_differs = True
                 if kept:
                     stream_parts.append(ch.prefix + ch.nl_prefix.join(kept))
-        if PROGRESS_MARK in text:
-            for line in run:
-                if PROGRESS_MARK in line:
-                    warning = self._write_metrics(ch, line)
-                    if warning is not None:
-                        job_parts.append(warning)
-                        stream_parts.append(warning)
+        for observer in self.observers:
+            if observer.mark in text:
+                for line in run:
+                    if observer.mark in line:
+                        note = observer.observe(ch.source, ch.host, ch.rank, self._attempt, line)
+                        if note is not None:
+                            note = f"[{LAUNCHER_SOURCE}] {note}"
+                            job_parts.append(note)
+                            stream_parts.append(note)
         now = time.monotonic()
         with self._lock:
             ch.tail.extend(run[-self._tail_lines:])
@@ -437,42 +378,12 @@ class LogAggregator:
         except (OSError, ValueError):
             self._stream = None
 
-    def _write_metrics(self, ch: _Channel, line: str) -> Optional[str]:
-        """Record a progress line; a straggler warning line (prefixed) when the detector flags one."""
-        record = parse_progress(line)
-        if record is None:
-            return None
-        record = {"rank": ch.rank, "source": ch.source, "host": ch.host, "attempt": self._attempt,
-                  **record, "time": round(time.time(), 3)}
-        if self._metrics is not None:
-            self._metrics.write(_encode(json.dumps(record, separators=(",", ":")) + "\n"))
-        if ch.rank is None:
-            return None
-        straggler = self._detector.feed(record)
-        if straggler is None:
-            return None
-        self._report_straggler(straggler)
-        return f"[{LAUNCHER_SOURCE}] {straggler.message()}"
-
-    def _report_straggler(self, straggler: Straggler) -> None:
-        with self._lock:
-            self.stragglers.append(straggler)
-        if self._stragglers_path is not None:
-            try:
-                with open(self._stragglers_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(straggler.to_dict(), separators=(",", ":")) + "\n")
-            except OSError:
-                pass
-        if self._on_straggler is not None:
-            try:
-                self._on_straggler(straggler)
-            except Exception:  # a failing observer must not stop the log writer
-                pass
-
     def _flush_files(self) -> None:
-        for f in [self._job_log, self._metrics, *(ch.file for ch in list(self._channels.values()))]:
+        for f in [self._job_log, *(ch.file for ch in list(self._channels.values()))]:
             if f is not None and not f.closed:
                 f.flush()
+        for observer in self.observers:
+            observer.flush()
         if self._stream is not None:
             try:
                 self._stream.flush()
@@ -533,56 +444,18 @@ class LogAggregator:
                 return
             if self._job_log.closed:
                 self._job_log = self._open(self._job_log_path)
-            if self._metrics is not None and self._metrics.closed:
-                self._metrics = self._open(self._metrics_path)
             self._write_batch(batch)
             self._close_files()
 
     def _close_files(self) -> None:
         self._flush_files()
-        for f in [self._job_log, self._metrics, *(ch.file for ch in self._channels.values())]:
+        for f in [self._job_log, *(ch.file for ch in self._channels.values())]:
             if f is not None:
                 f.close()
+        for observer in self.observers:
+            try:
+                observer.close()
+            except Exception:  # a failing observer must not stop the close
+                pass
 
 
-def tail_lines(path: Union[str, os.PathLike], n: int, max_bytes: int = 1 << 16) -> List[str]:
-    """The last `n` whole lines of a text file (reads at most `max_bytes` from its end)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            start = max(0, size - max_bytes)
-            f.seek(start)
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", errors="replace").split("\n")
-    if start > 0:
-        lines = lines[1:]
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines[-n:] if n > 0 else []
-
-
-class JobLogFilter:
-    """Decides which `job.log` lines to show: by rank (`r<N>` sources) and by attempt.
-
-    Feed it every line in order (it follows the attempt headers); `keep(line)` says whether to show it.
-    """
-
-    def __init__(self, ranks: Optional[Iterable[int]] = None, attempt: Optional[int] = None):
-        self.ranks = None if ranks is None else frozenset(ranks)
-        self.attempt = attempt
-        self.current_attempt = 0
-
-    def keep(self, line: str) -> bool:
-        number = parse_attempt_header(line)
-        if number is not None:
-            self.current_attempt = number
-            return self.attempt is None or number == self.attempt
-        if self.attempt is not None and self.current_attempt != self.attempt:
-            return False
-        if self.ranks is None:
-            return True
-        rank = source_rank(parse_source(line))
-        return rank is not None and rank in self.ranks

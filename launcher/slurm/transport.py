@@ -12,7 +12,7 @@ import signal
 import subprocess
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
-from launcher.slurm import parse_task_failures
+from launcher.slurm.text import parse_task_failures
 from launcher.transport.base import CommandResult, HostError
 from launcher.transport.guarded import guard_argv, guard_source, kill_argv, kill_outcome
 from launcher.transport.local import DEFAULT_GRACE_S, LocalTransport
@@ -48,7 +48,7 @@ _WRITE = ("import os, sys, tempfile\n"
 
 
 class SlurmTransport(LocalTransport):
-    """Node `host` of an allocation, reached with the srun options `srun` (see `launcher.allocation`)."""
+    """Node `host` of an allocation, reached with the srun options `srun` (launcher.slurm.allocation)."""
 
     def __init__(self, host: str, srun: Sequence[str], python: str, *, grace_s: float = DEFAULT_GRACE_S):
         super().__init__(host, grace_s=grace_s)

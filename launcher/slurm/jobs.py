@@ -10,10 +10,10 @@ import subprocess
 import time
 from typing import Dict, Optional
 
-from launcher.allocation import show_job, slurm_run
 from launcher.errors import BadInput
 from launcher.jobs import JobDir, JobRecord
-from launcher.slurm import job_finished, parse_exit_code, time_limit_hit
+from launcher.slurm.allocation import show_job, slurm_run
+from launcher.slurm.text import job_finished, parse_exit_code, time_limit_hit
 from launcher.states import JobState
 
 TIMEOUT_S = 15.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from launcher.errors import BadInput
-from launcher.slurm import expand_nodelist, parse_job_state, parse_node_addrs, time_limit_hit
+from launcher.slurm.text import expand_nodelist, parse_job_state, parse_node_addrs, time_limit_hit
 from launcher.spec import ClusterSpec, MasterSpec, host_order, slurm_host
 
 __all__ = ["Allocation", "current_allocation", "bind", "node_srun", "SRUN_TIMEOUT_S", "slurm_run", "show_job",
@@ -41,7 +41,7 @@ def slurm_run(argv: Sequence[str], timeout: float = SRUN_TIMEOUT_S) -> subproces
 
 
 def show_job(job_id: str, run: Run = slurm_run) -> Optional[Dict[str, str]]:
-    """`scontrol show job -o JOB` as fields (see `launcher.slurm.parse_job_state`); None when Slurm does
+    """`scontrol show job -o JOB` as fields (see `launcher.slurm.text.parse_job_state`); None when Slurm does
     not know the job (any more)."""
     shown = run(["scontrol", "show", "job", "-o", str(job_id)])
     if shown.returncode != 0:

@@ -1,0 +1,1 @@
+"""Logs of a job: the line format (`format`), the aggregator (`aggregator`), progress records (`progress`)."""
