@@ -36,10 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml  # noqa: E402
 
-from launcher.commands.launch import free_port  # noqa: E402
-from launcher.placement import place  # noqa: E402
-from launcher.render import render_plan  # noqa: E402
-from launcher.spec import load_cluster, with_master_port  # noqa: E402
+from launcher.planning.factory import (
+    PlanFactory,  # noqa: E402
+    free_port,  # noqa: E402
+)
+from launcher.spec.load import load_cluster, with_master_port  # noqa: E402
+from launcher.workload import workload_for  # noqa: E402
 
 R1 = {"depth": 18, "crop-size": 33, "batch-size": 2, "epochs": 1, "save-epochs": 1, "seed": 1,
       "mode": "pynative", "workers": 1}
@@ -75,7 +77,7 @@ def run_bare_msrun(cluster: Path, workdir: Path, tag: str) -> float:
     """The launcher's rendered msrun command and files, run directly."""
     spec = load_cluster(cluster, {"job.output_dir": f"out-{tag}"})
     spec = with_master_port(spec, free_port())
-    plan = render_plan(spec, place(spec), "r1", str(workdir / "bare" / tag), job_id=f"bare-{tag}")
+    plan = PlanFactory.create(spec, workload_for("r1"), str(workdir / "bare" / tag), f"bare-{tag}")()
     for f in plan.files:
         Path(f.path).parent.mkdir(parents=True, exist_ok=True)
         Path(f.path).write_text(f.content)

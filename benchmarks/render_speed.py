@@ -12,9 +12,11 @@ import time
 
 import yaml
 
+from launcher.backends.registry import backend_for
 from launcher.placement import place
-from launcher.render import render_plan
-from launcher.spec import load_yaml, parse_cluster
+from launcher.render.orchestrate import render_plan
+from launcher.spec.load import load_yaml, parse_cluster
+from launcher.workload import workload_for
 
 TARGET_S = 1.0
 
@@ -59,8 +61,9 @@ def main() -> None:
         data = cluster(backend, device, args.hosts, args.devices)
         t_spec, spec = best(lambda d=data: parse_cluster(d, "bench.yaml"), args.repeat)
         t_place, slots = best(lambda s=spec: place(s), args.repeat)
-        t_render, plan = best(lambda s=spec, sl=slots: render_plan(s, sl, "r1", "/tmp/bench-job",
-                                                                   job_id="bench"), args.repeat)
+        workload, backend = workload_for("r1"), backend_for(spec.backend)
+        t_render, plan = best(lambda s=spec, sl=slots, w=workload, b=backend: render_plan(
+            s, sl, w, b, "/tmp/bench-job", job_id="bench"), args.repeat)
         total = t_spec + t_place + t_render
         assert len(plan.slots) == args.hosts * args.devices
         print(f"{backend + '/' + device:<20}{t_spec:>10.3f}{t_place:>10.3f}{t_render:>10.3f}{total:>10.3f}"

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import signal as signals
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Protocol, Tuple
 
-from launcher.errors import RankFailure
+from launcher.failures import Failure, FailureKind
 from launcher.plan import LaunchPlan, ProcessSpec
-from launcher.states import JobState, RankState
-
-AUX_LABELS = {"scheduler": "the scheduler", "msrun": "msrun", "mpirun": "mpirun"}
+from launcher.states import JobState, RankState, check_rank_transition
 
 
 def describe_status(status: int) -> str:
@@ -37,10 +35,12 @@ def signal_name(sig: int) -> str:
 
 @dataclass
 class Member:
-    """A process of the attempt and what is known of it."""
+    """A process of the attempt and what is known of it; `who` names an auxiliary process ("" for a
+    rank). Its state changes only through `move`, which enforces the process lifecycle."""
 
     spec: ProcessSpec
     carries_ranks: bool
+    who: str = ""
     state: RankState = RankState.PENDING
     pid: Optional[int] = None
     pgid: Optional[int] = None
@@ -52,26 +52,40 @@ class Member:
     def rank(self) -> Optional[int]:
         return self.spec.ranks[0] if self.spec.ranks and self.carries_ranks else None
 
-    @property
-    def who(self) -> str:
-        if self.spec.role == "rank":
-            return ""
-        label = AUX_LABELS.get(self.spec.role, self.spec.name)
-        return label if self.spec.name == self.spec.role else f"{label} ({self.spec.name})"
+    def move(self, state: RankState) -> None:
+        self.state = check_rank_transition(self.state, state, what=f"{self.spec.name} on {self.spec.host}")
+
+
+def _bring_up(m: Member) -> None:
+    """PENDING or STARTING -> RUNNING, through the lifecycle."""
+    if m.state == RankState.PENDING:
+        m.move(RankState.STARTING)
+    if m.state == RankState.STARTING:
+        m.move(RankState.RUNNING)
+
+
+class ProcessRoles(Protocol):
+    """What the attempt asks the backend about its processes (launcher.backends.base.Backend)."""
+
+    def carries_ranks(self, proc: ProcessSpec) -> bool: ...
+
+    def who(self, proc: ProcessSpec) -> str: ...
 
 
 class Attempt:
-    """State of attempt `number` of `plan`; `carries_ranks(spec)` says which processes hold ranks."""
+    """State of attempt `number` of `plan`; `roles` (the backend) says which processes hold ranks and
+    how an auxiliary process is named."""
 
-    def __init__(self, number: int, plan: LaunchPlan, carries_ranks: Callable[[ProcessSpec], bool]):
+    def __init__(self, number: int, plan: LaunchPlan, roles: ProcessRoles):
         self.number = number
         self.plan = plan
-        self.members: Dict[str, Member] = {p.name: Member(p, carries_ranks(p)) for p in plan.processes}
+        self.members: Dict[str, Member] = {p.name: Member(p, roles.carries_ranks(p), roles.who(p))
+                                           for p in plan.processes}
         self._by_host: Dict[str, List[Member]] = {}
         for m in self.members.values():
             self._by_host.setdefault(m.spec.host, []).append(m)
         self.outcome: Optional[JobState] = None
-        self.candidates: List[Tuple[Tuple[int, float], RankFailure]] = []
+        self.candidates: List[Tuple[Tuple[int, float], Failure]] = []
         self._deciding = True
 
     # -- queries
@@ -81,7 +95,7 @@ class Attempt:
         return self.outcome is not None
 
     @property
-    def root_cause(self) -> Optional[RankFailure]:
+    def root_cause(self) -> Optional[Failure]:
         return min(self.candidates, key=lambda c: c[0])[1] if self.candidates else None
 
     def all_started(self) -> bool:
@@ -92,11 +106,16 @@ class Attempt:
 
     # -- events
 
+    def starting(self, host: str) -> None:
+        """The host's agent was asked to start its processes."""
+        for m in self.on_host(host):
+            if m.state == RankState.PENDING:
+                m.move(RankState.STARTING)
+
     def started(self, name: str, pid: int, pgid: int, at: float) -> Member:
         m = self.members[name]
         m.pid, m.pgid, m.started = pid, pgid, at
-        if m.state == RankState.PENDING:
-            m.state = RankState.RUNNING
+        _bring_up(m)
         return m
 
     def exited(self, name: str, status: int, at: float) -> Member:
@@ -106,15 +125,16 @@ class Attempt:
             return m
         m.status, m.ended = status, at
         if status == 0:
-            m.state = RankState.SUCCEEDED
+            _bring_up(m)
+            m.move(RankState.SUCCEEDED)
         elif self._deciding:
-            m.state = RankState.FAILED
+            m.move(RankState.FAILED)
             code, sig = (status, None) if status >= 0 else (None, -status)
-            self._fail(RankFailure(m.rank, m.spec.host, exit_code=code, signal=sig, time=at,
-                                      reason=describe_status(status), who=m.who),
+            self._fail(Failure(FailureKind.EXIT, m.spec.host, describe_status(status), rank=m.rank, who=m.who,
+                               exit_code=code, signal=sig, time=at),
                        0 if (m.carries_ranks and status < 0) else 1 if m.carries_ranks else 2)
         else:
-            m.state = RankState.STOPPED
+            m.move(RankState.STOPPED)
         if self.outcome is None and all(x.state == RankState.SUCCEEDED
                                         for x in self.members.values() if x.carries_ranks):
             self.outcome = JobState.SUCCEEDED
@@ -128,22 +148,23 @@ class Attempt:
         reason = (f"no progress for {silent_s:.0f} s: no log line or metrics record "
                   f"(hang timeout {hang_s:g} s)")
         who = m.who if rank is None else ""
-        self._fail(RankFailure(rank, m.spec.host, reason=reason, time=at, who=who, kind="hang"), 1)
+        self._fail(Failure(FailureKind.HANG, m.spec.host, reason, rank=rank, who=who, time=at), 1)
 
-    def host_lost(self, host: str, detail: str, at: float, kind: str = "lost") -> None:
-        """The host's agent or its connection went away while processes ran there (`kind` lost), or
-        the agent could not be started there at all (`kind` unreachable)."""
+    def host_lost(self, host: str, detail: str, at: float, kind: FailureKind = FailureKind.LOST) -> None:
+        """The host's agent or its connection went away while processes ran there (LOST), or the agent
+        could not be started there at all (UNREACHABLE)."""
         if not self._deciding:
             return
         alive = [m for m in self.on_host(host) if not m.state.is_final]
         for m in alive:
-            m.state, m.ended = RankState.FAILED, at
+            m.move(RankState.FAILED)
+            m.ended = at
         ranked = [m for m in alive if m.carries_ranks]
         rank = ranked[0].rank if ranked else None
-        reason = f"lost the connection to {host}: {detail}" if kind == "lost" else detail
-        self._fail(RankFailure(rank, host, signal=signals.SIGHUP, time=at, reason=reason, kind=kind), 1)
+        reason = f"lost the connection to {host}: {detail}" if kind == FailureKind.LOST else detail
+        self._fail(Failure(kind, host, reason, rank=rank, signal=signals.SIGHUP, time=at), 1)
 
-    def failed(self, failure: RankFailure) -> None:
+    def failed(self, failure: Failure) -> None:
         """A failure found elsewhere (an unhealthy device, a host that stopped answering)."""
         if self._deciding:
             self._fail(failure, 1)
@@ -158,7 +179,7 @@ class Attempt:
         """Teardown begins: later exits are the teardown's doing, not failures."""
         self._deciding = False
 
-    def _fail(self, failure: RankFailure, severity: int) -> None:
+    def _fail(self, failure: Failure, severity: int) -> None:
         self.candidates.append(((severity, failure.time or 0.0), failure))
         if self.outcome is None:
             self.outcome = JobState.FAILED
@@ -169,5 +190,6 @@ class Attempt:
         """Every process not known to have ended is recorded STOPPED; returns them."""
         left = [m for m in self.members.values() if not m.state.is_final and m.state != RankState.PENDING]
         for m in left:
-            m.state, m.ended = RankState.STOPPED, at
+            m.move(RankState.STOPPED)
+            m.ended = at
         return left

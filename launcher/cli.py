@@ -9,20 +9,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from launcher.commands import LAUNCH, SUBCOMMANDS
 from launcher.errors import LauncherError
-
-#: Subcommand name -> module with `build_parser(prog) -> ArgumentParser` and `run(args) -> int`.
-SUBCOMMANDS = {
-    "logs": "launcher.commands.logs",
-    "status": "launcher.commands.status",
-    "stop": "launcher.commands.stop",
-    "list": "launcher.commands.list_jobs",
-    "health": "launcher.commands.health",
-    "report": "launcher.commands.report",
-    "top": "launcher.commands.top",
-    "submit": "launcher.commands.submit",
-}
-LAUNCH = "launcher.commands.launch"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from launcher import cli
+from launcher.workload.refinenet import ALL_STAGES
 
-STAGES = ("r1", "r2", "eval")
 DATA_DIR = Path("demo_data")
 OUTPUT_DIR = Path("demo_output")
 RUNS_DIR = Path("runs")
@@ -67,7 +67,7 @@ def _job_dirs() -> set:
 
 
 def launch(stages: str) -> Path:
-    """`refinenet-launch --cluster local-cpu --stage STAGES` (one job); the job directory it made."""
+    """`refinenet-launch --cluster local-cpu --stage ALL_STAGES` (one job); the job directory it made."""
     print(f"\n===== refinenet-launch --cluster local-cpu --stage {stages} =====", flush=True)
     before = _job_dirs()
     code = cli.main(["--cluster", "local-cpu", "--stage", stages])
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     make_dataset(args.images)
     clear_output()
-    job = launch(",".join(STAGES))
+    job = launch(",".join(ALL_STAGES))
     result = json.loads((OUTPUT_DIR / "eval" / "eval.json").read_text())
     overlays = predict(PREDICTED_IMAGES)
     page = report(job)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     print(f"\ndemo: r1 -> r2 -> eval on 2 CPU ranks, prediction and report in {elapsed:.0f} s")
     print_result(result)
     here = Path.cwd()
-    print(f"\njob directory ({', '.join(STAGES)} as one job): {here / job}")
+    print(f"\njob directory ({', '.join(ALL_STAGES)} as one job): {here / job}")
     print(f"checkpoints:        {here / OUTPUT_DIR}/r1/ckpt, {here / OUTPUT_DIR}/r2/ckpt")
     print(f"report:             {here / page}")
     print(f"prediction overlays ({len(overlays)}): {here / PREDICTIONS_DIR}/*_overlay.jpg")

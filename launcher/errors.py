@@ -4,10 +4,12 @@ Exit codes: 0 success, 1 the job failed, 2 bad input (nothing was started).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-__all__ = ["LauncherError", "BadInput", "ClusterFileError", "HostError", "JobNotFound", "JobFailed",
-           "RankFailure"]
+if TYPE_CHECKING:
+    from launcher.failures import Failure
+
+__all__ = ["LauncherError", "BadInput", "ClusterFileError", "HostError", "JobNotFound", "JobFailed"]
 
 
 class LauncherError(Exception):
@@ -47,27 +49,11 @@ class JobNotFound(BadInput):
         self.job, self.existing = job, list(existing)
 
 
-class RankFailure(Exception):
-    """A process of an attempt ended badly: when (launcher clock, epoch seconds), which rank (None for
-    an auxiliary process such as the scheduler: then `who` names it), on which host, how, its log tail."""
-
-    def __init__(self, rank: Optional[int], host: str, exit_code: Optional[int] = None,
-                 signal: Optional[int] = None, log_tail: Sequence[str] = (), reason: str = "",
-                 time: Optional[float] = None, who: str = "", kind: str = "exit"):
-        how = reason or (f"killed by signal {signal}" if signal else f"exit code {exit_code}")
-        who = who or (f"rank {rank}" if rank is not None else "")
-        super().__init__(f"{who} on {host}: {how}" if who else f"{host}: {how}")
-        self.rank, self.host, self.exit_code, self.signal = rank, host, exit_code, signal
-        self.log_tail, self.reason, self.time, self.who = list(log_tail), how, time, who
-        #: exit (an exit code or signal), hang, lost (agent or connection), unreachable, device, scan.
-        self.kind = kind
-
-
 class JobFailed(LauncherError):
     """The job failed for good (restarts exhausted); carries the root cause."""
 
     exit_code = 1
 
-    def __init__(self, message: str, root_cause: Optional[RankFailure] = None):
+    def __init__(self, message: str, root_cause: Optional[Failure] = None):
         super().__init__(message)
         self.root_cause = root_cause

@@ -16,12 +16,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from launcher.errors import LauncherError, RankFailure
+from launcher.errors import LauncherError
+from launcher.failures import Failure, FailureKind
 from launcher.policy import BAD_INPUT_EXIT
-from launcher.spec import ClusterSpec, HostSpec
+from launcher.spec.model import ClusterSpec, HostSpec
 
 #: Failure kinds that take a host out at once (the host itself is broken).
-IMMEDIATE = ("device", "unreachable")
+IMMEDIATE = (FailureKind.DEVICE, FailureKind.UNREACHABLE)
 
 
 class NoSpareLeft(LauncherError):
@@ -49,13 +50,13 @@ class HostTracker:
     exclude_after: int
     streak: Dict[str, int] = field(default_factory=dict)
 
-    def observe(self, failure: Optional[RankFailure]) -> Optional[Exclusion]:
+    def observe(self, failure: Optional[Failure]) -> Optional[Exclusion]:
         """The exclusion this failed attempt's root cause calls for, if any."""
         if failure is None or not failure.host:
             self.streak.clear()
             return None
-        kind = getattr(failure, "kind", "exit")
-        if failure.exit_code == BAD_INPUT_EXIT and kind == "exit":
+        kind = failure.kind
+        if failure.exit_code == BAD_INPUT_EXIT and kind == FailureKind.EXIT:
             self.streak.clear()
             return None
         host = failure.host
@@ -70,8 +71,9 @@ class HostTracker:
         return None
 
 
-def describe_kind(kind: str) -> str:
-    return {"device": "unhealthy device", "unreachable": "unreachable"}.get(kind, kind)
+def describe_kind(kind: FailureKind) -> str:
+    names = {FailureKind.DEVICE: "unhealthy device", FailureKind.UNREACHABLE: "unreachable"}
+    return names.get(kind, kind.value)
 
 
 def replace_host(spec: ClusterSpec, excluded: str, spares: List[HostSpec]) -> Tuple[ClusterSpec, HostSpec]:

@@ -11,8 +11,9 @@ import ipaddress
 import re
 from typing import Callable, Dict, Mapping, Sequence
 
+from launcher.backends.traits import uses_rank_table
 from launcher.errors import ClusterFileError
-from launcher.spec import ClusterSpec, HostSpec, uses_rank_table
+from launcher.spec.model import ClusterSpec, HostSpec
 
 ReadFile = Callable[[HostSpec, str], str]
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from launcher.errors import BadInput, JobNotFound, RankFailure
+from launcher.errors import BadInput, JobNotFound
+from launcher.failures import Failure
 from launcher.logs.aggregator import LogAggregator
 from launcher.logs.progress import ProgressRecorder
 from launcher.states import (
@@ -139,47 +140,8 @@ class ProcessRecord:
 
 
 @dataclass(frozen=True)
-class Failure:
-    """Why an attempt failed: the root-cause rank, its host, how it ended, the tail of its log."""
-
-    reason: str
-    rank: Optional[int] = None
-    host: Optional[str] = None
-    exit_code: Optional[int] = None
-    signal: Optional[int] = None
-    log_tail: Tuple[str, ...] = ()
-    time: Optional[float] = None
-
-    @classmethod
-    def from_rank_failure(cls, exc: RankFailure, at: Optional[float] = None) -> Failure:
-        reason = exc.reason
-        if exc.rank is None and exc.who:
-            reason = f"{exc.who} on {exc.host}: {reason}"
-        when = at if at is not None else exc.time if exc.time is not None else time.time()
-        return cls(reason=reason, rank=exc.rank, host=exc.host, exit_code=exc.exit_code,
-                   signal=exc.signal, log_tail=tuple(exc.log_tail), time=when)
-
-    def summary(self) -> str:
-        if self.rank is None and self.host and f" on {self.host}: " in self.reason:
-            return self.reason
-        where = f"rank {self.rank} on {self.host}: " if self.rank is not None else (
-            f"{self.host}: " if self.host else "")
-        return where + self.reason
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"reason": self.reason, "rank": self.rank, "host": self.host, "exit_code": self.exit_code,
-                "signal": self.signal, "log_tail": list(self.log_tail), "time": self.time}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Failure:
-        return cls(reason=str(d.get("reason", "")), rank=_opt_int(d.get("rank")), host=d.get("host"),
-                   exit_code=_opt_int(d.get("exit_code")), signal=_opt_int(d.get("signal")),
-                   log_tail=tuple(d.get("log_tail") or ()), time=_opt_float(d.get("time")))
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One launch of all the job's processes; a restart is a new attempt."""
+class AttemptRecord:
+    """One launch of all the job's processes, as recorded; a restart is a new attempt."""
 
     number: int
     state: JobState = JobState.STARTING
@@ -205,7 +167,7 @@ class Attempt:
                 "processes": [p.to_dict() for p in self.processes]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Attempt:
+    def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
         failure = d.get("failure")
         return cls(number=int(d["number"]), state=JobState(d.get("state", "STARTING")),
                    started=_opt_float(d.get("started")), ended=_opt_float(d.get("ended")),
@@ -269,7 +231,7 @@ class JobRecord:
     cluster_file: str = ""
     plan: Mapping[str, Any] = field(default_factory=dict)
     launcher: Optional[LauncherInfo] = None
-    attempts: Tuple[Attempt, ...] = ()
+    attempts: Tuple[AttemptRecord, ...] = ()
     stop_requested: bool = False
     message: str = ""
     stragglers: Tuple[Straggler, ...] = ()
@@ -278,9 +240,11 @@ class JobRecord:
     #: A job run by Slurm: {"job_id": Slurm's job id, "submitted": queued by `submit`, "nodes": [...],
     #: "partition", "time_limit", "script"}.
     slurm: Mapping[str, Any] = field(default_factory=dict)
+    #: The launch as asked (`launcher.planning.request.LaunchRequest.to_dict`).
+    request: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def current_attempt(self) -> Optional[Attempt]:
+    def current_attempt(self) -> Optional[AttemptRecord]:
         return self.attempts[-1] if self.attempts else None
 
     @property
@@ -318,7 +282,7 @@ class JobRecord:
     def with_new_attempt(self, resume: Optional[str] = None, at: Optional[float] = None,
                          stage: str = "") -> JobRecord:
         new = check_job_transition(self.state, JobState.STARTING, what=f"job {self.job_id}")
-        attempt = Attempt(number=len(self.attempts) + 1, state=JobState.STARTING,
+        attempt = AttemptRecord(number=len(self.attempts) + 1, state=JobState.STARTING,
                           started=time.time() if at is None else at, resume=resume, stage=stage or self.stage)
         return dataclasses.replace(self, state=new, attempts=self.attempts + (attempt,))
 
@@ -375,12 +339,12 @@ class JobRecord:
                                     ended=time.time() if at is None else at)
         return self._with_current(ended).with_state(job_state or outcome, message)
 
-    def _require_attempt(self) -> Attempt:
+    def _require_attempt(self) -> AttemptRecord:
         if not self.attempts:
             raise ValueError(f"job {self.job_id} has no attempt yet")
         return self.attempts[-1]
 
-    def _with_current(self, attempt: Attempt) -> JobRecord:
+    def _with_current(self, attempt: AttemptRecord) -> JobRecord:
         return dataclasses.replace(self, attempts=self.attempts[:-1] + (attempt,))
 
     def to_dict(self) -> Dict[str, Any]:
@@ -391,7 +355,8 @@ class JobRecord:
                 "cluster_file": self.cluster_file, "spec": dict(self.spec), "plan": dict(self.plan),
                 "attempts": [a.to_dict() for a in self.attempts],
                 "stragglers": [s.to_dict() for s in self.stragglers],
-                "hosts": {name: dict(state) for name, state in self.hosts.items()}, "slurm": dict(self.slurm)}
+                "hosts": {name: dict(state) for name, state in self.hosts.items()}, "slurm": dict(self.slurm),
+                "request": dict(self.request)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
@@ -403,11 +368,11 @@ class JobRecord:
                    updated=float(d.get("updated") or 0.0), spec=d.get("spec") or {},
                    cluster_file=str(d.get("cluster_file") or ""), plan=d.get("plan") or {},
                    launcher=LauncherInfo.from_dict(launcher) if launcher else None,
-                   attempts=tuple(Attempt.from_dict(a) for a in d.get("attempts") or ()),
+                   attempts=tuple(AttemptRecord.from_dict(a) for a in d.get("attempts") or ()),
                    stop_requested=bool(d.get("stop_requested", False)), message=str(d.get("message") or ""),
                    stragglers=tuple(Straggler.from_dict(s) for s in d.get("stragglers") or ()),
                    hosts={str(k): dict(v) for k, v in (d.get("hosts") or {}).items()},
-                   slurm=dict(d.get("slurm") or {}))
+                   slurm=dict(d.get("slurm") or {}), request=dict(d.get("request") or {}))
 
 
 class JobDir:
@@ -446,8 +411,8 @@ class JobDir:
     @classmethod
     def create(cls, runs_dir: Union[str, os.PathLike, None], *, cluster: str, stage: str,
                spec: Mapping[str, Any], cluster_file: str = "", plan: Optional[Mapping[str, Any]] = None,
-               launcher: Optional[LauncherInfo] = None, job_id: Optional[str] = None, owned: bool = True
-               ) -> JobDir:
+               launcher: Optional[LauncherInfo] = None, job_id: Optional[str] = None, owned: bool = True,
+               request: Optional[Mapping[str, Any]] = None) -> JobDir:
         """Make `runs/<new job id>/` with `logs/` and a PENDING `job.json` owned by this process (by no
         process yet with `owned=False`: a queued job whose launcher starts later)."""
         spec, plan = _plain_json(spec, "spec"), _plain_json(plan or {}, "plan")
@@ -468,7 +433,8 @@ class JobDir:
         job.logs_dir.mkdir()
         record = JobRecord(job_id=candidate, cluster=cluster, stage=stage, created=now, updated=now,
                            spec=spec, cluster_file=str(cluster_file), plan=plan,
-                           launcher=launcher or (LauncherInfo.current() if owned else None))
+                           launcher=launcher or (LauncherInfo.current() if owned else None),
+                           request=_plain_json(request or {}, "request"))
         write_json_atomic(job.job_file, record.to_dict())
         return job
 
@@ -523,22 +489,24 @@ class JobDir:
         """Add to what the record says about the job's Slurm allocation."""
         return self.update(lambda r: dataclasses.replace(r, slurm={**r.slurm, **_plain_json(info, "slurm")}))
 
-    def claim(self, *, spec: Mapping[str, Any], plan: Mapping[str, Any], cluster_file: str = "") -> JobDir:
+    def claim(self, *, spec: Mapping[str, Any], plan: Mapping[str, Any], cluster_file: str = "",
+              request: Optional[Mapping[str, Any]] = None) -> JobDir:
         """Take over a job `submit` queued (PENDING, no launcher yet) as the launcher running it; `BadInput`
         for any other job."""
         record = self.read()
         if not record.slurm.get("submitted") or record.state != JobState.PENDING or record.attempts:
             raise BadInput(f"job directory {self.path} already holds a job ({record.state}); choose another")
         spec, plan = _plain_json(spec, "spec"), _plain_json(plan, "plan")
+        request = _plain_json(request or record.request, "request")
         self.update(lambda r: dataclasses.replace(r, spec=spec, plan=plan, cluster_file=str(cluster_file),
-                                                  launcher=LauncherInfo.current()))
+                                                  launcher=LauncherInfo.current(), request=request))
         return self
 
     def set_plan(self, plan: Mapping[str, Any]) -> JobRecord:
         plan = _plain_json(plan, "plan")
         return self.update(lambda r: dataclasses.replace(r, plan=plan))
 
-    def begin_attempt(self, resume: Optional[str] = None, stage: str = "") -> Attempt:
+    def begin_attempt(self, resume: Optional[str] = None, stage: str = "") -> AttemptRecord:
         """Start attempt N+1 (job PENDING or RESTARTING -> STARTING, or RUNNING -> STARTING for the next
         stage of a multi-stage job); returns it."""
         record = self.update(lambda r: r.with_new_attempt(resume, stage=stage))

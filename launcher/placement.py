@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
+from launcher.backends.traits import uses_rank_table
 from launcher.errors import ClusterFileError
-from launcher.spec import ClusterSpec, host_order, uses_rank_table
+from launcher.spec.model import ClusterSpec, host_order
 
 __all__ = ["RankSlot", "place"]
 

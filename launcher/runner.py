@@ -7,7 +7,6 @@ exit 2, and nothing was started on any host. SIGINT/SIGTERM to the launcher stop
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import signal
@@ -20,10 +19,13 @@ from launcher.errors import BadInput, HostError, JobFailed
 from launcher.fanout import fan_out
 from launcher.jobs import JobDir, format_time
 from launcher.logs.format import parse_ranks
+from launcher.planning.prepare import PreparedLaunch
+from launcher.planning.request import LaunchRequest
 from launcher.slurm.allocation import ending, time_is_up, time_limit_reason
-from launcher.spec import ClusterSpec, HostSpec
+from launcher.spec.load import apply_overrides, load_yaml, parse_override
+from launcher.spec.model import ClusterSpec, HostSpec
 from launcher.states import JobState
-from launcher.supervisor import PlanFactory, Supervisor
+from launcher.supervisor import Supervisor
 from launcher.transport.base import Transport
 from launcher.transport.factory import open_transport
 from launcher.transport.probe import free_port_on
@@ -134,37 +136,25 @@ def _stop_on_signals(supervisor: Supervisor, allocation=None):
             signal.signal(sig, old)
 
 
-def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespace,
-            out: Optional[IO[str]] = None, err: Optional[IO[str]] = None) -> int:
-    """Run the plan factory's workload on `spec` (or, for `--stage r1,r2,eval`, each stage in order, each
-    taking the previous one's newest checkpoint) to a final state: 0 succeeded, 1 failed (or stopped),
-    2 bad input. A failure restarts the failing stage only, from its own newest checkpoint."""
+def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Optional[IO[str]] = None) -> int:
+    """Run a prepared launch (one stage, a command, or several stages in order, each taking the previous
+    one's newest checkpoint) to a final state: 0 succeeded, 1 failed (or stopped), 2 bad input. A failure
+    restarts the failing stage only, from its own newest checkpoint."""
     out, err = out or sys.stdout, err or sys.stderr
-    stages = [s for s in (getattr(args, "stage", None) or "").split(",") if s] if not getattr(
-        args, "command", None) else []
-    factories = [plan_factory] + [plan_factory.for_stage(s) for s in stages[1:]]
-    workloads = [f.workload for f in factories]
-    pool = getattr(plan_factory, "pool", None)
-    ranks = parse_ranks(args.ranks) if getattr(args, "ranks", None) else None
-    transports = connect_hosts(spec, err, workloads)
+    spec, request, pool = prepared.spec, prepared.request, prepared.pool
+    factories = list(prepared.factories)
+    ranks = parse_ranks(request.ranks) if request.ranks else None
+    transports = connect_hosts(spec, err, prepared.workloads)
     try:
-        connect_spares(spec, pool, transports, workloads, err)
+        connect_spares(spec, pool, transports, prepared.workloads, err)
         if spec.master.port == "auto" and not spec.host(spec.master.host).is_local:
             master = spec.host(spec.master.host)
-            for factory in factories:
-                factory.pick_port = lambda: free_port_on(transports[master.name], master.python)
-        first_plan = plan_factory(0, None)
-        label = ",".join(stages) if len(stages) > 1 else plan_factory.workload.stage
-        allocation = getattr(args, "allocation", None)
-        if allocation is not None and args.job_dir and (Path(args.job_dir) / "job.json").exists():
-            job = JobDir(args.job_dir).claim(spec=_spec_data(spec, args), plan=first_plan.to_dict(),
-                                             cluster_file=getattr(args, "cluster_path", ""))
-        else:
-            job = JobDir.create(args.runs_dir if not args.job_dir else _parent(args.job_dir),
-                                cluster=spec.name, stage=label, spec=_spec_data(spec, args),
-                                cluster_file=getattr(args, "cluster_path", ""), job_id=args.job_id,
-                                plan=first_plan.to_dict())
+            factories = [f.with_port_picker(lambda: free_port_on(transports[master.name], master.python))
+                         for f in factories]
+        first_plan = factories[0](0, None)
+        job = _job_dir(prepared, first_plan.to_dict())
         print(f"refinenet-launch: job {job.job_id} ({job.path})", file=err, flush=True)
+        allocation = prepared.allocation
         if allocation is not None:
             job.set_slurm(job_id=allocation.job_id, nodes=[h.name for h in spec.hosts],
                           time_limit=allocation.time_limit, end_time=allocation.end_time)
@@ -172,18 +162,17 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
             job.set_hosts(pool.states())
         with job.open_logs(stream=out, ranks=ranks, straggler_factor=spec.health.straggler_factor,
                            straggler_window=spec.health.straggler_window,
-                           show_framework_logs=bool(getattr(args, "show_framework_logs", False))) as logs:
+                           show_framework_logs=request.show_framework_logs) as logs:
             for name, why in (pool.excluded.items() if pool is not None else ()):
                 logs.note(f"host {name} excluded ({why}); its ranks run on spare {pool.replaced_by[name]}")
-            supervisor, current = None, spec
+            supervisor = None
             for index, factory in enumerate(factories):
                 if supervisor is not None:
                     factory = factory.with_spec(supervisor.spec)
-                    current = supervisor.spec
                     logs.note(f"stage {factory.stage} ({index + 1} of {len(factories)}) starts")
-                supervisor = Supervisor(current, factory.stage, factory, job, transports, logs,
+                supervisor = Supervisor(factory, job, transports, logs,
                                         health_factory=_health_factory(transports, job), out=err,
-                                        fanout=spec.launch.fanout, workload=factory.workload, pool=pool,
+                                        fanout=spec.launch.fanout, pool=pool,
                                         last_stage=index == len(factories) - 1,
                                         first_attempt=len(job.read().attempts) + 1,
                                         allocation_ended=(lambda: ending(allocation)) if allocation else None)
@@ -196,24 +185,31 @@ def run_job(spec: ClusterSpec, plan_factory: PlanFactory, args: argparse.Namespa
         close_all(transports)
 
 
-def _parent(job_dir: str) -> str:
-    from pathlib import Path
+def _job_dir(prepared: PreparedLaunch, plan: dict) -> JobDir:
+    """The job's directory: a new one, or the one `submit` created for this allocation to claim."""
+    spec, request = prepared.spec, prepared.request
+    spec_data = _spec_data(spec, request)
+    cluster_file = str(request.cluster_path)
+    if prepared.allocation is not None and request.job_dir and (Path(request.job_dir) / "job.json").exists():
+        return JobDir(request.job_dir).claim(spec=spec_data, plan=plan, cluster_file=cluster_file,
+                                             request=request.to_dict())
+    runs = str(Path(request.job_dir).absolute().parent) if request.job_dir else request.runs_dir
+    return JobDir.create(runs, cluster=spec.name, stage=prepared.label, spec=spec_data,
+                         cluster_file=cluster_file, job_id=prepared.job_id, plan=plan,
+                         request=request.to_dict())
 
-    return str(Path(job_dir).absolute().parent)
 
-
-def _spec_data(spec: ClusterSpec, args: argparse.Namespace) -> dict:
-    """The cluster file's data with the command line's `--override`s applied, for `stop` to rebuild
-    the hosts from job.json exactly as the launch saw them."""
-    from launcher.spec import apply_overrides, load_yaml, parse_override
-
+def _spec_data(spec: ClusterSpec, request: LaunchRequest) -> dict:
+    """The cluster file's data with the request's `--override`s applied, for `stop` to rebuild the hosts
+    from job.json exactly as the launch saw them."""
+    path = str(request.cluster_path)
     try:
-        with open(args.cluster_path, encoding="utf-8") as f:
-            data = load_yaml(f.read(), args.cluster_path)
-    except (OSError, AttributeError):
+        with open(path, encoding="utf-8") as f:
+            data = load_yaml(f.read(), path)
+    except OSError:
         return spec.to_dict()
-    overrides = dict(parse_override(o) for o in getattr(args, "override", None) or ())
-    return apply_overrides(data, overrides, args.cluster_path) if overrides else data
+    overrides = dict(parse_override(o) for o in request.overrides)
+    return apply_overrides(data, overrides, path) if overrides else data
 
 
 def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) -> int:

@@ -24,15 +24,15 @@ from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, T
 
 from launcher.agent.session import AgentEvent, AgentSession, start_session
 from launcher.attempt import Attempt
-from launcher.backends import Backend, backend_for
 from launcher.ckpt_copy import CopyResult, copy_checkpoint
-from launcher.errors import RankFailure
 from launcher.exclusion import HostPool, HostTracker, NoSpareLeft
+from launcher.failures import Failure, FailureKind
 from launcher.fanout import DEFAULT_WIDTH, fan_out
-from launcher.jobs import Failure, JobDir, ProcessRecord
+from launcher.jobs import JobDir, ProcessRecord
 from launcher.logs.aggregator import LogAggregator
 from launcher.logs.format import rank_source
 from launcher.plan import LaunchPlan, write_plan
+from launcher.planning.factory import PlanFactory
 from launcher.policy import Action, Decision, decide
 from launcher.resume import (
     CheckpointInfo,
@@ -43,13 +43,10 @@ from launcher.resume import (
     parse_scan,
     parse_skipped,
 )
-from launcher.spec import ClusterSpec
+from launcher.spec.model import ClusterSpec
 from launcher.states import JobState, RankState
 from launcher.transport.base import HostError, Transport
-from launcher.workload import Workload, workload_for
 
-#: `plan_factory(attempt, resume)`; `resume` maps host name -> checkpoint path on that host.
-PlanFactory = Callable[..., LaunchPlan]
 #: Output that marks the rank where a multi-rank process (msrun, mpirun) went wrong.
 ERROR_MARKS = ("Traceback (most recent call last)", "error:", "Error:", "Error]")
 #: Lines of the failing rank's log kept in the failure report.
@@ -65,7 +62,7 @@ class AttemptResult:
 
     number: int
     state: JobState
-    failure: Optional[RankFailure] = None
+    failure: Optional[Failure] = None
     resume: Optional[ResumeChoice] = None
     teardown_s: float = 0.0
     timeline: Dict[str, float] = field(default_factory=dict)
@@ -74,7 +71,7 @@ class AttemptResult:
 class HealthWatch:
     """Periodic health checks during an attempt; `failures()` is polled by the watch loop."""
 
-    def failures(self) -> Sequence[RankFailure]:
+    def failures(self) -> Sequence[Failure]:
         return ()
 
     def stop(self) -> None:
@@ -94,25 +91,24 @@ class Supervisor:
     wall clock used for the times of events the launcher itself observes.
     """
 
-    def __init__(self, spec: ClusterSpec, stage: str, plan_factory: PlanFactory, job: JobDir,
-                 transports: Mapping[str, Transport], logs: LogAggregator, *,
-                 health_factory: Optional[HealthFactory] = None, out: IO[str] = sys.stderr,
-                 poll_s: float = 0.1, wait: Optional[Callable[[float], bool]] = None,
+    def __init__(self, plan_factory: PlanFactory, job: JobDir, transports: Mapping[str, Transport],
+                 logs: LogAggregator, *, health_factory: Optional[HealthFactory] = None,
+                 out: IO[str] = sys.stderr, poll_s: float = 0.1,
+                 wait: Optional[Callable[[float], bool]] = None,
                  fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time,
-                 workload: Optional[Workload] = None, pool: Optional[HostPool] = None,
-                 last_stage: bool = True, first_attempt: int = 1,
+                 pool: Optional[HostPool] = None, last_stage: bool = True, first_attempt: int = 1,
                  allocation_ended: Optional[Callable[[], str]] = None):
-        self.spec, self.stage, self.plan_factory = spec, stage, plan_factory
-        self.workload = workload or workload_for(stage)
+        self.plan_factory = plan_factory
+        self.spec, self.stage, self.workload = plan_factory.spec, plan_factory.stage, plan_factory.workload
         #: Active, spare and excluded hosts; None when the cluster has no spares (nothing to exclude).
         self.pool = pool
-        self.tracker = HostTracker(spec.restart.exclude_after)
+        self.tracker = HostTracker(self.spec.restart.exclude_after)
         self.copies: List[CopyResult] = []
         #: False for a stage that other stages follow: its success leaves the job RUNNING.
         self.last_stage = last_stage
         self.first_attempt = first_attempt
         self.job, self.transports, self.logs = job, transports, logs
-        self.backend: Backend = backend_for(spec.backend)
+        self.backend = plan_factory.backend
         self.health_factory = health_factory
         self.out = out
         self.poll_s = poll_s
@@ -138,11 +134,13 @@ class Supervisor:
         self.stop_event.set()
 
     def say(self, text: str) -> None:
-        """A launcher message for the user (stderr by default)."""
-        print(f"refinenet-launch: {text}", file=self.out, flush=True)
+        """A launcher message for the user (stderr by default), written whole: one write per line, so it
+        never runs together with the live stream when both share a terminal."""
+        self.out.write(f"refinenet-launch: {text}\n")
+        self.out.flush()
 
     @property
-    def root_cause(self) -> Optional[RankFailure]:
+    def root_cause(self) -> Optional[Failure]:
         """The job's first failure (the root cause of the first failed attempt)."""
         return next((r.failure for r in self.results if r.failure is not None), None)
 
@@ -157,11 +155,10 @@ class Supervisor:
             self.decisions.append(decision)
             outcome = JobState.STOPPED if decision.job_state == JobState.STOPPED else result.state
             failure = result.failure
-            record = Failure.from_rank_failure(failure) if failure else None
             job_state = decision.job_state
             if job_state == JobState.SUCCEEDED and not self.last_stage:
                 job_state = JobState.RUNNING
-            self.job.end_attempt(outcome, record, job_state=job_state, message=decision.reason)
+            self.job.end_attempt(outcome, failure, job_state=job_state, message=decision.reason)
             if decision.action == Action.FINISH:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
@@ -174,7 +171,7 @@ class Supervisor:
                 self.say("stop requested during backoff: no further attempt")
                 return JobState.STOPPED
 
-    def _exclude_if_needed(self, failure: Optional[RankFailure]) -> bool:
+    def _exclude_if_needed(self, failure: Optional[Failure]) -> bool:
         """Take out a host the policy blames and move its ranks to a spare; False when none is left
         (the job then ends FAILED, its message naming every excluded host and why)."""
         if self.pool is None:
@@ -227,8 +224,8 @@ class Supervisor:
                 choice = self.find_resume()
             except HostError as exc:
                 self.job.begin_attempt(None, stage=self.stage)
-                failure = RankFailure(None, exc.host, reason=f"cannot read or carry the checkpoints there: "
-                                                             f"{exc.cause}", time=self.clock(), kind="scan")
+                failure = Failure(FailureKind.SCAN, exc.host, f"cannot read or carry the checkpoints there: "
+                                                              f"{exc.cause}", time=self.clock())
                 timeline["failed"] = timeline["gone"] = time.monotonic()
                 return AttemptResult(number, JobState.FAILED, failure, None, 0.0, timeline)
         point = choice.point if choice else None
@@ -241,7 +238,7 @@ class Supervisor:
         self._lines_at_start = {src: a.lines for src, a in self.logs.activity().items()}
         self.say(f"attempt {number}: {plan.world_size} rank(s) on {len(plan.hosts)} host(s), backend "
                  f"{plan.backend}" + (f", resuming from {point.describe()}" if point else ""))
-        run = _AttemptRun(self, Attempt(number, plan, self.backend.carries_ranks))
+        run = _AttemptRun(self, Attempt(number, plan, self.backend))
         try:
             run.start()
             timeline["started"] = time.monotonic()
@@ -258,29 +255,32 @@ class Supervisor:
         teardown_s = timeline["gone"] - timeline["failed"]
         if failure is not None:
             self.logs.flush(2.0)
-            self._complete(failure, attempt)
+            failure = self._complete(failure, attempt)
             self.say(f"attempt {number}: every process stopped {teardown_s:.2f} s after the failure")
         state = attempt.outcome or JobState.STOPPED
         return AttemptResult(number, state, failure, choice, teardown_s, timeline)
 
-    def _complete(self, failure: RankFailure, attempt: Attempt) -> None:
-        """Name the rank of a multi-rank process from its output, and add the log tail."""
+    def _complete(self, failure: Failure, attempt: Attempt) -> Failure:
+        """The root cause completed: the rank of a multi-rank process named from its output, the log tail."""
+        rank = failure.rank
         member = next((m for m in attempt.members.values() if m.spec.host == failure.host
                        and m.rank == failure.rank and len(m.spec.ranks) > 1), None)
         if member is not None:
-            for rank in member.spec.ranks:
-                tail = self._attempt_tail(rank_source(rank))
+            for candidate in member.spec.ranks:
+                tail = self._attempt_tail(rank_source(candidate))
                 if any(mark in line for line in tail for mark in ERROR_MARKS):
-                    failure.rank = rank
+                    rank = candidate
                     break
-        if not failure.log_tail:
-            if failure.rank is not None:
-                failure.log_tail = self._attempt_tail(rank_source(failure.rank))
+        log_tail = failure.log_tail
+        if not log_tail:
+            if rank is not None:
+                log_tail = tuple(self._attempt_tail(rank_source(rank)))
             else:
                 aux = next((m for m in attempt.members.values() if m.spec.host == failure.host
                             and not m.carries_ranks and m.state == RankState.FAILED), None)
                 if aux is not None:
-                    failure.log_tail = self._attempt_tail(aux.spec.name)
+                    log_tail = tuple(self._attempt_tail(aux.spec.name))
+        return dataclasses.replace(failure, rank=rank, log_tail=log_tail)
 
     def _attempt_tail(self, source: str) -> List[str]:
         activity = self.logs.activity().get(source)
@@ -295,9 +295,8 @@ class Supervisor:
         procs = plan.processes_on(host)
         processes, sinks, tails, tail_sinks = [], [], [], []
         for p in procs:
-            carries = self.backend.carries_ranks(p)
             entry: Dict[str, Any] = {"name": p.name, "argv": ["bash", "-c", p.command], "env": dict(p.env),
-                                     "cwd": p.cwd, "watch": carries and p.role == "rank"}
+                                     "cwd": p.cwd, "watch": self.backend.watches(p)}
             metrics = p.role == "rank" and self.workload.metrics_file(self.spec, spec_host, p.ranks[0])
             if metrics:
                 entry["metrics"] = metrics
@@ -306,9 +305,6 @@ class Supervisor:
             for t in self.backend.tails(p, plan):
                 tails.append({"path": t.path, "watch": True, "rank": t.rank, "process": p.name})
                 tail_sinks.append(self.logs.rank_sink(t.rank, host))
-        if self.backend.name == "mpirun":
-            for entry in processes:
-                entry["watch"] = entry["watch"] or entry["name"] == "mpirun"
         files = [{"path": f.path, "content": f.content, "mode": f.mode} for f in plan.files_on(host)]
         document = {"job_id": plan.job_id, "attempt": plan.attempt, "host": host,
                     "grace": self.spec.timeouts.stop_grace_s, "hang_s": self.spec.health.hang_timeout_s,
@@ -425,6 +421,8 @@ class _AttemptRun:
             return start_session(sup.transports[host], spec_host.python, document, sinks, tail_sinks,
                                  self.events)
 
+        for host in documents:
+            self.attempt.starting(host)
         started = fan_out(start_one, list(documents), key=str, width=sup.fanout, catch=(Exception,))
         self.sessions = dict(started.succeeded)
         now = sup.clock()
@@ -432,7 +430,8 @@ class _AttemptRun:
             if isinstance(exc, _Skipped):
                 continue
             cause = exc.cause if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
-            self.attempt.host_lost(host, f"cannot start the host agent: {cause}", now, kind="unreachable")
+            self.attempt.host_lost(host, f"cannot start the host agent: {cause}", now,
+                                   kind=FailureKind.UNREACHABLE)
         if sup.stop_event.is_set():
             self.attempt.stop()
 

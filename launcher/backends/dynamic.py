@@ -1,10 +1,10 @@
 """`dynamic`: the launcher starts MindSpore's scheduler and one worker per rank itself."""
 from __future__ import annotations
 
-from launcher.backends.base import Backend
+from launcher.backends.base import MasterFirst
 
 
-class DynamicBackend(Backend):
+class DynamicBackend(MasterFirst):
     name = "dynamic"
 
     def render(self, r) -> None:

@@ -9,7 +9,8 @@ from typing import Callable, Dict, List
 from launcher.backends.base import Backend, Sink
 from launcher.logs.aggregator import LogAggregator
 from launcher.plan import LaunchPlan, ProcessSpec
-from launcher.render import HOSTFILE, render_hostfile, template
+from launcher.render.artifacts import HOSTFILE, render_hostfile
+from launcher.render.quoting import template
 
 _TAG = re.compile(r"\[\d+,(\d+)\]<std(?:out|err|diag)>:")
 
@@ -64,6 +65,13 @@ class MpirunBackend(Backend):
                 f"OMPI_COMM_WORLD_SIZE={r.world}, which the workload maps to MS_ROLE=MS_WORKER "
                 f"MS_NODE_ID={slot.rank} MS_WORKER_NUM={r.world}"])
 
+
+    def host_order(self, r) -> List[str]:
+        """The head host (mpirun's, with the scheduler) first, then the ranks' hosts."""
+        return list(dict.fromkeys([r.spec.master.host, *r.by_host]))
+
+    def watches(self, proc: ProcessSpec) -> bool:
+        return super().watches(proc) or proc.role == "mpirun"
 
     def sink(self, proc: ProcessSpec, plan: LaunchPlan, logs: LogAggregator) -> Sink:
         if proc.role != "mpirun":

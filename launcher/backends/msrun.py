@@ -12,11 +12,12 @@ import re
 import shlex
 from typing import Dict, Sequence
 
-from launcher.backends.base import Backend, Tail
+from launcher.backends.base import MasterFirst, Tail
+from launcher.backends.traits import uses_rank_table
 from launcher.errors import ClusterFileError
 from launcher.plan import LaunchPlan, ProcessSpec
-from launcher.render import MSRUN_ENTRY, RANK_TABLE, render_rank_table, template
-from launcher.spec import uses_rank_table
+from launcher.render.artifacts import MSRUN_ENTRY, RANK_TABLE, render_rank_table
+from launcher.render.quoting import template
 
 _LOG_DIR = re.compile(r"--log_dir=(\S+)")
 def msrun_log_dir(proc: ProcessSpec) -> str:
@@ -27,7 +28,7 @@ def msrun_log_dir(proc: ProcessSpec) -> str:
     return shlex.split(match.group(1))[0]
 
 
-class MsrunBackend(Backend):
+class MsrunBackend(MasterFirst):
     name = "msrun"
 
     def render(self, r) -> None:

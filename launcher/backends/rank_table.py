@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from launcher.backends.base import Backend
-from launcher.render import RANK_TABLE, render_rank_table
+from launcher.render.artifacts import RANK_TABLE, render_rank_table
 
 
 class RankTableBackend(Backend):

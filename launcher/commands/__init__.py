@@ -1,0 +1,14 @@
+"""The subcommands of `refinenet-launch`; each module has `build_parser(prog)` and `run(args) -> int`."""
+
+#: Subcommand name -> module (a launch, `refinenet-launch --cluster ...`, is `launcher.commands.launch`).
+SUBCOMMANDS = {
+    "submit": "launcher.commands.submit",
+    "stop": "launcher.commands.stop",
+    "status": "launcher.commands.status",
+    "list": "launcher.commands.list_jobs",
+    "logs": "launcher.commands.logs",
+    "top": "launcher.commands.top",
+    "report": "launcher.commands.report",
+    "health": "launcher.commands.health",
+}
+LAUNCH = "launcher.commands.launch"

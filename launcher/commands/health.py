@@ -19,7 +19,8 @@ from launcher.transport.base import HostError
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Check the hosts and devices of a cluster file without launching anything.")
-    parser.add_argument("--cluster", required=True, help="cluster file (YAML)")
+    parser.add_argument("--cluster", required=True, metavar="FILE",
+                        help="cluster file (YAML) or the name of a shipped one, e.g. local-cpu")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--max-temp", type=float, metavar="C", help="a device hotter than this is unhealthy")
     parser.add_argument("--max-memory-fraction", type=float, metavar="F",
@@ -33,14 +34,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from launcher.errors import BadInput
-    from launcher.spec import load_cluster
+    from launcher.planning.request import resolve_cluster_path
+    from launcher.spec.load import load_cluster
     from launcher.transport.factory import open_transport
 
     if args.max_memory_fraction is not None and not 0 < args.max_memory_fraction <= 1:
         raise BadInput(f"--max-memory-fraction: {args.max_memory_fraction} is not in (0, 1]")
     if args.timeout <= 0:
         raise BadInput(f"--timeout: {args.timeout} must be > 0")
-    spec = load_cluster(args.cluster)
+    spec = load_cluster(resolve_cluster_path(args.cluster))
     if spec.slurm is not None:
         from launcher.slurm.allocation import bind, current_allocation
 

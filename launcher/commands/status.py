@@ -13,6 +13,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from launcher.commands.list_jobs import format_table
+from launcher.failures import Failure
 from launcher.jobs import RUNS_DIR_ENV, JobDir, JobRecord, ProcessRecord, format_time
 from launcher.logs.format import parse_attempt_header, rank_log_name, tail_lines
 from launcher.states import JobState
@@ -145,9 +146,7 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
         if a["resume"]:
             extra.append(f"resumed from {a['resume']}")
         if a["failure"]:
-            f = a["failure"]
-            where = f"rank {f['rank']} on {f['host']}: " if f.get("rank") is not None else ""
-            extra.append(where + f["reason"])
+            extra.append(Failure.from_dict(a["failure"]).summary())
         label = "attempts  " if a is attempts[0] else "          "
         what = f" {a['stage']}" if "," in status["stage"] and a.get("stage") else ""
         notes = "  " + "; ".join(extra) if extra else ""

@@ -57,7 +57,7 @@ def stop_groups(transport, job_id: str, pgids: Iterable[int], grace: float) -> S
 
 
 def _hosts_of(record: JobRecord, job: JobDir) -> Dict[str, object]:
-    from launcher.spec import parse_cluster
+    from launcher.spec.load import parse_cluster
 
     cluster = parse_cluster(dict(record.spec), f"{job.job_file} (spec)")
     return {host.name: host for host in cluster.hosts}

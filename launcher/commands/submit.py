@@ -18,11 +18,13 @@ from typing import IO, List, Optional
 from launcher.commands import launch
 from launcher.errors import BadInput
 from launcher.jobs import JobDir
-from launcher.render import template
+from launcher.planning.prepare import prepare
+from launcher.planning.request import LaunchRequest
+from launcher.render.quoting import template
 from launcher.runner import _spec_data
 from launcher.slurm.allocation import slurm_run
 from launcher.slurm.text import parse_key_values, parse_sbatch_job_id
-from launcher.spec import ClusterSpec
+from launcher.spec.model import ClusterSpec
 
 SCRIPT = "sbatch.sh"
 
@@ -33,29 +35,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                           "inside the allocation; prints the Slurm job id and the launcher's job id, and "
                           "returns.")
     return parser
-
-
-def launcher_argv(args: argparse.Namespace, python: str, job_dir: Path) -> List[str]:
-    """The launcher's command line inside the allocation: the same request, into the job directory."""
-    cluster = Path(launch.resolve_cluster_path(args.cluster)).absolute()
-    argv = [python, "-m", "launcher.cli", "--cluster", str(cluster), "--job-dir", str(job_dir)]
-    if args.stage:
-        argv += ["--stage", args.stage]
-    repeated = (("--set", args.set), ("--override", args.override), ("--exclude-host", args.exclude_host))
-    for flag, values in repeated:
-        for value in values or ():
-            argv += [flag, value]
-    if args.max_restarts is not None:
-        argv += ["--max-restarts", str(args.max_restarts)]
-    if args.ranks:
-        argv += ["--ranks", args.ranks]
-    if args.show_framework_logs:
-        argv.append("--show-framework-logs")
-    if args.hccn_conf_dir:
-        argv += ["--hccn-conf-dir", str(Path(args.hccn_conf_dir).absolute())]
-    if args.command:
-        argv += list(args.command)
-    return argv
 
 
 def sbatch_argv(spec: ClusterSpec, job_id: str, job_dir: Path, script: Path) -> List[str]:
@@ -95,25 +74,26 @@ def check_partition(spec: ClusterSpec) -> None:
 
 def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     out = out or sys.stdout
-    spec, _slots, job_id, job_dir, factory = launch.prepare(_as_dry_run(args))
+    request = LaunchRequest.from_args(args)
+    prepared = prepare(request.with_changes(queued=True))
+    spec, job_id = prepared.spec, prepared.job_id
     if spec.slurm is None:
         raise BadInput(f"{spec.source}: submit queues jobs on Slurm: the cluster file needs backend slurm "
                        f"(it has backend {spec.backend})")
-    job_dir = job_dir.absolute()
+    job_dir = prepared.job_dir.absolute()
     script_path = job_dir / SCRIPT
     script = template(SCRIPT + ".j2").render(job_id=job_id, cwd=str(Path.cwd()),
-                                             argv=launcher_argv(args, spec.slurm.python, job_dir))
+                                             argv=request.to_argv(spec.slurm.python, job_dir))
     command = sbatch_argv(spec, job_id, job_dir, script_path)
-    if args.dry_run:
+    if request.dry_run:
         out.write(f"sbatch command: {shlex.join(command)}\n")
         out.write(f"batch script:\n{script}\ndry run: nothing submitted\n")
         return 0
     check_partition(spec)
-    plan = factory(0, None)
-    args.cluster_path = str(launch.resolve_cluster_path(args.cluster))
-    job = JobDir.create(job_dir.parent, cluster=spec.name, stage=args.stage or factory.workload.stage,
-                        spec=_spec_data(spec, args), cluster_file=args.cluster_path, plan=plan.to_dict(),
-                        job_id=job_id, owned=False)
+    plan = prepared.factory(0, None)
+    job = JobDir.create(job_dir.parent, cluster=spec.name, stage=prepared.label,
+                        spec=_spec_data(spec, request), cluster_file=str(request.cluster_path),
+                        plan=plan.to_dict(), job_id=job_id, owned=False, request=request.to_dict())
     script_path.write_text(script + "\n")
     script_path.chmod(0o755)
     job.set_slurm(submitted=True, partition=spec.slurm.partition or "", script=str(script_path),
@@ -129,10 +109,3 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
               f"  refinenet-launch status {job_id}   |   refinenet-launch logs {job_id} --follow\n")
     out.flush()
     return 0
-
-
-def _as_dry_run(args: argparse.Namespace) -> argparse.Namespace:
-    """The arguments as a dry run sees them: nothing is bound to an allocation here."""
-    copy = argparse.Namespace(**vars(args))
-    copy.dry_run, copy.queued = True, True
-    return copy

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
-from launcher.errors import RankFailure
+from launcher.failures import Failure, FailureKind
 from launcher.health.monitor import HealthMonitor
 
 #: Monitor findings that fail an attempt; 'process' findings are left to the exit statuses.
@@ -22,14 +22,14 @@ class AttemptHealthWatch:
         self.monitor = monitor
         self.ranks_by_host = ranks_by_host
 
-    def failures(self) -> Sequence[RankFailure]:
+    def failures(self) -> Sequence[Failure]:
         out = []
         for f in self.monitor.check():
             if f.kind not in FAILING_KINDS:
                 continue
             ranks = self.ranks_by_host.get(f.host) or [None]
-            kind = "device" if f.kind == "device" else "unreachable"
-            out.append(RankFailure(ranks[0], f.host, reason=f"unhealthy {f.kind}: {f.detail}", kind=kind))
+            kind = FailureKind.DEVICE if f.kind == "device" else FailureKind.UNREACHABLE
+            out.append(Failure(kind, f.host, f"unhealthy {f.kind}: {f.detail}", rank=ranks[0]))
         return out
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from launcher.failures import Failure
 from launcher.jobs import format_time
 from launcher.report import figures
 from launcher.report.data import JobData, Missing, attempt_stages, load_job
@@ -108,6 +109,14 @@ def _throughput_section(data: JobData, figs: _Figures, seconds: Mapping[int, Lis
     return sec.add(table(("rank", f"median {rate.unit}"), rows, (1,)))
 
 
+def _failure_text(record: Mapping[str, Any]) -> str:
+    """A recorded failure as `status` says it; a record it cannot read as its reason alone."""
+    try:
+        return Failure.from_dict(record).summary()
+    except (ValueError, TypeError):
+        return str(record.get("reason", ""))
+
+
 def _attempts_section(data: JobData, figs: _Figures, t0: float, now: float) -> Section:
     sec = Section("attempts", "Attempts, failures and restarts")
     attempts = data.attempts
@@ -119,11 +128,10 @@ def _attempts_section(data: JobData, figs: _Figures, t0: float, now: float) -> S
         f = a.get("failure") or {}
         cause = ""
         if f:
-            where = f"rank {f.get('rank')} on {f.get('host')}: " if f.get("rank") is not None else ""
             how = f"exit code {f['exit_code']}" if f.get("exit_code") is not None else (
                 f"signal {f['signal']}" if f.get("signal") is not None else "")
             reason = str(f.get("reason", ""))
-            cause = where + reason + (f" ({how})" if how and how not in reason else "")
+            cause = _failure_text(f) + (f" ({how})" if how and how not in reason else "")
         rows.append((a.get("number"), a.get("state"), format_time(a.get("started")),
                      format_time(a.get("ended")), a.get("resume") or "-", cause or "-"))
     sec.add(table(("attempt", "state", "started", "ended", "resumed from", "root cause"), rows))

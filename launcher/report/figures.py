@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from launcher.failures import Failure
 from launcher.report.series import Series
 
 STATE_COLORS = {"SUCCEEDED": "#2e7d32", "FAILED": "#c62828", "STOPPED": "#757575", "RUNNING": "#1565c0",
@@ -112,9 +113,7 @@ def attempt_timeline(attempts: Sequence[Mapping[str, Any]], t0: float, now: floa
         failure = a.get("failure") or {}
         text = f"attempt {a.get('number', i + 1)}: {state}"
         if failure.get("reason"):
-            where = (f"rank {failure['rank']} on {failure.get('host')}: "
-                     if failure.get("rank") is not None else "")
-            text += f" - {where}{failure['reason']}"[:110]
+            text += f" - {Failure.from_dict(failure).summary()}"[:110]
             if isinstance(failure.get("time"), (int, float)):
                 ax.plot([failure["time"] - t0], [i], marker="x", color="black", markersize=9)
         ax.text(start, i - 0.33, text, fontsize=8, va="bottom")

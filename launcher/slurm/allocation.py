@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from launcher.errors import BadInput
+from launcher.slurm.spec import slurm_host
 from launcher.slurm.text import expand_nodelist, parse_job_state, parse_node_addrs, time_limit_hit
-from launcher.spec import ClusterSpec, MasterSpec, host_order, slurm_host
+from launcher.spec.model import ClusterSpec, MasterSpec, host_order
 
 __all__ = ["Allocation", "current_allocation", "bind", "node_srun", "SRUN_TIMEOUT_S", "slurm_run", "show_job",
            "time_is_up", "ending", "time_limit_reason"]
@@ -154,3 +155,13 @@ def bind(spec: ClusterSpec, allocation: Allocation) -> ClusterSpec:
     first = host_order(hosts)[0]
     master = MasterSpec(addr=first.address, port=spec.master.port, host=first.name)
     return dataclasses.replace(spec, hosts=hosts, master=master)
+
+
+def agent_step_line(host, spec) -> str:
+    """The srun line that starts `host`'s agent, for `--dry-run` (the agent's source goes on its stdin)."""
+    import shlex
+
+    from launcher.slurm.transport import AGENT_STEP
+
+    srun = host.srun or node_srun("$SLURM_JOB_ID", host.name, spec.slurm.srun_options if spec.slurm else ())
+    return shlex.join([*srun, *AGENT_STEP, host.python]) + " -S -c <host agent>"

@@ -1,7 +1,7 @@
 """The workload seam: the only place that knows what a rank runs (see `base.Workload`)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from launcher.workload.base import Workload
 from launcher.workload.command import COMMAND_STAGE, CommandWorkload
@@ -15,4 +15,12 @@ def workload_for(stage: str, command: Optional[Sequence[str]] = None) -> Workloa
     return RefineNetWorkload(stage)
 
 
-__all__ = ["Workload", "RefineNetWorkload", "CommandWorkload", "COMMAND_STAGE", "workload_for"]
+def workloads_for(stages: Sequence[str], command: Sequence[str] = ()) -> Tuple[Workload, ...]:
+    """What a job runs, in order: a command, or one workload per RefineNet stage."""
+    if command:
+        return (CommandWorkload(tuple(command)),)
+    return tuple(RefineNetWorkload(s) for s in stages)
+
+
+__all__ = ["Workload", "RefineNetWorkload", "CommandWorkload", "COMMAND_STAGE", "workload_for",
+           "workloads_for"]

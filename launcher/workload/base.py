@@ -51,6 +51,9 @@ class Workload:
         """One plain process on rank 0's host and device, no cluster (evaluation, export)."""
         return False
 
+    def check_spec(self, spec) -> None:
+        """Refuse (`ClusterFileError` naming the field) what the cluster file asks of it wrongly."""
+
     def argv(self, spec, host, resume: Optional[str] = None) -> List[str]:
         """The command of every rank on `host`; `resume` is a checkpoint path there (or None)."""
         raise NotImplementedError

@@ -1,12 +1,32 @@
-"""RefineNet as a workload: stages r1 and r2 (training), eval and export of the `refinenet` package."""
+"""RefineNet as a workload: stages r1 and r2 (training), eval and export of the `refinenet` package.
+
+The only place in the launcher that names the stages.
+"""
 from __future__ import annotations
 
 import posixpath
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from launcher.errors import ClusterFileError
-from launcher.spec import TRAIN_STAGES, OptionValue
+from launcher.spec.model import OptionValue
 from launcher.workload.base import Workload, node_path
+
+STAGES = ("r1", "r2", "eval", "export")
+TRAIN_STAGES = ("r1", "r2")
+#: What `--stage all` runs.
+ALL_STAGES = ("r1", "r2", "eval")
+
+
+def parse_stages(text: str) -> Tuple[str, ...]:
+    """`r1`, `r1,r2,eval` or `all` -> the stages in order; ValueError naming the problem otherwise."""
+    names = list(ALL_STAGES) if text.strip() == "all" else [p.strip() for p in text.split(",")]
+    for name in names:
+        if name not in STAGES:
+            raise ValueError(f"{name!r} is not a stage ({', '.join(STAGES)}, or all)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{text!r} names a stage twice")
+    return tuple(names)
+
 
 STAGE_MODULES = {"r1": "refinenet.train", "r2": "refinenet.train", "eval": "refinenet.evaluate",
                  "export": "refinenet.export"}
@@ -24,6 +44,12 @@ class RefineNetWorkload(Workload):
     @property
     def resumable(self) -> bool:
         return self.stage in TRAIN_STAGES
+
+    def check_spec(self, spec) -> None:
+        for name in spec.job.stage_overrides:
+            if name not in STAGES:
+                raise ClusterFileError(spec.source, f"job.stage_overrides.{name}",
+                                       f"unknown stage (stages: {', '.join(STAGES)})")
 
     @property
     def single_process(self) -> bool:

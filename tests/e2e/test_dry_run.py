@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from launcher.commands import launch
-from launcher.errors import BadInput
+from launcher.planning.prepare import prepare
+from launcher.planning.request import LaunchRequest
 from launcher.resources import cluster_configs_dir
 
 pytestmark = pytest.mark.e2e
@@ -110,30 +111,14 @@ def test_other_bad_input_exits_2(tmp_path):
     assert res.returncode == 2 and "launched job" in res.stderr
 
 
-def test_real_launch_needs_the_runner(tmp_path, monkeypatch):
-    real = launch.importlib.import_module
-
-    def without_runner(name, *a):
-        if name == "launcher.runner":
-            raise ModuleNotFoundError("No module named 'launcher.runner'", name=name)
-        return real(name, *a)
-
-    monkeypatch.setattr(launch.importlib, "import_module", without_runner)
-    args = launch.build_parser("refinenet-launch").parse_args(
-        ["--cluster", "local-cpu", "--stage", "r1", "--job-dir", str(tmp_path / "job")])
-    with pytest.raises(BadInput, match="launcher.runner"):
-        launch.run(args)
-    assert not (tmp_path / "job").exists()
-
-
 def test_plan_factory_renders_attempts(tmp_path):
     args = launch.build_parser("refinenet-launch").parse_args(
         ["--cluster", "local-cpu", "--stage", "r1", "--job-dir", str(tmp_path / "j")])
-    spec, slots, job_id, job_dir, factory = launch.prepare(args)
-    plan = factory(attempt=1, resume="/w/demo_output/r1/ckpt/refinenet-1_2.ckpt")
-    assert job_id == "j" and plan.attempt == 1 and isinstance(plan.master_port, int)
+    prepared = prepare(LaunchRequest.from_args(args))
+    plan = prepared.factory(attempt=1, resume="/w/demo_output/r1/ckpt/refinenet-1_2.ckpt")
+    assert prepared.job_id == "j" and plan.attempt == 1 and isinstance(plan.master_port, int)
     assert plan.processes[1].command.endswith("--resume /w/demo_output/r1/ckpt/refinenet-1_2.ckpt")
-    assert Path(plan.job_dir) == job_dir.absolute()
+    assert Path(plan.job_dir) == prepared.job_dir.absolute()
 
 
 def test_hccn_conf_is_read_on_the_host(tmp_path, hccn_dir):

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.placement import place
-from launcher.render import render_plan
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 from launcher.workload import RefineNetWorkload
+from tests.harness.specs import plan_of
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +60,7 @@ def run_plan(plan, tmp_path):
                                              ("mpirun", "cpu")])
 def test_hostile_values_never_execute(tmp_path, backend, device):
     spec, marker = hostile_spec(tmp_path, backend, device)
-    plan = render_plan(spec, place(spec), "r1", str(tmp_path / "job"), job_id="evil-1")
+    plan = plan_of(spec, "r1", job_dir=str(tmp_path / "job"), job_id="evil-1")
     outputs = run_plan(plan, tmp_path)
     assert not marker.exists()
     assert list(tmp_path.glob("**/MARKER")) == []
@@ -79,7 +78,7 @@ def test_hostile_values_never_execute(tmp_path, backend, device):
 
 def test_env_values_reach_the_process_verbatim(tmp_path):
     spec, marker = hostile_spec(tmp_path, "dynamic", "cpu")
-    plan = render_plan(spec, place(spec), "r1", str(tmp_path / "job"), job_id="evil-1")
+    plan = plan_of(spec, "r1", job_dir=str(tmp_path / "job"), job_id="evil-1")
     script = tmp_path / "print_env.sh"
     for name, text in plan.env_files.items():
         script.write_text(text + '\nprintf "%s\\0" "$X" "$Y" "$Z" "$W" "$H"\n')

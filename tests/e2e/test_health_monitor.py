@@ -7,7 +7,7 @@ import pytest
 
 from launcher.health.monitor import HealthMonitor
 from launcher.health.samples import read_samples
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 from launcher.transport.local import LocalTransport
 from tests.fixtures.fake_tools import FakeTools, recorded
 

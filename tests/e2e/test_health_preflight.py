@@ -7,7 +7,7 @@ import pytest
 from launcher.errors import LauncherError
 from launcher.health.preflight import PreflightFailed, run_preflight
 from launcher.health.verdicts import HealthThresholds
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 from launcher.transport.local import LocalTransport
 from tests.fixtures.fake_tools import FakeTools, recorded
 

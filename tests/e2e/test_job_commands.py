@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from launcher.cli import main
-from launcher.jobs import JOB_ID_ENV, Failure, JobDir, LauncherInfo, ProcessRecord
+from launcher.failures import Failure, FailureKind
+from launcher.jobs import JOB_ID_ENV, JobDir, LauncherInfo, ProcessRecord
 from launcher.logs.aggregator import LogAggregator
 from launcher.states import JobState, RankState
 
@@ -53,8 +54,9 @@ def fabricate_job(runs: Path) -> JobDir:
             if attempt == 1:
                 agg.rank_sink(1, "host-b")("Traceback: rank 1 fell over")
                 job.set_process_state("r1", RankState.FAILED, exit_code=1)
-                job.end_attempt(JobState.FAILED, Failure("exit code 1", rank=1, host="host-b", exit_code=1,
-                                                         log_tail=("Traceback: rank 1 fell over",)),
+                failure = Failure(FailureKind.EXIT, "host-b", "exit code 1", rank=1, exit_code=1,
+                                  log_tail=("Traceback: rank 1 fell over",))
+                job.end_attempt(JobState.FAILED, failure,
                                 job_state=JobState.RESTARTING)
         job.set_state(JobState.RUNNING)
     return job
@@ -135,7 +137,7 @@ def test_bad_filters_and_unknown_jobs_exit_2(runs, capsys):
 
 def test_status_of_a_failed_job_exits_1(runs, capsys):
     job = fabricate_job(runs)
-    job.end_attempt(JobState.FAILED, Failure("exit code 1", rank=0, host="host-a", exit_code=1))
+    job.end_attempt(JobState.FAILED, Failure(FailureKind.EXIT, "host-a", "exit code 1", rank=0, exit_code=1))
     code, out, _ = cli(capsys, "status", job.job_id)
     assert code == 1 and "state     FAILED" in out
 

@@ -204,14 +204,13 @@ def assert_no_job_processes(job_id: str) -> None:
 def test_msrun_entry_ends_msruns_scheduler_and_execs_the_workers(tmp_path, child_env):
     """msrun starts its task as a scheduler too; the rendered task ends that copy at once (the
     launcher runs the scheduler) and runs the workers' command unchanged."""
-    from launcher.placement import place
-    from launcher.render import render_plan
-    from launcher.spec import parse_cluster
+    from launcher.spec.load import parse_cluster
+    from tests.harness.specs import plan_of
 
     spec = parse_cluster({"name": "m", "backend": "msrun", "device": "cpu",
                           "hosts": [{"name": "local", "ranks": 2, "workdir": str(tmp_path)}],
                           "master": {"port": 8118}, "job": {"data": "d.txt"}}, "m.yaml")
-    plan = render_plan(spec, place(spec), "r1", str(tmp_path / "job"), job_id="m1")
+    plan = plan_of(spec, "r1", job_dir=str(tmp_path / "job"), job_id="m1")
     (entry,) = plan.files
     Path(entry.path).parent.mkdir(parents=True)
     Path(entry.path).write_text(entry.content)

@@ -227,7 +227,7 @@ def test_refused_before_anything_is_submitted_or_started(tmp_path, train_list, s
 
 def test_files_commands_and_signals_on_a_node_go_through_srun(tmp_path, slurm_cluster, env, monkeypatch):
     from launcher.slurm.allocation import Allocation, bind
-    from launcher.spec import parse_cluster
+    from launcher.spec.load import parse_cluster
     from launcher.transport.factory import open_transport
 
     spec = parse_cluster({"name": "t", "backend": "slurm", "device": "cpu",

@@ -16,7 +16,7 @@ import pytest
 
 from launcher.agent.session import start_session
 from launcher.health.preflight import launch_check
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 from launcher.transport.base import HostError, Transport
 from launcher.transport.factory import open_transport
 from launcher.transport.local import LocalTransport

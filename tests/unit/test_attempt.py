@@ -4,11 +4,10 @@ from __future__ import annotations
 import signal
 
 from launcher.attempt import Attempt
-from launcher.backends import backend_for
-from launcher.placement import place
-from launcher.render import render_plan
-from launcher.spec import parse_cluster
+from launcher.backends.registry import backend_for
+from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
+from tests.harness.specs import factory_of, failure, plan_of
 
 
 def attempt(backend: str = "dynamic", ranks: int = 1) -> Attempt:
@@ -16,8 +15,8 @@ def attempt(backend: str = "dynamic", ranks: int = 1) -> Attempt:
                           "hosts": [{"name": h, "address": f"10.0.0.{i + 1}", "ranks": ranks, "ssh": {},
                                      "workdir": "/w"} for i, h in enumerate("ab")],
                           "job": {"data": "d.txt"}}, "t.yaml")
-    plan = render_plan(spec, place(spec), "r1", "/jobs/j", job_id="j", attempt=1)
-    a = Attempt(1, plan, backend_for(backend).carries_ranks)
+    plan = plan_of(spec, "r1", attempt=1)
+    a = Attempt(1, plan, backend_for(backend))
     for i, name in enumerate(a.members):
         a.started(name, 100 + i, 100 + i, 0.0)
     return a
@@ -90,7 +89,6 @@ def test_msrun_blames_its_hosts_first_rank_and_a_stop_ends_stopped():
 def scripted_supervisor(tmp_path, results, max_restarts=2, spares=()):
     from unittest import mock
 
-    from launcher.commands.launch import make_plan_factory
     from launcher.exclusion import HostPool
     from launcher.jobs import JobDir
     from launcher.supervisor import AttemptResult, Supervisor
@@ -104,12 +102,11 @@ def scripted_supervisor(tmp_path, results, max_restarts=2, spares=()):
             "restart": {"max_restarts": max_restarts, "backoff_s": 1, "backoff_max_s": 3}}
     spec = parse_cluster(data, "s.yaml")
     job = JobDir.create(tmp_path / "runs", cluster="s", stage="r1", spec=data)
-    factory = make_plan_factory(spec, place(spec), "r1", str(job.path), job.job_id)
+    factory = factory_of(spec, "r1", str(job.path), job.job_id)
     waits = []
     logs = mock.Mock()
     pool = HostPool(spec, list(spec.spares)) if spares else None
-    sup = Supervisor(spec, "r1", factory, job, {}, logs, out=mock.Mock(), wait=lambda s: waits.append(s),
-                     pool=pool)
+    sup = Supervisor(factory, job, {}, logs, out=mock.Mock(), wait=lambda s: waits.append(s), pool=pool)
 
     def run_attempt(number):
         state, failure = results[number - 1]
@@ -122,9 +119,8 @@ def scripted_supervisor(tmp_path, results, max_restarts=2, spares=()):
 
 
 def test_restarts_are_counted_with_backoff_until_success(tmp_path):
-    from launcher.errors import RankFailure
 
-    boom = RankFailure(1, "b", exit_code=1, time=1.0)
+    boom = failure(1, "b", 1, time=1.0)
     sup, job, waits = scripted_supervisor(tmp_path, [(JobState.FAILED, boom), (JobState.FAILED, boom),
                                                      (JobState.SUCCEEDED, None)])
     assert sup.run() == JobState.SUCCEEDED
@@ -133,25 +129,23 @@ def test_restarts_are_counted_with_backoff_until_success(tmp_path):
 
 
 def test_the_restart_limit_and_bad_input_end_the_job(tmp_path):
-    from launcher.errors import RankFailure
 
-    sup, job, waits = scripted_supervisor(tmp_path, [(JobState.FAILED, RankFailure(0, "a", exit_code=1))] * 2,
+    sup, job, waits = scripted_supervisor(tmp_path, [(JobState.FAILED, failure(0, "a", 1))] * 2,
                                           max_restarts=1)
     assert sup.run() == JobState.FAILED and waits == [1] and "1 of 1 used" in job.read().message
-    bad_input = RankFailure(0, "a", exit_code=2)
+    bad_input = failure(0, "a", 2)
     sup, job, waits = scripted_supervisor(tmp_path / "2", [(JobState.FAILED, bad_input)])
     assert sup.run() == JobState.FAILED and waits == [] and "not restarted" in job.read().message
 
 
 def test_a_host_without_a_spare_to_replace_it_ends_the_job_naming_it(tmp_path):
-    from launcher.errors import RankFailure
 
-    boom = RankFailure(1, "b", exit_code=1, time=1.0)
+    boom = failure(1, "b", 1, time=1.0)
     sup, job, _ = scripted_supervisor(tmp_path, [(JobState.FAILED, boom)] * 2 + [(JobState.SUCCEEDED, None)],
                                       max_restarts=5, spares=("c",))
     assert sup.run() == JobState.SUCCEEDED
     assert [h.name for h in sup.spec.hosts] == ["a", "c"] and job.read().hosts["b"]["state"] == "excluded"
-    other = RankFailure(1, "c", exit_code=1, time=2.0)
+    other = failure(1, "c", 1, time=2.0)
     failures = [(JobState.FAILED, f) for f in (boom, boom, other, other)]
     sup, job, _ = scripted_supervisor(tmp_path / "2", failures, max_restarts=5, spares=("c",))
     assert sup.run() == JobState.FAILED and sup.run_attempt.call_count == 4

@@ -4,13 +4,12 @@ import signal
 
 import pytest
 
-from launcher.backends import backend_for
 from launcher.backends.mpirun import TaggedOutput
 from launcher.backends.msrun import msrun_log_dir
+from launcher.backends.registry import backend_for
 from launcher.errors import ClusterFileError
-from launcher.placement import place
-from launcher.render import render_plan
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
+from tests.harness.specs import plan_of
 
 
 def demux(*lines):
@@ -48,7 +47,7 @@ def spec(backend, hosts):
 
 def msrun_plan(hosts):
     s = spec("msrun", hosts)
-    return render_plan(s, place(s), "r1", "/jobs/j1", job_id="j1", attempt=2)
+    return plan_of(s, "r1", attempt=2, job_dir="/jobs/j1", job_id="j1")
 
 
 def test_msrun_tails_each_worker_log_into_its_rank():

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.errors import BadInput, ClusterFileError, RankFailure
+from launcher.errors import BadInput, ClusterFileError
 from launcher.exclusion import HostPool, HostTracker, NoSpareLeft, replace_host
+from launcher.failures import FailureKind
 from launcher.placement import place
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
+from tests.harness.specs import failure
 
 
 def spec(spares=("c",), ranks=1, **extra):
@@ -18,9 +20,8 @@ def spec(spares=("c",), ranks=1, **extra):
                           "master": {"host": "b", "port": 9000}, **extra}, "t.yaml")
 
 
-def fail(host, code=1, kind="exit", rank=1):
-    return RankFailure(rank, host, exit_code=code if kind == "exit" else None, reason=f"exit code {code}",
-                       kind=kind)
+def fail(host, code=1, kind=FailureKind.EXIT, rank=1):
+    return failure(rank, host, code, kind=FailureKind(kind), reason=f"exit code {code}")
 
 
 def test_a_host_is_excluded_after_being_the_root_cause_that_many_times_in_a_row():
@@ -101,9 +102,9 @@ def test_spares_are_validated_like_hosts():
 
 
 def test_exclude_host_on_the_command_line(tmp_path):
-    import argparse
 
-    from launcher.commands.launch import prepare
+    from launcher.planning.prepare import prepare
+    from launcher.planning.request import LaunchRequest
 
     path = tmp_path / "c.yaml"
     path.write_text("name: c\nbackend: dynamic\ndevice: cpu\nhosts:\n  - {name: a, ranks: 1}\n"
@@ -111,13 +112,12 @@ def test_exclude_host_on_the_command_line(tmp_path):
                     "spares:\n  - {name: s, address: 127.0.0.4, ranks: 1, ssh: {}, workdir: /s}\n")
 
     def args(*exclude):
-        return argparse.Namespace(cluster=str(path), stage="r1", command=[], set=["data=d.txt"], override=[],
-                                  max_restarts=None, ranks=None, job_id="j", job_dir=None,
-                                  runs_dir=str(tmp_path), hccn_conf_dir=None, exclude_host=list(exclude))
+        return LaunchRequest(cluster=str(path), stages=("r1",), settings=("data=d.txt",), job_id="j",
+                             runs_dir=str(tmp_path), exclude_hosts=tuple(exclude))
 
-    _, slots, _, _, factory = prepare(args("b"))
-    assert [s.host for s in slots] == ["a", "s"]
-    assert factory.pool.excluded == {"b": "excluded by --exclude-host"}
+    prepared = prepare(args("b"))
+    assert [s.host for s in prepared.factory.slots] == ["a", "s"]
+    assert prepared.pool.excluded == {"b": "excluded by --exclude-host"}
     with pytest.raises(BadInput, match="not a host"):
         prepare(args("zz"))
     with pytest.raises(BadInput, match="no spare is left"):

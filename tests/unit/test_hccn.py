@@ -3,7 +3,7 @@ import pytest
 
 from launcher.errors import ClusterFileError
 from launcher.hccn import discover_device_ips, needs_discovery, parse_hccn_conf
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 
 # An Atlas 800 /etc/hccn.conf as shipped (8 devices, address_N and netmask_N lines).
 REFERENCE = "".join(f"address_{d}=192.168.{10 * (d % 4 + 1)}.{21 + d // 4}\nnetmask_{d}=255.255.255.0\n"

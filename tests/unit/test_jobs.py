@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from launcher.errors import JobNotFound, RankFailure
+from launcher.errors import JobNotFound
+from launcher.failures import Failure, FailureKind
 from launcher.jobs import (
     RUNS_DIR_ENV,
-    Attempt,
-    Failure,
+    AttemptRecord,
     JobDir,
     JobRecord,
     LauncherInfo,
@@ -57,12 +57,11 @@ def test_create_writes_a_pending_record(tmp_path):
 
 
 def test_round_trip_of_a_full_record():
-    failure = Failure.from_rank_failure(
-        RankFailure(1, "b", exit_code=3, log_tail=["boom"]), at=5.0)
+    failure = Failure(FailureKind.EXIT, "b", "exit code 3", rank=1, exit_code=3, log_tail=("boom",), time=5.0)
     record = JobRecord(
         job_id="j", cluster="c", stage="r2", state=JobState.RESTARTING, created=1.0, updated=2.0,
         spec=SPEC, plan={"x": [1, 2]}, launcher=LauncherInfo(pid=7, host="h", started=3.0),
-        attempts=(Attempt(1, JobState.FAILED, 1.0, 4.0, None, failure,
+        attempts=(AttemptRecord(1, JobState.FAILED, 1.0, 4.0, None, failure,
                           (ProcessRecord.for_rank(0, "a", 10, 10, state=RankState.STOPPED, exit_code=-15),
                            ProcessRecord.for_rank(1, "b", 11, 11, state=RankState.FAILED, exit_code=3),
                            ProcessRecord("scheduler", "a", 9, 9))),),
@@ -92,7 +91,7 @@ def test_attempt_and_process_lifecycle(tmp_path):
     job.set_process_state("r1", RankState.FAILED, exit_code=1)
     with pytest.raises(InvalidTransition, match="r1 on a"):
         job.set_process_state("r1", RankState.RUNNING)
-    job.end_attempt(JobState.FAILED, Failure("exit code 1", rank=1, host="a", exit_code=1),
+    job.end_attempt(JobState.FAILED, Failure(FailureKind.EXIT, "a", "exit code 1", rank=1, exit_code=1),
                     job_state=JobState.RESTARTING)
     record = job.read()
     assert record.state == JobState.RESTARTING and record.attempts[0].state == JobState.FAILED
@@ -117,8 +116,8 @@ def test_restarting_ends_an_unfinished_attempt_as_failed(tmp_path):
 
 def test_processes_stopped_in_every_attempt():
     record = JobRecord("j", "c", "r1", JobState.RUNNING, attempts=(
-        Attempt(1, JobState.FAILED, processes=(ProcessRecord("r0", "a", 1, 1),)),
-        Attempt(2, JobState.RUNNING, processes=(ProcessRecord("r0", "a", 2, 2),
+        AttemptRecord(1, JobState.FAILED, processes=(ProcessRecord("r0", "a", 1, 1),)),
+        AttemptRecord(2, JobState.RUNNING, processes=(ProcessRecord("r0", "a", 2, 2),
                                                 ProcessRecord("r1", "b", 3, 3)))))
     record = record.with_processes_stopped(lambda p: p.host == "a", at=9.0)
     assert [(p.name, p.host, p.state.value) for p in record.active_processes()] == [("r1", "b", "RUNNING")]

@@ -3,7 +3,7 @@ import pytest
 
 from launcher.errors import ClusterFileError
 from launcher.placement import RankSlot, place
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 
 
 def spec(hosts, backend="rank_table", device="ascend"):

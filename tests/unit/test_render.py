@@ -6,11 +6,15 @@ from pathlib import Path
 import jinja2
 import pytest
 
-import launcher.render as render
+import launcher.backends.mpirun as mpirun
+import launcher.render.quoting as quoting
 from launcher.errors import BadInput, ClusterFileError
 from launcher.placement import place
-from launcher.render import render_hostfile, render_plan, render_rank_table
-from launcher.spec import parse_cluster, with_stage_options
+from launcher.render.artifacts import render_hostfile, render_rank_table
+from launcher.render.orchestrate import render_plan
+from launcher.spec.load import parse_cluster, with_stage_options
+from tests.harness.specs import factory_of
+from tests.harness.specs import plan_of as harness_plan
 
 REFERENCE_TABLE = Path(__file__).resolve().parents[1] / "fixtures" / "modelzoo" / "hccl_tools_8p_example.json"
 ATLAS_IPS = ["192.168.100.101", "192.168.101.101", "192.168.102.101", "192.168.103.101",
@@ -26,7 +30,7 @@ def spec_of(backend="dynamic", device="cpu", hosts=None, **top):
 
 
 def plan_of(spec, stage="r1", **kw):
-    return render_plan(spec, place(spec), stage, "/jobs/j", job_id="j1", **kw)
+    return harness_plan(spec, stage, job_id="j1", **kw)
 
 
 def hccl_tools_layout(servers):
@@ -132,7 +136,7 @@ def test_msrun_command_per_host():
 
 @pytest.mark.parametrize("euid, flag", [(0, True), (1000, False)])
 def test_mpirun_command_hostfile_and_scheduler(monkeypatch, euid, flag):
-    monkeypatch.setattr(render.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(mpirun.os, "geteuid", lambda: euid)
     hosts = [{"name": "n1", "address": "10.0.0.1", "ranks": 3, "workdir": "/w", "python": "/v/python"},
              {"name": "n2", "address": "10.0.0.2", "ranks": 1, "workdir": "/w", "python": "/v/python",
               "ssh": {"user": "u"}}]
@@ -201,20 +205,21 @@ def test_required_inputs_and_bad_arguments():
     with pytest.raises(BadInput, match="not an absolute"):
         plan_of(spec_of(), resume="ckpt/x.ckpt")
     with pytest.raises(BadInput, match="job id"):
-        render_plan(spec_of(), place(spec_of()), "r1", "/j", job_id="a;b")
+        harness_plan(spec_of(), "r1", job_id="a;b")
     with pytest.raises(BadInput, match="auto"):
         auto = spec_of(master={"port": "auto"})
-        render_plan(auto, place(auto), "r1", "/j", job_id="j")
+        f = factory_of(auto, "r1")
+        render_plan(auto, f.slots, f.workload, f.backend, "/j", job_id="j")
 
 
 def test_templates_refuse_unquoted_and_undefined_values():
-    env = render._environment("shell", str(render.templates_dir()))
-    with pytest.raises(render.TemplateValueError):
+    env = quoting._environment("shell", str(quoting.templates_dir()))
+    with pytest.raises(quoting.TemplateValueError):
         env.from_string("echo {{ x }}").render(x="$(touch /tmp/x)")
     with pytest.raises(jinja2.UndefinedError):
         env.from_string("echo {{ y | shquote }}").render()
     assert env.from_string("echo {{ x | shquote }}").render(x="a'b") == "echo 'a'\"'\"'b'"
-    with pytest.raises(render.TemplateValueError):
+    with pytest.raises(quoting.TemplateValueError):
         env.from_string("export {{ n | envname }}=1").render(n="A;B")
 
 

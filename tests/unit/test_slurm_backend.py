@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import time
@@ -12,10 +11,11 @@ import pytest
 
 from launcher.commands import submit
 from launcher.errors import BadInput, ClusterFileError
-from launcher.render import template
+from launcher.planning.request import LaunchRequest
+from launcher.render.quoting import template
 from launcher.slurm.allocation import Allocation, bind, current_allocation, ending, time_is_up
 from launcher.slurm.transport import SlurmTransport
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 from launcher.transport.factory import open_transport
 
 
@@ -187,19 +187,9 @@ def test_the_batch_script_and_sbatch_line_quote_every_value(tmp_path):
     assert {"--partition=debug", "--time=30", "--account=proj"} <= set(command)
     assert command[-2:] == ["--qos=low", str(job_dir / "sbatch.sh")]
     nasty = "a b'$(touch /tmp/owned)"
-    args = argparse.Namespace(
-        cluster=str(tmp_path / "c.yaml"),
-        stage="r1",
-        set=[f"data={nasty}"],
-        override=[],
-        exclude_host=[],
-        max_restarts=1,
-        ranks=None,
-        show_framework_logs=True,
-        hccn_conf_dir=None,
-        command=None,
-    )
-    argv = submit.launcher_argv(args, "/venv/bin/python", job_dir)
+    request = LaunchRequest(cluster=str(tmp_path / "c.yaml"), stages=("r1",), settings=(f"data={nasty}",),
+                            max_restarts=1, show_framework_logs=True)
+    argv = request.to_argv("/venv/bin/python", job_dir)
     script = template("sbatch.sh.j2").render(job_id="j1", cwd=str(tmp_path / "w d"), argv=argv)
     exec_line = next(line for line in script.splitlines() if line.startswith("exec "))
     assert shlex.split(exec_line)[1:] == argv and "--show-framework-logs" in argv

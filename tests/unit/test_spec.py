@@ -8,7 +8,7 @@ import yaml
 
 from launcher.errors import ClusterFileError
 from launcher.resources import cluster_configs_dir
-from launcher.spec import (
+from launcher.spec.load import (
     apply_overrides,
     load_cluster,
     parse_cluster,
@@ -117,7 +117,7 @@ def test_ssh_host_fields():
     (base(hosts=[{"ranks": 1, "device_ips": ["1.1.1.1"]}]), "hosts[0].device_ips", "only for device ascend"),
     (ascend([{"address": "a", "devices": [0], "hccn_conf": "hccn.conf"}]), "hosts[0].hccn_conf", "absolute"),
     (base(job={"output": "x"}), "job.output", "unknown key"),
-    (base(job={"stage_overrides": {"r3": {}}}), "job.stage_overrides.r3", "unknown key"),
+    (base(job={"stage_overrides": {"r 3": {}}}), "job.stage_overrides.r 3", "not a stage name"),
     (base(job={"stage_overrides": {"r1": {"crop_size": 1, "crop-size": 2}}}),
      "job.stage_overrides.r1.crop-size", "given twice"),
     (base(job={"stage_overrides": {"r1": {"--x": 1}}}), "job.stage_overrides.r1.--x", "not an option name"),

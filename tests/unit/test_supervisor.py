@@ -17,14 +17,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
-from launcher.commands.launch import make_plan_factory
-from launcher.errors import RankFailure
+from launcher.failures import FailureKind
 from launcher.jobs import JobDir
-from launcher.placement import place
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
 from launcher.supervisor import HealthWatch, Supervisor
 from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
+from tests.harness.specs import factory_of, failure
 
 HOSTS = ("a", "b")
 
@@ -283,7 +282,7 @@ def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None,
             "timeouts": {"stop_grace_s": grace}}
     spec = parse_cluster(data, "fake.yaml", cwd=str(tmp_path), local_python="python3")
     job = JobDir.create(tmp_path / "runs", cluster="fake", stage="r1", spec=data)
-    factory = make_plan_factory(spec, place(spec, {}), "r1", str(job.path), job.job_id)
+    factory = factory_of(spec, "r1", str(job.path), job.job_id)
     logs = job.open_logs()
     waits: List[float] = []
     messages: List[str] = []
@@ -294,8 +293,8 @@ def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None,
 
     transports = {h: FakeTransport(h, cluster) for h in HOSTS}
     factory_of_health = (lambda spec, plan, pids, ranks: health) if health else None
-    sup = Supervisor(spec, "r1", factory, job, transports, logs, out=Messages(messages), poll_s=0.01,
-                     wait=record_wait, health_factory=factory_of_health)
+    sup = Supervisor(factory, job, transports, logs, out=Messages(messages), poll_s=0.01, wait=record_wait,
+                     health_factory=factory_of_health)
     return Run(sup, job, cluster, waits, messages)
 
 
@@ -393,7 +392,7 @@ def test_restarts_are_counted_for_the_job_with_growing_backoff_then_it_fails(tmp
     assert record.state == JobState.FAILED and "2 of 2 used" in record.message
     cause = run.supervisor.root_cause
     assert (cause.rank, cause.host, cause.exit_code) == (1, "b", 3)
-    assert cause.log_tail == ["loading", "Traceback: boom"]
+    assert list(cause.log_tail) == ["loading", "Traceback: boom"]
     assert len(cluster.scan_calls) == 4
 
 
@@ -491,7 +490,8 @@ class SickDevice(HealthWatch):
     def failures(self):
         if time.monotonic() < self.at:
             return ()
-        return [RankFailure(1, "b", reason="unhealthy device: npu 1 health Critical")]
+        return [failure(1, "b", None, kind=FailureKind.DEVICE,
+                        reason="unhealthy device: npu 1 health Critical")]
 
     def stop(self):
         self.stopped = True
@@ -551,7 +551,8 @@ def test_the_scheduler_failing_alone_is_reported_as_the_scheduler(tmp_path, code
     assert run_to_end(run) == JobState.FAILED
     cause = run.supervisor.root_cause
     assert cause.rank is None and cause.host == "a"
-    assert cause.who == "the scheduler" and cause.reason == expected and cause.log_tail == ["scheduler up"]
+    assert cause.who == "the scheduler" and cause.reason == expected
+    assert list(cause.log_tail) == ["scheduler up"]
     assert str(cause) == f"the scheduler on a: {expected}"
     assert run.job.read().attempts[0].failure.summary() == f"the scheduler on a: {expected}"
 

@@ -6,11 +6,10 @@ import sys
 import pytest
 
 from launcher.errors import BadInput
-from launcher.placement import place
-from launcher.render import render_plan
-from launcher.spec import parse_cluster
+from launcher.spec.load import parse_cluster
 from launcher.workload import CommandWorkload, RefineNetWorkload, workload_for
 from launcher.workload.base import parse_progress
+from tests.harness.specs import plan_of
 
 
 def spec(**job):
@@ -31,7 +30,7 @@ def test_a_command_runs_as_every_rank_with_the_resume_point_by_env_and_placehold
                                            "REFINENET_RESUME": "/c/k.ckpt"}
     assert "REFINENET_RESUME" not in w.env(s, host)
     assert w.resumable and not w.single_process and w.checkpoint_dir(s, host) == "/w/output/command/ckpt"
-    plan = render_plan(s, place(s), "command", "/jobs/j", job_id="j", workload=w, resume="/c/k.ckpt")
+    plan = plan_of(s, w, resume="/c/k.ckpt")
     ranks = [p for p in plan.processes if p.role == "rank"]
     assert [p.command for p in ranks] == ["exec python train.py --resume /c/k.ckpt --tag=x/c/k.ckpt"] * 2
     assert all(p.env["REFINENET_RESUME"] == "/c/k.ckpt" and p.env["MS_ROLE"] == "MS_WORKER" for p in ranks)
@@ -58,30 +57,42 @@ def test_progress_lines_are_the_contracts():
 
 
 def test_stage_and_command_are_exclusive():
-    import argparse
+    from launcher.commands.launch import build_parser
+    from launcher.planning.request import LaunchRequest
+    from launcher.workload import workloads_for
 
-    from launcher.commands.launch import workload_of
+    def request(*argv):
+        return LaunchRequest.from_args(build_parser("t").parse_args(["--cluster", "c", *argv]))
 
-    def ns(stage=None, command=(), set_=()):
-        return argparse.Namespace(stage=stage, command=list(command), set=list(set_))
-
-    assert isinstance(workload_of(ns(command=["--", "python", "x.py"])), CommandWorkload)
-    for bad in (ns(), ns("r1", ["--", "x"]), ns(command=["x.py"]), ns(command=["--", "x"], set_=["a=1"])):
+    command = request("--", "python", "x.py")
+    assert isinstance(workloads_for(command.stages, command.command)[0], CommandWorkload)
+    for bad in ((), ("--stage", "r1", "--", "x"), ("x.py",), ("--set", "a=1", "--", "x"),
+                ("--stage", "r1,r2", "--set", "a=1")):
         with pytest.raises(BadInput):
-            workload_of(bad)
+            request(*bad)
+
+
+def test_the_stages_a_cluster_file_overrides_are_the_workloads_to_check():
+    from launcher.errors import ClusterFileError
+    from launcher.workload import RefineNetWorkload
+
+    spec = parse_cluster({"name": "t", "backend": "dynamic", "device": "cpu",
+                          "hosts": [{"name": "a", "ranks": 1}], "job": {"stage_overrides": {"r3": {}}}},
+                         "t.yaml")
+    with pytest.raises(ClusterFileError, match="job.stage_overrides.r3: unknown stage"):
+        RefineNetWorkload("r1").check_spec(spec)
 
 
 def test_the_job_record_keeps_the_cluster_file_with_its_overrides(tmp_path):
-    import argparse
-
+    from launcher.planning.request import LaunchRequest
     from launcher.runner import _spec_data
-    from launcher.spec import load_cluster, parse_cluster
+    from launcher.spec.load import load_cluster, parse_cluster
 
     path = tmp_path / "c.yaml"
     path.write_text("name: c\nbackend: dynamic\ndevice: cpu\nhosts:\n  - {name: a, ranks: 2, workdir: /w}\n")
-    args = argparse.Namespace(cluster_path=str(path), override=["hosts[0].workdir=/elsewhere",
-                                                                 "master.port=9000"])
-    data = _spec_data(load_cluster(path), args)
+    request = LaunchRequest(cluster=str(path), stages=("r1",),
+                            overrides=("hosts[0].workdir=/elsewhere", "master.port=9000"))
+    data = _spec_data(load_cluster(path), request)
     rebuilt = parse_cluster(data, "job.json (spec)")
     assert rebuilt.hosts[0].workdir == "/elsewhere" and rebuilt.master.port == 9000
 

@@ -1,0 +1,1 @@
+"""The cluster file: its data model (`model`), field readers (`fields`) and loader (`load`)."""

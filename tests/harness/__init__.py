@@ -1,0 +1,1 @@
+"""Shared test harness: spec factories, stand-in workload, launched jobs, processes, sshd and Slurm hosts."""
