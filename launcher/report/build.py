@@ -22,6 +22,8 @@ from launcher.report.series import (
 
 REPORT_FILE = "report.html"
 REPORT_DIR = "report"
+#: Python frames of a group's stack shown in the report (innermost first); the rest are counted.
+STACK_LINES = 14
 
 
 class _Figures:
@@ -153,6 +155,40 @@ def _stragglers_section(data: JobData) -> Section:
                          rows, (3, 4, 5)))
 
 
+def _stacks_section(data: JobData) -> Section:
+    sec = Section("stacks", "Stacks of hung ranks")
+    if not data.stacks:
+        return sec.add(note("No stack captures (taken from every rank when one stops progressing)."))
+    for cap in data.stacks:
+        report = cap.report
+        suspects = set(report.suspects)
+        sec.add(f"<p><b>attempt {esc(cap.attempt)}</b>, {esc(format_time(cap.time) or '-')} "
+                f"({esc(cap.folder.name)}): {esc(len(cap.records))} rank(s), {esc(len(report.groups))} "
+                f"distinct stack(s)</p>")
+        sec.add(f"<pre>{esc(report.summary())}</pre>")
+        rows = [(i + 1, _members(g.members), "suspect" if set(g.members) <= suspects else "", g.stack.where())
+                for i, g in enumerate(report.groups)]
+        for s in report.unknown:
+            proc = f" (/proc: {s.proc_text()})" if s.proc_text() else ""
+            rows.append(("-", _members([(s.rank, s.host)]), "suspect" if (s.rank, s.host) in suspects else "",
+                         f"no stack: {s.reason or s.status}{proc}"))
+        sec.add(table(("group", "ranks", "", "where"), rows))
+        for i, g in enumerate(report.groups):
+            shown = g.stack.python[:STACK_LINES]
+            frames = "\n".join(f"{f.function} ({f.module_file}:{f.line})" for f in shown)
+            more = len(g.stack.python) - STACK_LINES
+            if more > 0:
+                frames += f"\n... {more} outer frame(s)"
+            sec.add(f"<details><summary>group {i + 1}: {esc(_members(g.members))}, "
+                    f"thread {esc(g.stack.thread or '?')}, innermost first</summary><pre>{esc(frames)}</pre>"
+                    "</details>")
+    return sec
+
+
+def _members(members) -> str:
+    return ", ".join(f"{r} ({h})" for r, h in members)
+
+
 def _pid_ranks(data: JobData) -> Dict[Tuple[str, int], str]:
     out = {}
     for a in data.attempts:
@@ -282,8 +318,8 @@ def build_report(data: JobData, out_dir: Path, now: Optional[float] = None) -> s
     seconds = rank_step_times(data.metrics)
     sections = [_loss_section(data, figs, restarts), _step_time_section(data, figs, seconds),
                 _throughput_section(data, figs, seconds, restarts), _attempts_section(data, figs, t0, now),
-                _stragglers_section(data), _health_section(data, figs, t0), _eval_section(data, figs),
-                _predictions_section(data)]
+                _stragglers_section(data), _stacks_section(data), _health_section(data, figs, t0),
+                _eval_section(data, figs), _predictions_section(data)]
     sections.append(_missing_section(data))
     return page(f"Job {data.job_id}", _summary(data, now), sections)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from launcher import stacks
 from launcher.jobs import HEALTH_FILE, JOB_FILE, LOGS_DIR, METRICS_FILE, STRAGGLERS_FILE
 from launcher.stragglers import Straggler
 
@@ -39,6 +40,7 @@ class JobData:
     workload_metrics: List[Dict[str, Any]] = field(default_factory=list)
     health: List[Dict[str, Any]] = field(default_factory=list)
     stragglers: List[Straggler] = field(default_factory=list)
+    stacks: List[stacks.SavedCapture] = field(default_factory=list)
     eval: Optional[Dict[str, Any]] = None
     eval_path: Optional[str] = None
     eval_looked: List[str] = field(default_factory=list)
@@ -313,6 +315,7 @@ def load_job(path: Path) -> JobData:
     data.health = read_jsonl(data.path / HEALTH_FILE, "health samples", data.missing)
     data.workload_metrics = _workload_metrics(data)
     data.stragglers = _stragglers(data)
+    data.stacks = _stack_captures(data)
     _find_eval(data)
     _find_overlays(data)
     return data
@@ -359,3 +362,14 @@ def _stragglers(data: JobData) -> List[Straggler]:
         found.setdefault(s.key, s)
     return sorted(found.values(), key=lambda s: (s.time, s.rank))
 
+
+
+def _stack_captures(data: JobData) -> List[stacks.SavedCapture]:
+    """The stack captures under `JOB/stacks/`, oldest first; an unreadable one is named in `missing`."""
+    found = []
+    for folder in stacks.captures(data.path):
+        try:
+            found.append(stacks.load(folder))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            data.missing.append(Missing(str(folder), f"stack capture is unreadable: {exc}"))
+    return found

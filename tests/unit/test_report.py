@@ -193,3 +193,32 @@ def test_a_job_that_has_just_started(tmp_path, lines):
     _jsonl(job / "metrics.jsonl", _metrics()[:lines])
     found = sections(write_report(job, tmp_path / "o", now=T0 + 30).read_text())
     assert set(ALL_SECTIONS) <= set(found) and "RUNNING" in found["attempts"]
+
+
+def _stack_fixture(name: str) -> dict:
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "stacks" / f"{name}.json"
+    doc = json.loads(path.read_text())
+    return {(r["rank"], r["host"]): r["record"] for r in doc["ranks"]}
+
+
+def test_stack_captures_are_listed_with_groups_and_suspects(tmp_path):
+    from launcher import stacks
+
+    job = make_job(tmp_path)
+    assert "No stack captures" in sections(write_report(job, tmp_path / "o0").read_text())["stacks"]
+    for attempt, name in ((1, "allreduce_stall"), (2, "peers_stall")):
+        records = _stack_fixture(name)
+        stacks.save(stacks.analyse(records), records, job, attempt, T0 + 10 * attempt)
+    (job / "stacks" / "attempt_3-20251124-000000").mkdir()
+    found = sections(write_report(job, tmp_path / "o1", now=T0 + 100).read_text())
+    text = found["stacks"]
+    assert text.index("<b>attempt 1</b>") < text.index("<b>attempt 2</b>")
+    assert "rank 1 on host-b: in `load_batch` (allreduce_stall.py:" in text
+    assert "1 other rank in AllReduce" in text
+    assert "rank 3 on host-b: in `load_batch` (peers.py:" in text
+    assert re.search(r"<td>2</td><td>3 \(host-b\)</td><td>suspect</td>", text)
+    assert re.search(r"<td>1</td><td>0 \(host-a\), 1 \(host-a\), 2 \(host-b\)</td><td></td>", text)
+    assert "<details><summary>group 1: 0 (host-a), 1 (host-a), 2 (host-b), thread MainThread" in text
+    assert "wait_for_peers (peers.py:" in text and "Barrier.wait (threading.py:" in text
+    assert "attempt_3-20251124-000000" in found["missing"]
+    assert "stack capture is unreadable" in found["missing"]
