@@ -544,12 +544,14 @@ class StateDir:
             view = memoryview(data)
             while view:
                 view = view[os.write(wfd, view):]
-            os.fsync(wfd)
+            if not hold:  # a record must survive a crash; a lease or ticket dies with it anyway
+                os.fsync(wfd)
             os.fchmod(wfd, FILE_MODE)
             os.close(wfd)
             wfd = None
             os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-            os.fsync(self.fd)
+            if not hold:
+                os.fsync(self.fd)
         except OSError as e:
             for fd in (wfd, rfd):
                 if fd is not None:
