@@ -670,12 +670,11 @@ def evaluate(request, key, scan, uid, allow_cordoned=False):
     cordon = scan.cordon()
     if cordon["cordoned"] and not allow_cordoned:
         state = "cordoned"
-        reason = "host cordoned by {} since {}: {}".format(cordon["by"], format_time(cordon["since"]),
-                                                     cordon["why"])
+        reason = f"host cordoned by {cordon['by']} since {format_time(cordon['since'])}: {cordon['why']}"
     elif ending:
         state = "ending"
-        reason = (f"a previous lease of job {request.job} is still held (pid {ending[0].pid}): its "
-                  "processes are ending")
+        reason = (f"job {request.job} already holds a lease here (taken by pid {ending[0].pid}); a job "
+                  "holds one lease per host: a new one once the last process holding it is gone")
     elif holders:
         state = "busy"
         reason = "held by " + "; ".join(f"job {h.job} of {h.user} since {format_time(h.since)}"

@@ -1,11 +1,14 @@
 """The host state in one process, on real files and real flock()s: the grant rule, the queue, slots,
 cordon and exclusion records, malformed or unsafe state, the short commands."""
+import ast
 import fcntl
 import json
 import os
 import stat
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +36,18 @@ def hold_file(path, content):
     fd = os.open(path, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def test_hostside_is_python36_standard_library_only():
+    """It runs on hosts as source: any Python 3.6+, nothing but the standard library."""
+    for path in Path(hs.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 6))
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert imported <= sys.stdlib_module_names, (path.name, imported - sys.stdlib_module_names)
+        assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree)), path.name
 
 
 # -- the directory
@@ -168,7 +183,7 @@ def test_exclusion_records_are_kept_until_cleared(state):
 def test_a_job_whose_previous_lease_is_still_held_waits_for_it_then_reacquires(state):
     old = hs.acquire(state, req("j1", [0, 1]))
     report = hs.check(state, req("j1", [0, 1]))
-    assert report["state"] == "ending" and "still held" in report["reason"]
+    assert report["state"] == "ending" and "already holds a lease here" in report["reason"]
     got = {}
     waiter = threading.Thread(target=lambda: got.update(lease=hs.acquire(state, req("j1", [0, 1], key=1.0),
                                                                          wait=True, poll_s=0.02)))
