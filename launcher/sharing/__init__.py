@@ -1,0 +1,1 @@
+"""Sharing hosts between jobs and users: launcher-side policies (queue order, all-or-nothing, bad hosts)."""
