@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Sequence
 
+from launcher.console import say
 from launcher.errors import BadInput, HostError, JobFailed
 from launcher.fanout import fan_out
 from launcher.jobs import JobDir, format_time
@@ -105,7 +106,7 @@ def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport],
 
     result = fan_out(check, pool.spares, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
     for name, exc in sorted(result.failed.items()):
-        print(f"refinenet-launch: spare {name} left out: {exc.cause}", file=err, flush=True)
+        say(err, f"spare {name} left out: {exc.cause}")
         pool.spares = [h for h in pool.spares if h.name != name]
         transports.pop(name).close()
 
@@ -153,7 +154,7 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
                          for f in factories]
         first_plan = factories[0](0, None)
         job = _job_dir(prepared, first_plan.to_dict())
-        print(f"refinenet-launch: job {job.job_id} ({job.path})", file=err, flush=True)
+        say(err, f"job {job.job_id} ({job.path})")
         allocation = prepared.allocation
         if allocation is not None:
             job.set_slurm(job_id=allocation.job_id, nodes=[h.name for h in spec.hosts],
@@ -217,11 +218,10 @@ def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) 
     if state == JobState.SUCCEEDED:
         stages = list(dict.fromkeys(a.stage for a in record.attempts if a.stage))
         over = f" over {len(stages)} stages ({', '.join(stages)})" if len(stages) > 1 else ""
-        print(f"refinenet-launch: job {job.job_id} SUCCEEDED after {len(record.attempts)} attempt(s){over}",
-              file=err, flush=True)
+        say(err, f"job {job.job_id} SUCCEEDED after {len(record.attempts)} attempt(s){over}")
         return 0
     if state == JobState.STOPPED:
-        print(f"refinenet-launch: job {job.job_id} STOPPED", file=err, flush=True)
+        say(err, f"job {job.job_id} STOPPED")
         return 1
     raise JobFailed(root_cause_summary(record), root_cause=supervisor.root_cause)
 

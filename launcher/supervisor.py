@@ -25,6 +25,7 @@ from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, T
 from launcher.agent.session import AgentEvent, AgentSession, start_session
 from launcher.attempt import Attempt
 from launcher.ckpt_copy import CopyResult, copy_checkpoint
+from launcher.console import say
 from launcher.exclusion import HostPool, HostTracker, NoSpareLeft
 from launcher.failures import Failure, FailureKind
 from launcher.fanout import DEFAULT_WIDTH, fan_out
@@ -136,8 +137,7 @@ class Supervisor:
     def say(self, text: str) -> None:
         """A launcher message for the user (stderr by default), written whole: one write per line, so it
         never runs together with the live stream when both share a terminal."""
-        self.out.write(f"refinenet-launch: {text}\n")
-        self.out.flush()
+        say(self.out, text)
 
     @property
     def root_cause(self) -> Optional[Failure]:

@@ -36,7 +36,7 @@ def _summary(job: JobDir, record: JobRecord) -> dict:
     attempt = record.current_attempt
     return {"job_id": record.job_id, "state": record.state.value, "cluster": record.cluster,
             "stage": _stage(record), "created": record.created, "attempts": len(record.attempts),
-            "ranks": len(attempt.ranks) if attempt else 0, "path": str(job.path),
+            "ranks": max((len(a.ranks) for a in record.attempts), default=0), "path": str(job.path),
             "failure": attempt.failure.summary() if attempt and attempt.failure else ""}
 
 

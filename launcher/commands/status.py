@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from launcher.commands.list_jobs import format_table
 from launcher.failures import Failure
 from launcher.jobs import RUNS_DIR_ENV, JobDir, JobRecord, ProcessRecord, format_time
-from launcher.logs.format import parse_attempt_header, rank_log_name, tail_lines
+from launcher.logs.format import is_framework_log, parse_attempt_header, rank_log_name, tail_lines
 from launcher.states import JobState
 
 
@@ -44,8 +44,10 @@ def _log_path(job: JobDir, proc: ProcessRecord) -> str:
 
 
 def last_output(path: str) -> Dict[str, Any]:
-    """The last printed line of a process log (not an attempt header) and when the file last changed."""
-    lines = [line for line in tail_lines(path, 5) if parse_attempt_header(line) is None]
+    """The last line of a process log the live stream would show (not an attempt header, not one of
+    MindSpore's own INFO/DEBUG lines) and when the file last changed."""
+    lines = [line for line in tail_lines(path, 50)
+             if parse_attempt_header(line) is None and not is_framework_log(line)]
     try:
         mtime: Optional[float] = os.stat(path).st_mtime
     except FileNotFoundError:
