@@ -5,8 +5,9 @@ to the rank processes. Standard library only, so any Python program can use it.
 
 SIGUSR1 is blocked in the calling thread (so in every thread started after `install` that keeps its
 inherited mask) and taken by a thread waiting in `sigwait`, so it interrupts no thread. Threads that
-unblock every signal exist (some of MindSpore's do): for them a handler is installed too, with
-SA_RESTART, so the signal is still a request and interrupted system calls are restarted. A signal
+do not block it exist (numpy's OpenBLAS pool starts at `import numpy`, a library may set its own
+masks): for them a handler is installed too, with SA_RESTART, so the signal is still a request and
+an interrupted system call is restarted. A signal
 sent before `install` kills the process by its default action unless the launcher started it with
 SIGUSR1 blocked (the mask survives exec); then the signal stays pending and is taken as a request
 once `install` runs.
