@@ -32,6 +32,17 @@ def _run(cmd, env):
     return proc.stdout
 
 
+@pytest.fixture(autouse=True)
+def _signal_state_restored():
+    """`main` called in this process takes SIGUSR1 over (blocks it, installs a handler): give both back,
+    so later tests and the processes they start see the interpreter's defaults."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    handler = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    signal.signal(signal.SIGUSR1, handler)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, child_env):
     root = tmp_path_factory.mktemp("synth")

@@ -10,14 +10,13 @@ from tests.conftest import REPO_ROOT
 
 
 def _python(code, env=None, block_usr1=False):
-    """Start a fresh interpreter on `code`, optionally with SIGUSR1 blocked from exec on."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}) if block_usr1 else None
+    """Start a fresh interpreter on `code` with SIGUSR1 blocked from exec on, or not blocked."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK if block_usr1 else signal.SIG_UNBLOCK, {signal.SIGUSR1})
     try:
         return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def test_the_request_file_is_pending_until_consumed(tmp_path):
