@@ -136,9 +136,10 @@ def init_cluster(launch: LaunchEnv) -> ClusterInfo:
 
 class StopAgreement:
     """After the same step every rank learns whether any rank wants to stop: an AllReduce (sum) of a
-    one-element flag. Sum, not max: MindSpore's CPU AllReduce only sums, and any nonzero sum means
-    stop. Built right after the cluster forms: its first call (compilation, and a barrier) is made
-    here, with every rank voting to continue."""
+    one-element float32 flag. Sum, not max: MindSpore's CPU AllReduce only sums (and only floats);
+    any nonzero sum means stop. Every rank builds it at the same point of the run: its first call
+    (compilation, and a barrier) is made here, every rank voting to continue. One process: no
+    collective, its own vote is the answer."""
 
     def __init__(self, cluster: ClusterInfo):
         self._reduce = None

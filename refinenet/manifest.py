@@ -1,11 +1,12 @@
 """Checkpoint manifests: the small JSON file that tells a complete checkpoint from a partial one.
 
 No MindSpore import: the launcher runs `python -m refinenet.manifest scan DIR` on each host to learn
-which checkpoints are complete there, and `python -m refinenet.manifest verify CKPT` to check the one
-it chose (docs/workload-contract.md). A checkpoint `refinenet-<epoch>_<step>.ckpt` is complete when
-`refinenet-<epoch>_<step>.json` exists, parses, names it, and the `.ckpt` has the recorded size (and,
-when verifying, sha256). Every manifest names the job that wrote it (`job_id`, from REFINENET_JOB_ID);
-manifests written before that field existed read as `job_id` "".
+which checkpoints are complete there (sizes; `--verify` hashes every file too), and
+`python -m refinenet.manifest verify CKPT` hashes just the one it chose (docs/workload-contract.md).
+A checkpoint `refinenet-<epoch>_<step>.ckpt` is complete when `refinenet-<epoch>_<step>.json`
+exists, parses, names it, and the `.ckpt` has the recorded size (and, when verifying, sha256).
+Every manifest names the job that wrote it (`job_id`, from REFINENET_JOB_ID); manifests written
+before that field existed read as `job_id` "".
 """
 from __future__ import annotations
 
