@@ -132,3 +132,37 @@ def init_cluster(launch: LaunchEnv) -> ClusterInfo:
     local = rank if launch.local_rank is None else launch.local_rank
     shared = os.environ.get("REFINENET_STORAGE") == "shared"
     return ClusterInfo(rank=rank, group_size=size, local_rank=local, distributed=True, shared_storage=shared)
+
+
+class StopAgreement:
+    """After the same step every rank learns whether any rank wants to stop: an AllReduce (sum) of a
+    one-element float32 flag. Sum, not max: MindSpore's CPU AllReduce only sums (and only floats);
+    any nonzero sum means stop. Every rank builds it at the same point of the run: its first call
+    (compilation, and a barrier) is made here, every rank voting to continue. One process: no
+    collective, its own vote is the answer."""
+
+    def __init__(self, cluster: ClusterInfo):
+        self._reduce = None
+        if cluster.distributed:
+            from mindspore import nn, ops
+
+            class _Sum(nn.Cell):
+                def __init__(self):
+                    super().__init__()
+                    self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
+
+                def construct(self, x):
+                    return self.all_reduce(x)
+
+            self._reduce = _Sum()
+            self(False)
+
+    def __call__(self, stop: bool) -> bool:
+        """The same answer on every rank: True when at least one rank called this with `stop` True."""
+        if self._reduce is None:
+            return bool(stop)
+        import mindspore as ms
+        import numpy as np
+
+        flag = ms.Tensor(np.array([1.0 if stop else 0.0], dtype=np.float32))
+        return float(self._reduce(flag).asnumpy()[0]) > 0.0

@@ -1,9 +1,12 @@
 """Checkpoint manifests: the small JSON file that tells a complete checkpoint from a partial one.
 
-No MindSpore import: the launcher runs `python -m refinenet.manifest scan DIR --verify` on each
-host to learn which checkpoints are complete there (docs/workload-contract.md).
+No MindSpore import: the launcher runs `python -m refinenet.manifest scan DIR` on each host to learn
+which checkpoints are complete there (sizes; `--verify` hashes every file too), and
+`python -m refinenet.manifest verify CKPT` hashes just the one it chose (docs/workload-contract.md).
 A checkpoint `refinenet-<epoch>_<step>.ckpt` is complete when `refinenet-<epoch>_<step>.json`
 exists, parses, names it, and the `.ckpt` has the recorded size (and, when verifying, sha256).
+Every manifest names the job that wrote it (`job_id`, from REFINENET_JOB_ID); manifests written
+before that field existed read as `job_id` "".
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 FORMAT = "refinenet-ckpt/1"
 PREFIX = "refinenet"
 CKPT_DIRNAME = "ckpt"
+JOB_ID_ENV = "REFINENET_JOB_ID"
 _NAME = re.compile(rf"{PREFIX}-(\d+)_(\d+)\.ckpt")
 _HASH_CHUNK = 1 << 22
 
@@ -52,6 +56,7 @@ class Manifest:
     sha256: str
     created: float
     rank: int
+    job_id: str = ""
     format: str = FORMAT
 
     def to_json(self) -> dict:
@@ -66,6 +71,8 @@ class Manifest:
         values = {}
         for f in dataclasses.fields(cls):
             if f.name not in data:
+                if f.default is not dataclasses.MISSING:
+                    continue
                 raise ManifestError(source, f"field {f.name!r} is missing")
             value = data[f.name]
             want = {"int": int, "float": (int, float), "str": str}[str(f.type)]
@@ -86,7 +93,7 @@ class ScanEntry:
         m = self.manifest
         return {"checkpoint": self.path, "epoch": m.epoch, "step": m.step, "global_step": m.global_step,
                 "steps_per_epoch": m.steps_per_epoch, "stage": m.stage, "size": m.size, "sha256": m.sha256,
-                "created": m.created, "rank": m.rank}
+                "created": m.created, "rank": m.rank, "job_id": m.job_id}
 
 
 def ckpt_name(epoch: int, step: int) -> str:
@@ -140,14 +147,22 @@ def write_json_atomic(path: PathLike, data: object) -> None:
     fsync_dir(path.parent)
 
 
+def current_job_id() -> str:
+    """The job this process belongs to, as the launcher says (REFINENET_JOB_ID); "" when unset."""
+    return os.environ.get(JOB_ID_ENV, "")
+
+
 def make_manifest(ckpt_path: PathLike, *, stage: str, epoch: int, step: int, steps_per_epoch: int,
-                  global_step: int, rank: int, created: Optional[float] = None) -> Manifest:
-    """Describe a checkpoint file that has been written completely."""
+                  global_step: int, rank: int, created: Optional[float] = None,
+                  job_id: Optional[str] = None) -> Manifest:
+    """Describe a checkpoint file that has been written completely: its size and sha256 are taken now,
+    from the file as written. `job_id` defaults to `current_job_id()`."""
     ckpt_path = Path(ckpt_path)
     return Manifest(checkpoint=ckpt_path.name, stage=stage, epoch=epoch, step=step,
                     steps_per_epoch=steps_per_epoch, global_step=global_step,
                     size=ckpt_path.stat().st_size, sha256=file_sha256(ckpt_path),
-                    created=time.time() if created is None else created, rank=rank)
+                    created=time.time() if created is None else created, rank=rank,
+                    job_id=current_job_id() if job_id is None else job_id)
 
 
 def write_manifest(ckpt_path: PathLike, manifest: Manifest) -> Path:
@@ -158,13 +173,13 @@ def write_manifest(ckpt_path: PathLike, manifest: Manifest) -> Path:
 
 
 def mark_complete(ckpt_path: PathLike, *, epoch: int, step: int, steps_per_epoch: int, stage: str = "command",
-                  rank: int = 0) -> Path:
+                  rank: int = 0, job_id: Optional[str] = None) -> Path:
     """For any program launched by refinenet-launch: declare a checkpoint written completely (call it
     after the file is closed). `epoch` counts from 1, `step` is the step within the epoch. Name the
     file `ckpt_name(epoch, step)` in `$REFINENET_CKPT_DIR` so a restart finds it."""
     global_step = (epoch - 1) * steps_per_epoch + step
     manifest = make_manifest(ckpt_path, stage=stage, epoch=epoch, step=step, steps_per_epoch=steps_per_epoch,
-                             global_step=global_step, rank=rank)
+                             global_step=global_step, rank=rank, job_id=job_id)
     return write_manifest(ckpt_path, manifest)
 
 
@@ -239,17 +254,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refinenet.manifest",
                                      description="Read and write checkpoint manifests.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_scan = sub.add_parser("scan", help="print the complete checkpoints of DIR as JSON, newest first")
+    p_scan = sub.add_parser("scan", help="print the complete checkpoints of DIR as JSON, newest first "
+                                         "(sizes checked; sha256 too with --verify)")
     p_scan.add_argument("dir", help="checkpoint folder (or a training --output-dir holding ckpt/)")
     p_scan.add_argument("--verify", action="store_true", help="also check each file's sha256")
+    p_verify = sub.add_parser("verify", help="check one checkpoint's size and sha256 against its manifest: "
+                                             "exit 0 when complete, 1 when not")
+    p_verify.add_argument("ckpt", help="the checkpoint file (its manifest is next to it)")
     p_mark = sub.add_parser("mark", help="write the manifest of a checkpoint that is completely written")
     p_mark.add_argument("ckpt", help="the checkpoint file, named refinenet-<epoch>_<step>.ckpt")
     p_mark.add_argument("--steps-per-epoch", type=int, required=True)
     p_mark.add_argument("--stage", default="command")
     p_mark.add_argument("--rank", type=int, default=0)
+    p_mark.add_argument("--job-id", help=f"the job that wrote it (default: ${JOB_ID_ENV}, or empty)")
     args = parser.parse_args(argv)
     if args.command == "mark":
         return _mark(args)
+    if args.command == "verify":
+        return _verify(args.ckpt)
     target = Path(args.dir)
     if target.exists() and not target.is_dir():
         print(f"error: {target}: not a directory", file=sys.stderr)
@@ -273,7 +295,20 @@ def _mark(args: argparse.Namespace) -> int:
         return 2
     epoch, step = parsed
     print(mark_complete(args.ckpt, epoch=epoch, step=step, steps_per_epoch=args.steps_per_epoch,
-                        stage=args.stage, rank=args.rank))
+                        stage=args.stage, rank=args.rank, job_id=args.job_id))
+    return 0
+
+
+def _verify(ckpt: str) -> int:
+    path = Path(ckpt).absolute()
+    try:
+        m = verify(path, check_hash=True)
+    except ManifestError as exc:
+        where = f" ({exc.path})" if exc.path != str(path) else ""
+        print(f"not complete: {path}: {exc.problem}{where}", file=sys.stderr)
+        return 1
+    print(f"complete: {path}: size and sha256 match the manifest (epoch {m.epoch} step {m.step}, "
+          f"global step {m.global_step}, job {m.job_id!r})")
     return 0
 
 

@@ -5,13 +5,13 @@ wrong with the command line or its files is checked before the cluster forms, so
 input exits 2 at once instead of leaving its peers waiting. The training loop is a custom loop
 over a graph-mode `TrainOneStepCell`: one log line and one metrics record per step, epochs whose
 batches depend only on (seed, epoch, rank, ranks), and atomic checkpoints that resume bit-exactly
-(docs/workload-contract.md).
+from any step. A save request (REFINENET_SAVE_REQUEST file or SIGUSR1) stops every rank after the same
+step with a checkpoint; phase events in the metrics JSONL time the start-up (docs/workload-contract.md).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -21,6 +21,8 @@ from typing import List, Optional, Sequence, TextIO
 
 from refinenet import checkpoints as ck
 from refinenet import lr as lr_mod
+from refinenet import metrics_log as ml
+from refinenet import save_request
 from refinenet.dist import ClusterInfo, LaunchEnv, LaunchEnvError, LaunchKind, detect_launch, prepare_env
 from refinenet.presets import AMP_LEVELS, DEVICES, STAGES, TrainPreset, preset
 
@@ -52,11 +54,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StartPoint:
-    """Where the weights come from and which epoch/global step training begins at."""
+    """Where the weights come from and the global step training continues after.
+
+    `epoch` counts the epochs completed, `skip` the batches of the next epoch already trained (0 at an
+    epoch boundary).
+    """
 
     description: str
     epoch: int
     global_step: int
+    skip: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,45 +297,46 @@ def initial_weights(config: TrainConfig, net, pretrained: Optional[Path],
     return f"random initialisation (no --pretrained; seed {config.hp.seed})"
 
 
+def epoch_and_step(global_step: int, steps_per_epoch: int) -> tuple:
+    """(epoch counted from 1, step within it) of a global step >= 1: the checkpoint naming."""
+    return (global_step - 1) // steps_per_epoch + 1, (global_step - 1) % steps_per_epoch + 1
+
+
+def start_point(global_step: int, steps_per_epoch: int) -> StartPoint:
+    """Where a run restored at `global_step` continues: an epoch boundary, or batch `skip` of the next
+    epoch."""
+    epoch, skip = divmod(global_step, steps_per_epoch)
+    if skip == 0:
+        return StartPoint(f"epoch {epoch}, global step {global_step}", epoch, global_step)
+    current, step = epoch_and_step(global_step, steps_per_epoch)
+    return StartPoint(f"epoch {current} step {step}, global step {global_step}", epoch, global_step, skip)
+
+
 def restore(cell, resume: ck.CheckpointRef, steps_per_epoch: int) -> StartPoint:
     """Load weights, optimizer moments and global step of the resume checkpoint into the train cell."""
     ck.restore_training_state(resume.path, cell)
     global_step = int(cell.optimizer.global_step.asnumpy().reshape(-1)[0])
-    if global_step % steps_per_epoch:
-        raise RuntimeError(f"{resume.path} is at global step {global_step}, not at the end of an epoch of "
-                           f"{steps_per_epoch} steps")
-    epoch = global_step // steps_per_epoch
-    return StartPoint(f"epoch {epoch}, global step {global_step}", epoch, global_step)
+    return start_point(global_step, steps_per_epoch)
 
 
-class MetricsWriter:
-    """DIR/metrics/rank_<r>.jsonl: one record per step, flushed as written."""
-
-    def __init__(self, output_dir: Path, rank: int):
-        folder = output_dir / "metrics"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"rank_{rank}.jsonl"
-        self._file = open(self.path, "a", buffering=1)
-
-    def write(self, *, step: int, epoch: int, loss: float, lr: float, seconds: float) -> None:
-        self._file.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr,
-                                     "seconds": round(seconds, 6), "time": time.time()}) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
+def metrics_path(output: Path, rank: int) -> Path:
+    """DIR/metrics/rank_<r>.jsonl"""
+    return output / "metrics" / f"rank_{rank}.jsonl"
 
 
 def train(config: TrainConfig, launch: LaunchEnv, pretrained: Optional[Path],
-          resume: Optional[ck.CheckpointRef], steps_per_epoch: int) -> int:
-    """Build and initialise the network, form the cluster (when a rank), restore, run the epochs."""
+          resume: Optional[ck.CheckpointRef], steps_per_epoch: int, *, log: ml.MetricsLog,
+          request: save_request.SaveRequest) -> int:
+    """Build and initialise the network, form the cluster (when a rank), restore, run the epochs; stop
+    after the step at which any rank had a save request, with a checkpoint."""
     import mindspore as ms
     import numpy as np
 
     from refinenet.data.pipeline import build_train_dataset
-    from refinenet.dist import init_cluster
+    from refinenet.dist import StopAgreement, init_cluster
     from refinenet.model import build_refinenet
 
+    log.event(ml.IMPORTS)
     hp = config.hp
     lrs = lr_mod.learning_rates(hp.lr_type, hp.base_lr, steps_per_epoch, hp.epochs,
                                 warmup_epochs=hp.warmup_epochs, decay_rate=hp.lr_decay_rate,
@@ -337,12 +345,22 @@ def train(config: TrainConfig, launch: LaunchEnv, pretrained: Optional[Path],
     ms.set_seed(hp.seed)
     net = build_refinenet(num_classes=hp.num_classes, depth=hp.depth, bn_mode=hp.bn_mode)
     origin = initial_weights(config, net, pretrained, resume)
+    output = Path(config.output_dir)
+    log.open(metrics_path(output, launch.rank))
+    began = time.time()
     cluster = init_cluster(launch)
+    log.event(ml.CLUSTER, rank=cluster.rank, ranks=cluster.group_size, init_s=time.time() - began)
+    if cluster.rank != launch.rank:
+        log.open(metrics_path(output, cluster.rank))
     if hp.amp_level != "O0":
         net = ms.amp.auto_mixed_precision(net, hp.amp_level, dtype=getattr(ms, config.amp_dtype))
     cell, _ = build_train_cell(net, hp, lrs)
-    start = restore(cell, resume, steps_per_epoch) if resume is not None else StartPoint(origin, 0, 0)
-    output = Path(config.output_dir)
+    start = StartPoint(origin, 0, 0)
+    if resume is not None:
+        began = time.time()
+        start = restore(cell, resume, steps_per_epoch)
+        log.event(ml.CHECKPOINT_LOADED, checkpoint=str(resume.path), load_s=time.time() - began,
+                  **position(start.global_step, steps_per_epoch))
     ckpt_dir = output / "ckpt"
     if cluster.saves_checkpoints:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -361,23 +379,25 @@ def train(config: TrainConfig, launch: LaunchEnv, pretrained: Optional[Path],
          f"depth {hp.depth}, batch {hp.batch_size} per rank, crop {hp.crop_size}, "
          f"{steps_per_epoch} steps per epoch, epochs {hp.epochs}, lr {hp.lr_type} base {hp.base_lr}, "
          f"amp {hp.amp_level}, mode {config.mode}")
-    if start.epoch >= hp.epochs:
+    if start.global_step >= hp.epochs * steps_per_epoch:
         _say(f"nothing to train: the start point is epoch {start.epoch} of {hp.epochs}")
         return 0
-    (output / "metrics").mkdir(parents=True, exist_ok=True)
+    agreement = StopAgreement(cluster)
     if cluster.rank == 0:
         _write_run_config(output, config, cluster, steps_per_epoch, start)
     dataset = build_train_dataset(config.data, batch_size=hp.batch_size, crop_size=hp.crop_size,
                                   rank=cluster.rank, group_size=cluster.group_size, epoch=start.epoch,
                                   seed=hp.data_seed, min_scale=hp.min_scale, max_scale=hp.max_scale,
-                                  ignore_label=hp.ignore_label, workers=config.workers)
-    metrics = MetricsWriter(output, cluster.rank)
+                                  ignore_label=hp.ignore_label, workers=config.workers,
+                                  skip_batches=start.skip)
+    saver = _Saver(cell, config, cluster, ckpt_dir, steps_per_epoch)
     global_step = start.global_step
+    stop = False
     iterator = dataset.create_tuple_iterator(num_epochs=hp.epochs - start.epoch)
     try:
         for epoch in range(start.epoch + 1, hp.epochs + 1):
             epoch_start = time.perf_counter()
-            step = 0
+            step = first = start.skip if epoch == start.epoch + 1 else 0
             for data, label in iterator:
                 t0 = time.perf_counter()
                 loss = float(np.asarray(cell(data, label).asnumpy()))
@@ -389,20 +409,71 @@ def train(config: TrainConfig, launch: LaunchEnv, pretrained: Optional[Path],
                 rate = lrs[global_step]
                 global_step += 1
                 _say(f"epoch: {epoch} step: {step}, loss is {loss:.7f}")
-                metrics.write(step=global_step, epoch=epoch, loss=loss, lr=rate, seconds=seconds)
+                log.step(step=global_step, epoch=epoch, loss=loss, lr=rate, seconds=seconds)
+                if global_step == start.global_step + 1:
+                    log.event(ml.FIRST_STEP, step_s=seconds, **position(global_step, steps_per_epoch))
+                stop = agreement(request.pending())
+                if stop:
+                    break
+            if stop and step < steps_per_epoch:
+                break
             if step != steps_per_epoch:
                 raise RuntimeError(f"epoch {epoch} gave {step} batches, expected {steps_per_epoch}")
             elapsed = (time.perf_counter() - epoch_start) * 1000.0
-            _say(f"Train epoch time: {elapsed:.3f} ms, per step time: {elapsed / step:.3f} ms")
-            if cluster.saves_checkpoints and (epoch % hp.save_epochs == 0 or epoch == hp.epochs):
-                ref = ck.save_atomic(cell, ckpt_dir, stage=config.stage, epoch=epoch, step=step,
-                                     steps_per_epoch=steps_per_epoch, global_step=global_step,
-                                     rank=cluster.rank)
-                removed = ck.prune(ckpt_dir, hp.keep_max)
-                _say(f"saved checkpoint {ref.path}" + (f" (removed {len(removed)} old)" if removed else ""))
+            _say(f"Train epoch time: {elapsed:.3f} ms, per step time: {elapsed / (step - first):.3f} ms")
+            if epoch % hp.save_epochs == 0 or epoch == hp.epochs:
+                saver.save(global_step, hp.keep_max)
+            if stop:
+                break
     finally:
-        metrics.close()
+        iterator.stop()
+    if stop:
+        saver.save_on_request(global_step, hp.keep_max, log)
+        request.consume()
     return 0
+
+
+def position(global_step: int, steps_per_epoch: int) -> dict:
+    """The fields that place an event: global step, epoch (from 1) and step within that epoch."""
+    epoch, step = epoch_and_step(global_step, steps_per_epoch)
+    return {"step": global_step, "epoch": epoch, "epoch_step": step}
+
+
+class _Saver:
+    """Writes this host's checkpoints if this rank is the one that does (`ClusterInfo.saves_checkpoints`)."""
+
+    def __init__(self, cell, config: TrainConfig, cluster: ClusterInfo, ckpt_dir: Path, steps_per_epoch: int):
+        self.cell, self.config, self.cluster = cell, config, cluster
+        self.ckpt_dir, self.steps_per_epoch = ckpt_dir, steps_per_epoch
+        self.last: Optional[ck.CheckpointRef] = None
+
+    def save(self, global_step: int, keep_max: int) -> Optional[ck.CheckpointRef]:
+        """Save the state after `global_step` (once: a second call for the same step returns the first)."""
+        if not self.cluster.saves_checkpoints:
+            return None
+        if self.last is not None and self.last.manifest.global_step == global_step:
+            return self.last
+        epoch, step = epoch_and_step(global_step, self.steps_per_epoch)
+        self.last = ck.save_atomic(self.cell, self.ckpt_dir, stage=self.config.stage, epoch=epoch, step=step,
+                                   steps_per_epoch=self.steps_per_epoch, global_step=global_step,
+                                   rank=self.cluster.rank)
+        removed = ck.prune(self.ckpt_dir, keep_max)
+        _say(f"saved checkpoint {self.last.path}" + (f" (removed {len(removed)} old)" if removed else ""))
+        return self.last
+
+    def save_on_request(self, global_step: int, keep_max: int, log: ml.MetricsLog) -> None:
+        """The checkpoint a save request asked for, its log line and its event."""
+        began = time.time()
+        ref = self.save(global_step, keep_max)
+        epoch, step = epoch_and_step(global_step, self.steps_per_epoch)
+        where = f"at epoch {epoch} step {step} (global step {global_step})"
+        if ref is not None:
+            _say(f"saved on request {where}: {ref.path}")
+        else:
+            writer = "rank 0" if self.cluster.shared_storage else "local rank 0 of this host"
+            _say(f"stopped on request {where}: {writer} writes the checkpoint")
+        log.event(ml.SAVED_ON_REQUEST, checkpoint=str(ref.path) if ref is not None else None,
+                  save_s=time.time() - began, **position(global_step, self.steps_per_epoch))
 
 
 def _write_run_config(output: Path, config: TrainConfig, cluster: ClusterInfo, steps_per_epoch: int,
@@ -417,6 +488,9 @@ def _write_run_config(output: Path, config: TrainConfig, cluster: ClusterInfo, s
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    request = save_request.install()  # first: from here on SIGUSR1 is a request, never a kill
+    log = ml.MetricsLog()
+    log.event(ml.PROCESS_START, at=log.started, pid=os.getpid(), main_s=time.time() - log.started)
     args = build_parser().parse_args(argv)
     try:
         launch = detect_launch()
@@ -436,13 +510,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _say(f"error: --data: {exc}", sys.stderr)
         return 2
     try:
-        return train(config, launch, pretrained, resume, steps_per_epoch)
+        return train(config, launch, pretrained, resume, steps_per_epoch, log=log, request=request)
     except (UsageError, ck.CheckpointError) as exc:
         _say(f"error: {exc}", sys.stderr)
         return 2
     except FloatingPointError as exc:
         _say(f"error: {exc}", sys.stderr)
         return 1
+    finally:
+        log.close()
 
 
 if __name__ == "__main__":

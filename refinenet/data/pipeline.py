@@ -6,8 +6,12 @@ sample's augmentation draws from an RNG seeded by (seed, e, sample index). Worke
 whether earlier epochs ran in this process, change nothing.
 
 A dataset built with `epoch=e` yields epoch e on its first pass, e+1 on the next, and so on — the
-shape of `Model.train(epochs, dataset, initial_epoch=e)`. MindSpore's schema probes (output
-shapes/types) run a pass of their own; they are made here, once, before the epoch count starts.
+shape of `Model.train(epochs, dataset, initial_epoch=e)`. With `skip_batches=k` its first pass
+starts at batch k of epoch e: a run resumed from a mid-epoch checkpoint sees exactly the batches the
+uninterrupted run would have; the skipped samples are neither read nor decoded (a placeholder row
+each, dropped by a filter before decoding, since MindSpore wants every pass as long as `len()`).
+MindSpore's schema probes (output shapes/types) run a pass of their own; they are made here, once,
+before the epoch count starts.
 
 Evaluation preprocessing lives in `refinenet.evaluation` (`preprocess_image`), which needs no MindSpore.
 """
@@ -89,6 +93,14 @@ def decode_pair(image_bytes: np.ndarray, label_bytes: np.ndarray, name: str) -> 
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), label
 
 
+_SKIPPED = np.zeros(1, dtype=np.uint8)
+
+
+def _not_skipped(key: np.ndarray) -> bool:
+    """Filter predicate: False for the placeholder rows of samples a mid-epoch start leaves out."""
+    return bool(key[1] >= 0)
+
+
 class _EpochSamples:
     """GeneratorDataset source: each pass is the next epoch; rows are (image bytes, label bytes, key)."""
 
@@ -96,6 +108,7 @@ class _EpochSamples:
         self.source = source
         self.seed, self.rank, self.group_size, self.batch_size = seed, rank, group_size, batch_size
         self.next_epoch = first_epoch
+        self.skip_next = 0  # samples of the next pass's epoch to leave out, from its start
         self.length = steps_per_epoch(len(source), batch_size, group_size) * batch_size
 
     def __len__(self) -> int:
@@ -103,9 +116,13 @@ class _EpochSamples:
 
     def __iter__(self):
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        skip, self.skip_next = self.skip_next, 0
         indices = epoch_indices(len(self.source), seed=self.seed, epoch=epoch, rank=self.rank,
                                 group_size=self.group_size, batch_size=self.batch_size)
-        for index in indices:
+        for slot, index in enumerate(indices):
+            if slot < skip:
+                yield _SKIPPED, _SKIPPED, np.array([epoch, -1], dtype=np.int64)
+                continue
             image_bytes, label_bytes = self.source.read(int(index))
             yield (np.frombuffer(image_bytes, dtype=np.uint8), np.frombuffer(label_bytes, dtype=np.uint8),
                    np.array([epoch, index], dtype=np.int64))
@@ -160,12 +177,13 @@ def dataset_size(source, batch_size: int, group_size: int = 1) -> int:
 
 def build_train_dataset(source, *, batch_size: int, crop_size: int, rank: int = 0, group_size: int = 1,
                         epoch: int = 0, seed: int = 1000, min_scale: float = 0.5, max_scale: float = 3.0,
-                        ignore_label: int = IGNORE_LABEL, workers: int = 2):
+                        ignore_label: int = IGNORE_LABEL, workers: int = 2, skip_batches: int = 0):
     """A `mindspore.dataset` of ("data" float32 (N,3,crop,crop), "label" int32 (N,crop,crop)) batches.
 
     `source` is a list file ("image label" lines) or a MindRecord file with the ModelZoo schema.
-    Its first pass is epoch `epoch`; see the module docstring for what fixes the batches. `workers`
-    (decode/augment processes) is capped at the CPU count; it does not change the batches.
+    Its first pass is epoch `epoch` from its batch `skip_batches` on; see the module docstring for
+    what fixes the batches. `workers` (decode/augment processes) is capped at the CPU count; it does
+    not change the batches.
     """
     import mindspore.dataset as ds
 
@@ -173,7 +191,9 @@ def build_train_dataset(source, *, batch_size: int, crop_size: int, rank: int = 
                 seed=seed, min_scale=min_scale, max_scale=max_scale, ignore_label=ignore_label,
                 workers=workers)
     samples = open_source(source)
-    _check_size(samples, batch_size, group_size)
+    steps = _check_size(samples, batch_size, group_size)
+    if not 0 <= skip_batches < steps:
+        raise ValueError(f"skip_batches must be in [0, {steps}) (steps per epoch), got {skip_batches}")
     names = [samples.name(i) for i in range(len(samples))]
     epochs = _EpochSamples(samples, seed=seed, first_epoch=epoch, rank=rank, group_size=group_size,
                            batch_size=batch_size)
@@ -182,6 +202,8 @@ def build_train_dataset(source, *, batch_size: int, crop_size: int, rank: int = 
     workers = min(workers, os.cpu_count() or 1)
     dataset = ds.GeneratorDataset(epochs, column_names=["image", "label_bytes", "key"], shuffle=False,
                                   num_parallel_workers=1)
+    if skip_batches:
+        dataset = dataset.filter(_not_skipped, input_columns=["key"], num_parallel_workers=1)
     dataset = dataset.map(augment, input_columns=["image", "label_bytes", "key"],
                           output_columns=["data", "label"], num_parallel_workers=workers,
                           python_multiprocessing=workers > 1)
@@ -190,4 +212,5 @@ def build_train_dataset(source, *, batch_size: int, crop_size: int, rank: int = 
     dataset.output_shapes()
     dataset.output_types()
     epochs.next_epoch = epoch
+    epochs.skip_next = skip_batches * batch_size
     return dataset

@@ -61,7 +61,9 @@ def attempt_lines(log: str, attempt: int) -> List[str]:
 
 
 def metrics(path: Path) -> List[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The per-step records of a rank's metrics JSONL (its `event` records left out)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "event" not in r]
 
 
 def test_kill9_resume_and_truncated_checkpoint_local_and_ssh(tmp_path, train_list, ssh_hosts, child_env):

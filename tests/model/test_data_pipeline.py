@@ -66,6 +66,35 @@ def test_epoch_batches_depend_only_on_seed_and_epoch(sources):
     assert not _same(resumed[0], other_seed[0])
 
 
+def test_a_mid_epoch_start_skips_batches_without_reading_them(sources, monkeypatch):
+    """skip_batches=k: the first pass is batches k.. of its epoch, later passes are whole epochs, and the
+    skipped samples are never read (so never decoded)."""
+    import refinenet.data.pipeline as pipeline
+
+    src = sources["list"]
+    steps = dataset_size(src, 2)
+    reads = []
+
+    class Counting(type(open_source(src))):
+        def read(self, index):
+            reads.append(index)
+            return super().read(index)
+
+    from_zero = _epochs(build_train_dataset(src, batch_size=2, crop_size=CROP, epoch=0, workers=1), 3)
+    monkeypatch.setattr(pipeline, "open_source", Counting)
+    dataset = build_train_dataset(src, batch_size=2, crop_size=CROP, epoch=1, skip_batches=3, workers=2)
+    reads.clear()
+    resumed = _epochs(dataset, 2)
+    assert len(resumed[0]) == steps - 3 and _same(from_zero[1][3:], resumed[0])
+    assert _same(from_zero[2], resumed[1])
+    assert len(reads) == (2 * steps - 3) * 2
+    skipped = epoch_indices(len(open_source(src)), seed=1000, epoch=1, rank=0, group_size=1, batch_size=2)[:6]
+    assert not set(skipped) & set(reads[:(steps - 3) * 2])
+    for bad in (-1, steps):
+        with pytest.raises(ValueError, match="skip_batches"):
+            build_train_dataset(src, batch_size=2, crop_size=CROP, skip_batches=bad)
+
+
 def test_ranks_get_disjoint_samples_and_the_documented_ones(sources):
     src = sources["list"]
     n = len(open_source(src))

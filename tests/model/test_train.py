@@ -1,10 +1,12 @@
-"""refinenet-train on a tiny synthetic set: loss goes down, the contract's files and lines, exact resume."""
+"""refinenet-train on a tiny synthetic set: loss goes down, the contract's files and lines, exact resume
+(from an epoch end after a kill, and from any step after a save request)."""
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +32,17 @@ def _run(cmd, env):
     return proc.stdout
 
 
+@pytest.fixture(autouse=True)
+def _signal_state_restored():
+    """`main` called in this process takes SIGUSR1 over (blocks it, installs a handler): give both back,
+    so later tests and the processes they start see the interpreter's defaults."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    handler = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    signal.signal(signal.SIGUSR1, handler)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, child_env):
     root = tmp_path_factory.mktemp("synth")
@@ -47,8 +60,17 @@ def trained(data, tmp_path_factory, child_env):
     return out, _run(_train_cmd(data / "sbd_train_lst.txt", out), child_env)
 
 
-def _records(out, rank=0):
+def _all_records(out, rank=0):
     return [json.loads(line) for line in (out / "metrics" / f"rank_{rank}.jsonl").read_text().splitlines()]
+
+
+def _records(out, rank=0):
+    """The per-step records."""
+    return [r for r in _all_records(out, rank) if "event" not in r]
+
+
+def _events(out, rank=0):
+    return [r for r in _all_records(out, rank) if "event" in r]
 
 
 def test_loss_goes_down(trained):
@@ -75,6 +97,25 @@ def test_log_lines_and_metrics_follow_the_contract(trained):
     expected_lr = lr_mod.learning_rates("cos", 0.002, steps, EPOCHS)
     assert [r["lr"] for r in records] == pytest.approx(expected_lr)
     assert [float(v) for _, _, v in step_lines] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+
+
+def test_phase_events_of_a_fresh_run(trained):
+    out, _ = trained
+    events = _events(out)
+    assert [e["event"] for e in events] == ["process_start", "imports", "cluster", "first_step"]
+    start, imports, cluster, first = events
+    assert start["since_start"] == 0 and "seconds" not in start and start["pid"] > 0 and start["main_s"] >= 0
+    times = [e["time"] for e in events]
+    assert times == sorted(times)
+    for before, e in zip(events, events[1:]):
+        assert e["seconds"] == pytest.approx(e["time"] - before["time"], abs=1e-5)
+        assert e["since_start"] == pytest.approx(e["time"] - start["time"], abs=1e-5)
+    assert (cluster["rank"], cluster["ranks"]) == (0, 1) and cluster["init_s"] >= 0
+    step_one = _records(out)[0]
+    assert (first["step"], first["epoch"], first["epoch_step"]) == (1, 1, 1)
+    assert first["step_s"] == step_one["seconds"] and first["time"] >= step_one["time"]
+    lines = (out / "metrics" / "rank_0.jsonl").read_text().splitlines()
+    assert json.loads(lines[4])["event"] == "first_step" and "event" not in json.loads(lines[3])
 
 
 def test_checkpoint_every_epoch_with_manifest(trained):
@@ -126,6 +167,104 @@ def test_killed_and_resumed_run_ends_bit_identical(trained, data, tmp_path, chil
     assert [k for k in ref if not np.array_equal(ref[k].asnumpy(), got[k].asnumpy())] == []
     last_epoch = list(range((EPOCHS - 1) * steps + 1, EPOCHS * steps + 1))
     assert [r["step"] for r in _records(out)][-steps:] == last_epoch
+
+
+def _popen(cmd, env):
+    """Start `cmd` with its output in a temporary file (a pipe nobody reads could fill and stall it)."""
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
+
+
+def _popen_with_usr1_blocked(cmd, env):
+    """Start `cmd` with SIGUSR1 blocked, as a launcher that may ask before the handler is in place does."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        return _popen(cmd, env)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _finish(proc, timeout=600):
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc.log.seek(0)
+    stdout = proc.log.read()
+    proc.log.close()
+    assert proc.returncode == 0, stdout[-3000:]
+    return stdout
+
+
+@pytest.mark.slow
+def test_stopped_on_request_at_any_step_and_resumed_ends_bit_identical(trained, data, tmp_path, child_env):
+    """Three runs: SIGUSR1 sent at once (still starting up) stops after the first step; the resumed run,
+    signalled while training, stops after a later step; the last run finishes. Every step is taken
+    once, with the uninterrupted run's loss and learning rate, and the final checkpoints are equal."""
+    import mindspore as ms
+    import numpy as np
+
+    reference_out, stdout = trained
+    steps = int(re.search(r"(\d+) steps per epoch", stdout).group(1))
+    out = tmp_path / "out"
+    env = dict(child_env, REFINENET_JOB_ID="job-r", REFINENET_SAVE_REQUEST=str(tmp_path / "request"))
+    cmd = _train_cmd(data / "sbd_train_lst.txt", out, "--resume", "auto")
+
+    first = _popen_with_usr1_blocked(cmd, env)
+    first.send_signal(signal.SIGUSR1)
+    said = _finish(first)
+    ckpt = out / "ckpt" / "refinenet-1_1.ckpt"
+    assert f"saved on request at epoch 1 step 1 (global step 1): {ckpt}" in said
+    assert mf.verify(ckpt).job_id == "job-r" and mf.verify(ckpt).global_step == 1
+    assert [e["event"] for e in _events(out)][-1] == "saved_on_request"
+    assert _events(out)[-1]["checkpoint"] == str(ckpt) and _events(out)[-1]["step"] == 1
+
+    second = _popen(cmd, env)
+    _wait_until(lambda: any(r["step"] >= 2 for r in _records(out)), second)
+    second.send_signal(signal.SIGUSR1)
+    said = _finish(second)
+    assert f"training starts from resume point {ckpt} at epoch 1 step 1, global step 1" in said
+    assert "epoch: 1 step: 2," in said and "epoch: 1 step: 1," not in said
+    stop = re.search(r"saved on request at epoch (\d+) step (\d+) \(global step (\d+)\): (\S+)", said)
+    assert stop, said[-2000:]
+    epoch, step, global_step = (int(g) for g in stop.groups()[:3])
+    assert 2 <= global_step < EPOCHS * steps and (epoch - 1) * steps + step == global_step
+    loaded = [e for e in _events(out) if e["event"] == "checkpoint_loaded"]
+    assert [(e["checkpoint"], e["step"], e["epoch"], e["epoch_step"]) for e in loaded] == [
+        (str(ckpt), 1, 1, 1)]
+
+    said = _finish(_popen(cmd, env))
+    start_line = said.split("training starts from resume point", 1)[1].splitlines()[0]
+    assert start_line.endswith(f"global step {global_step}")
+    assert "saved on request" not in said
+
+    reference, resumed = _records(reference_out), _records(out)
+    assert [r["step"] for r in resumed] == list(range(1, EPOCHS * steps + 1))
+    assert [(r["loss"], r["lr"], r["epoch"]) for r in resumed] == [
+        (r["loss"], r["lr"], r["epoch"]) for r in reference]
+    names = [e["event"] for e in _events(out)]
+    assert names.count("process_start") == 3 and names.count("checkpoint_loaded") == 2
+    assert names.count("saved_on_request") == 2
+    name = f"refinenet-{EPOCHS}_{steps}.ckpt"
+    ref, got = (ms.load_checkpoint(str(d / "ckpt" / name)) for d in (reference_out, out))
+    assert ref.keys() == got.keys()
+    assert [k for k in ref if not np.array_equal(ref[k].asnumpy(), got[k].asnumpy())] == []
+
+
+def _wait_until(condition, proc, timeout=300):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, "training exited early"
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def test_r2_starts_from_the_latest_r1_checkpoint(trained, data, tmp_path, child_env):

@@ -32,7 +32,7 @@ def test_manifest_has_the_contract_fields(tmp_path):
     path = _checkpoint(tmp_path, 3, 10)
     data = json.loads(mf.manifest_path(path).read_text())
     assert set(data) == {"format", "checkpoint", "stage", "epoch", "step", "steps_per_epoch", "global_step",
-                         "size", "sha256", "created", "rank"}
+                         "size", "sha256", "created", "rank", "job_id"}
     assert data["format"] == "refinenet-ckpt/1" and data["checkpoint"] == "refinenet-3_10.ckpt"
     assert data["global_step"] == 30 and data["size"] == 256
     assert mf.verify(path).sha256 == mf.file_sha256(path)
@@ -132,3 +132,68 @@ def test_manifest_module_does_not_import_mindspore():
     code = "import sys, refinenet.manifest; print('mindspore' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "False"
+
+
+def test_the_manifest_names_its_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINENET_JOB_ID", "job-7")
+    path = _checkpoint(tmp_path, 1, 4)
+    assert json.loads(mf.manifest_path(path).read_text())["job_id"] == "job-7"
+    assert mf.verify(path).job_id == "job-7"
+    other = tmp_path / mf.ckpt_name(2, 4)
+    other.write_bytes(b"x" * 10)
+    mf.mark_complete(other, epoch=2, step=4, steps_per_epoch=4, job_id="given")
+    assert mf.verify(other).job_id == "given"
+    monkeypatch.delenv("REFINENET_JOB_ID")
+    third = tmp_path / mf.ckpt_name(3, 4)
+    third.write_bytes(b"y" * 10)
+    mf.mark_complete(third, epoch=3, step=4, steps_per_epoch=4)
+    assert mf.verify(third).job_id == ""
+
+
+def test_a_manifest_from_before_job_ids_stays_valid(tmp_path):
+    path = _checkpoint(tmp_path, 1, 4)
+    data = json.loads(mf.manifest_path(path).read_text())
+    del data["job_id"]
+    mf.write_json_atomic(mf.manifest_path(path), data)
+    assert mf.verify(path).job_id == ""
+    (entry,), skipped = mf.scan(tmp_path)
+    assert skipped == [] and entry.to_json()["job_id"] == ""
+
+
+def test_scan_without_verify_checks_sizes_only_and_prints_the_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINENET_JOB_ID", "job-a")
+    flipped = _checkpoint(tmp_path / "ckpt", 1, 5)
+    data = bytearray(flipped.read_bytes())
+    data[0] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    fast = _run_scan(str(tmp_path))
+    assert fast.returncode == 0
+    assert [(r["epoch"], r["job_id"]) for r in json.loads(fast.stdout)] == [(1, "job-a")]
+    slow = _run_scan(str(tmp_path), "--verify")
+    assert json.loads(slow.stdout) == [] and "sha256" in slow.stderr
+
+
+def _run_verify(path):
+    return subprocess.run([sys.executable, "-m", "refinenet.manifest", "verify", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_verify_command_checks_one_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINENET_JOB_ID", "job-v")
+    good = _checkpoint(tmp_path, 1, 5)
+    proc = _run_verify(good)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"complete: {good}: size and sha256 match") and "'job-v'" in proc.stdout
+    flipped = _checkpoint(tmp_path, 2, 5)
+    data = bytearray(flipped.read_bytes())
+    data[3] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    truncated = _checkpoint(tmp_path, 3, 5)
+    with open(truncated, "r+b") as f:
+        f.truncate(10)
+    bare = _checkpoint(tmp_path, 4, 5, with_manifest=False)
+    for path, needle in ((flipped, "sha256 differs"), (truncated, "partial"), (bare, "manifest is missing"),
+                         (tmp_path / mf.ckpt_name(9, 5), "manifest is missing")):
+        proc = _run_verify(path)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+        assert proc.stderr.startswith("not complete: ") and str(path) in proc.stderr and needle in proc.stderr
