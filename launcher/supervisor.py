@@ -366,10 +366,9 @@ class Supervisor:
         paths = dict(point.paths)
 
         def carry(name: str) -> CopyResult:
-            host = self.spec.host(name)
-            target_dir = self.workload.checkpoint_dir(self.spec, host)
+            target_dir = self.workload.checkpoint_dir(self.spec, self.spec.host(name))
             return copy_checkpoint(self.transports[source], point.paths[source], self.transports[name],
-                                   target_dir, lambda d: self.workload.scan_argv(host, d), cwd=host.workdir)
+                                   target_dir)
 
         done = fan_out(carry, hosts, key=str, width=self.fanout, catch=(HostError, OSError))
         for name, exc in done.failed.items():
