@@ -27,7 +27,8 @@ Stdout: frames written whole by this process only, so no two processes' lines ev
 
 Exit status: the exit code, or minus the signal number. Every process runs in its own session
 (its process group id is its pid) with the agent's environment (the host login's, read once) less
-BASH_ENV and ENV, so no shell startup file runs for it; the document's `env` is laid over that. Every
+BASH_ENV and ENV and with SHLVL at least 1, so no shell startup file runs for it (see
+`process_environment`); the document's `env` is laid over that. Every
 process dies with the agent (parent-death signal SIGKILL, however the agent ends); the agent is a
 child subreaper, so descendants that leave their group are re-parented here and none outlives a
 teardown. Hang check (`HangRule`, `hang_s`), on the host's clock: a watched process with no output
@@ -78,8 +79,15 @@ def whole_lines(kind, index, buffered, data, out):
 
 
 def process_environment(base, extra):
-    """A process's environment: `base` (the agent's own) without shell startup variables, `extra` over it."""
+    """A process's environment: `base` (the agent's own) without shell startup variables, `extra` over it.
+
+    SHLVL is at least 1: the login shell that started the agent exec'd it with SHLVL=0, and a bash
+    started with SSH_CLIENT set at level 0 or 1 reads ~/.bashrc as for a remote login, also the
+    `bash -c` a command runs itself (`-- bash -c ...`)."""
     env = {k: v for k, v in base.items() if k not in SHELL_STARTUP_VARIABLES}
+    level = env.get("SHLVL", "")
+    if not level.isdigit() or int(level) < 1:
+        env["SHLVL"] = "1"
     env.update(extra or {})
     return env
 

@@ -363,10 +363,11 @@ class SshTransport(Transport):
             else:
                 if size is None:
                     _send(chan, end_marker(written))
-            chan.shutdown_write()
-            out, err, code = _collect(chan, FILE_IDLE_S)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostError(self.host, f"writing {path} failed: {exc}") from exc
+            try:
+                chan.shutdown_write()
+                out, err, code = _collect(chan, FILE_IDLE_S)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HostError(self.host, f"writing {path} failed: {exc}") from exc
         finally:
             chan.close()
         if code is None or code < 0:

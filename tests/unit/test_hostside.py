@@ -79,8 +79,10 @@ def test_stop_phases_have_names():
 def test_processes_inherit_the_agents_environment_without_shell_startup_variables():
     base = {"PATH": "/bin", "HOME": "/h", "BASH_ENV": "/h/.bash_env", "ENV": "/h/.shrc", "SHLVL": "0"}
     env = agent.process_environment(base, {"RANK": "3", "PATH": "/opt/bin"})
-    assert env == {"PATH": "/opt/bin", "HOME": "/h", "SHLVL": "0", "RANK": "3"}
+    assert env == {"PATH": "/opt/bin", "HOME": "/h", "SHLVL": "1", "RANK": "3"}
     assert "BASH_ENV" in base
+    assert agent.process_environment({}, {})["SHLVL"] == "1"
+    assert agent.process_environment({"SHLVL": "3"}, {})["SHLVL"] == "3"
 
 
 def test_a_write_takes_the_name_only_when_size_and_digest_match(tmp_path):
