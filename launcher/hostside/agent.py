@@ -28,11 +28,11 @@ Stdout: frames written whole by this process only, so no two processes' lines ev
 Exit status: the exit code, or minus the signal number. Every process runs in its own session
 (its process group id is its pid) with the agent's environment (the host login's, read once) less
 BASH_ENV and ENV and with SHLVL at least 1, so no shell startup file runs for it (see
-`process_environment`); the document's `env` is laid over that. Every
-process dies with the agent (parent-death signal SIGKILL, however the agent ends); the agent is a
-child subreaper, so descendants that leave their group are re-parented here and none outlives a
-teardown. Hang check (`HangRule`, `hang_s`), on the host's clock: a watched process with no output
-line and no change of its metrics file for `hang_s` seconds.
+`process_environment`); the document's `env` is laid over that. Every process dies with the agent
+(parent-death signal SIGKILL, however the agent ends; what a process starts itself is left to the
+launcher's `sweep`); the agent is a child subreaper, so descendants that leave their group are
+re-parented here and none outlives a teardown. Hang check (`HangRule`, `hang_s`), on the host's clock:
+a watched process with no output line and no change of its metrics file for `hang_s` seconds.
 
 Stop (`StopPhase`): the backend's first signal to every group, grace; SIGTERM and SIGCONT to every
 group and descendant, grace; SIGKILL to all, then at most `KILL_WAIT_S` for them to go.
