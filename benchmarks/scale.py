@@ -1,9 +1,11 @@
 """The launcher at K simulated SSH hosts against pdsh starting the same processes over the same sshd.
 
 `python benchmarks/scale.py --hosts 4,16,64 --ranks 8` starts max(K) private sshd on 127.0.1.1 ...
-(tests/e2e/sshd.py; one workdir per host, no rc files in sessions) and, for every K, with the
-stand-in workload of tests/e2e/standin.py behind each host's `python` (one step line every
---step-s seconds, until stopped):
+(tests/e2e/sshd.py; one workdir per host) whose sessions run as on a stock server: one HOME for the
+user whose ~/.bashrc runs the machine's real `pyenv init` (`login_home`), no SHLVL trick, so every
+login reads it, as would any `bash -c` that does not opt out. For every K, with the stand-in workload
+of tests/e2e/standin.py behind each host's `python` (one step line every --step-s seconds, until
+stopped):
 
 1. `refinenet-launch --cluster C --stage r1` (backend dynamic, no restarts): preflight (its
    `preflight passed` line, else job.json `created`), launch -> every rank's first step line in
@@ -11,7 +13,10 @@ stand-in workload of tests/e2e/standin.py behind each host's `python` (one step 
    job.log against ranks / step-s; then kill -9 of one rank -> every process of the job gone.
 2. the same launch again: launch -> every rank up; SIGINT -> every process of the job gone.
 3. `pdsh -R ssh -f K -w host-001,...` running the same ranks (ssh with a generated ssh_config:
-   the test key, each host's port and known_hosts): pdsh start -> every rank's first step line.
+   the test key, each host's port and known_hosts) through the same sshd and HOME: pdsh start ->
+   every rank's first step line.
+
+For each of the three, the runs of ~/.bashrc it caused are counted (the HOME's startup trace).
 
 "Gone" means no process carrying the job's REFINENET_JOB_ID tag (every host shares this kernel),
 polled in /proc every 20 ms. Lines lost: step numbers missing between a rank's first and last
@@ -40,7 +45,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.e2e import standin  # noqa: E402
-from tests.e2e.sshd import ClientKey, SshServer, start_servers, stop_servers  # noqa: E402
+from tests.e2e.sshd import (  # noqa: E402
+    ClientKey,
+    SshServer,
+    login_home,
+    start_servers,
+    startup_trace,
+    stop_servers,
+)
 
 
 @dataclass
@@ -58,6 +70,7 @@ class Row:
     lost: int = 0
     kill9_gone_s: Optional[float] = None
     sigint_gone_s: Optional[float] = None
+    bashrc_runs: List[int] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
 
@@ -118,11 +131,15 @@ class Bench:
         self.pdsh_tags: List[str] = []
         self.python = standin.install(root / "standin")
         self.key = ClientKey.create(root / "client")
+        self.home = login_home(root / "home")
 
     def start_servers(self, count: int) -> None:
         started = time.monotonic()
-        self.servers = start_servers(self.root / "hosts", self.key, count)
+        self.servers = start_servers(self.root / "hosts", self.key, count, login_home=self.home)
         print(f"{count} sshd up in {time.monotonic() - started:.1f} s", flush=True)
+
+    def bashrc_runs(self) -> int:
+        return sum(1 for name, _, _ in startup_trace(self.home) if name == "bashrc")
 
     def launch(self, hosts: int, job_id: str) -> standin.LaunchedJob:
         extra = {"launch": {"fanout": self.args.fanout}} if self.args.fanout else None
@@ -142,8 +159,10 @@ class Bench:
         row = Row(hosts, world)
         tag = f"scale-{hosts}x{ranks}"
 
+        runs_before = self.bashrc_runs()
         job = self.launch(hosts, f"{tag}-a")
         row.up_s.append(job.ranks_up(world, timeout=self.up_timeout(hosts)))
+        row.bashrc_runs.append(self.bashrc_runs() - runs_before)
         row.preflight_s = job.stderr_time("preflight passed")
         if row.preflight_s is None:
             with contextlib.suppress(OSError, ValueError, KeyError):
@@ -192,7 +211,9 @@ class Bench:
         job.close()
 
         if not self.args.no_pdsh:
+            runs_before = self.bashrc_runs()
             row.pdsh_s = self.run_pdsh(hosts, f"pdsh-{hosts}x{ranks}")
+            row.bashrc_runs.append(self.bashrc_runs() - runs_before)
         return row
 
     @staticmethod
@@ -309,16 +330,17 @@ def fmt(value: Optional[float], digits: int = 1) -> str:
 
 def table(rows: List[Row]) -> str:
     head = ("| hosts | ranks | preflight s | all ranks up s (two runs) | pdsh s | launcher / pdsh "
-            "| threads | fds | RSS MB | lines/s (expected) | lines lost | kill -9 -> all gone s "
-            "| SIGINT -> all gone s |")
-    lines = [head, "|" + "---|" * 13]
+            "| ~/.bashrc runs (launch / pdsh) | threads | fds | RSS MB | lines/s (expected) | lines lost "
+            "| kill -9 -> all gone s | SIGINT -> all gone s |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         ups = " / ".join(fmt(u) for u in r.up_s)
         best = min((u for u in r.up_s if u is not None), default=None)
         ratio = f"{best / r.pdsh_s:.1f}x" if best is not None and r.pdsh_s else "-"
         rate = f"{fmt(r.lines_per_s)} ({fmt(r.expected_per_s, 0)})"
+        runs = " / ".join(str(n) for n in r.bashrc_runs) or "-"
         lines.append(f"| {r.hosts} | {r.ranks} | {fmt(r.preflight_s)} | {ups} | {fmt(r.pdsh_s)} | {ratio} "
-                     f"| {r.threads} | {r.fds} | {fmt(r.rss_mb, 0)} | {rate} | {r.lost} "
+                     f"| {runs} | {r.threads} | {r.fds} | {fmt(r.rss_mb, 0)} | {rate} | {r.lost} "
                      f"| {fmt(r.kill9_gone_s, 2)} | {fmt(r.sigint_gone_s, 2)} |")
     notes = [f"- {r.hosts} hosts: {n}" for r in rows for n in r.notes]
     return "\n".join(lines + notes)

@@ -55,6 +55,8 @@ TAIL_LINES = 20
 SCAN_TIMEOUT_S = 600.0
 #: How often the job record gets the processes started since the last write.
 RECORD_EVERY_S = 0.5
+#: How long a sweep of a lost host waits for the job's processes there to go.
+SWEEP_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -295,8 +297,9 @@ class Supervisor:
         procs = plan.processes_on(host)
         processes, sinks, tails, tail_sinks = [], [], [], []
         for p in procs:
-            entry: Dict[str, Any] = {"name": p.name, "argv": ["bash", "-c", p.command], "env": dict(p.env),
-                                     "cwd": p.cwd, "watch": self.backend.watches(p)}
+            argv = ["bash", "--norc", "--noprofile", "-c", p.command]
+            entry: Dict[str, Any] = {"name": p.name, "argv": argv, "env": dict(p.env), "cwd": p.cwd,
+                                     "watch": self.backend.watches(p)}
             metrics = p.role == "rank" and self.workload.metrics_file(self.spec, spec_host, p.ranks[0])
             if metrics:
                 entry["metrics"] = metrics
@@ -360,10 +363,9 @@ class Supervisor:
         paths = dict(point.paths)
 
         def carry(name: str) -> CopyResult:
-            host = self.spec.host(name)
-            target_dir = self.workload.checkpoint_dir(self.spec, host)
+            target_dir = self.workload.checkpoint_dir(self.spec, self.spec.host(name))
             return copy_checkpoint(self.transports[source], point.paths[source], self.transports[name],
-                                   target_dir, lambda d: self.workload.scan_argv(host, d), cwd=host.workdir)
+                                   target_dir)
 
         done = fan_out(carry, hosts, key=str, width=self.fanout, catch=(HostError, OSError))
         for name, exc in done.failed.items():
@@ -400,6 +402,7 @@ class _AttemptRun:
         self.finished_records: List[Tuple[str, RankState, Optional[int]]] = []
         self.health: Optional[HealthWatch] = None
         self.done_hosts: set = set()
+        self.lost_hosts: set = set()
 
     # -- start
 
@@ -502,6 +505,7 @@ class _AttemptRun:
             self.done_hosts.add(host)
         elif kind == "lost":
             self.done_hosts.add(host)
+            self.lost_hosts.add(host)
             if any(not m.state.is_final for m in self.attempt.on_host(host)):
                 self.attempt.host_lost(host, str(data.get("detail")), self.sup.clock())
 
@@ -557,10 +561,26 @@ class _AttemptRun:
         for session in self.sessions.values():
             if not session.done.is_set():
                 sup.say(f"teardown on {session.host}: the agent did not finish in time; hanging up")
+                self.lost_hosts.add(session.host)
             session.close()
         for session in self.sessions.values():
             session.wait(2.0)
         self._drain()
+        self.sweep_lost()
+
+    def sweep_lost(self) -> None:
+        """On hosts whose agent was lost (killed, cut off) or did not finish, end what is left of the job:
+        its children died with it, but processes they started may not have."""
+        sup = self.sup
+        job_id = self.plan.job_id
+        lost = sorted(self.lost_hosts)
+        swept = fan_out(lambda host: sup.transports[host].sweep_job(job_id, SWEEP_TIMEOUT_S), lost, key=str,
+                        width=sup.fanout, catch=(HostError,))
+        for host in lost:
+            if host in swept.failed:
+                sup.say(f"cannot sweep job {job_id} on {host}: {swept.failed[host].cause}")
+            elif swept.succeeded[host].killed or swept.succeeded[host].left:
+                sup.say(swept.succeeded[host].describe())
 
     def record_ends(self) -> None:
         left = self.attempt.mark_stopped(self.sup.clock())

@@ -14,27 +14,23 @@ import signal
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
-from launcher.agent import host_agent
-from launcher.transport.guarded import bootstrap
+from launcher.transport.hostprog import host_argv, host_stdin
 
 Sink = Callable[[str], None]
 CHUNK = 1 << 16
 
-_SOURCE = Path(host_agent.__file__).read_text(encoding="utf-8").encode("utf-8")
-
-BOOTSTRAP = bootstrap("refinenet-agent")
-
 
 def agent_argv(python: str) -> List[str]:
-    """The command that starts an agent; feed it `agent_stdin(document)`."""
-    return [python, "-S", "-c", BOOTSTRAP, "agent", str(len(_SOURCE))]
+    """The command that starts an agent (the host program's `agent` mode, launcher/hostside/agent.py);
+    feed it `agent_stdin(document)`."""
+    return host_argv(python, "agent")
 
 
 def agent_stdin(document: Mapping[str, Any]) -> bytes:
-    return _SOURCE + (json.dumps(document, separators=(",", ":")) + "\n").encode("utf-8")
+    """The host program's sources, then the host document as one JSON line."""
+    return host_stdin((json.dumps(document, separators=(",", ":")) + "\n").encode("utf-8"))
 
 
 class AgentStream:
@@ -198,5 +194,4 @@ def start_session(transport, python: str, document: Mapping[str, Any], sinks: Se
     return AgentSession(transport.host, stream, sinks, tail_sinks, events)
 
 
-__all__ = ["AgentEvent", "AgentSession", "AgentStream", "agent_argv", "agent_stdin", "start_session",
-           "BOOTSTRAP"]
+__all__ = ["AgentEvent", "AgentSession", "AgentStream", "agent_argv", "agent_stdin", "start_session"]

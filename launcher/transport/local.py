@@ -1,38 +1,40 @@
 """Commands and files on the machine the launcher runs on.
 
-Each `run` starts the guard (`launcher.transport.guard`) with this interpreter; the guard puts the
-command in its own session and holds a pipe from the launcher, so the command's whole process group
-dies with the launcher, even when the launcher is SIGKILLed. `env` is laid over the launcher's own
-environment.
+Every command runs the host program (`launcher.transport.hostprog`) with this interpreter, as on any
+host: `exec` under the guard, which puts the command in its own session and holds a pipe from the
+launcher, so the command's whole process group dies with the launcher, even when the launcher is
+SIGKILLed; `kill` and `sweep` likewise. `env` is laid over the launcher's own environment. Files are
+read and written in this process, with the host program's own atomic writer.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from launcher.transport import guard
-from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
-from launcher.transport.guarded import (
-    guard_argv,
-    guard_header,
-    guard_stdin,
+from launcher.hostside import files
+from launcher.transport.base import CommandResult, HostError, HostInfo, SweepResult, Transport
+from launcher.transport.hostprog import host_argv, host_stdin
+from launcher.transport.modes import (
+    exec_header,
+    kill_args,
     kill_outcome,
     new_nonce,
     split_exec_trailer,
     status_from_exit_code,
+    sweep_args,
+    sweep_outcome,
 )
 from launcher.transport.probe import parse_probe, probe_argv
 
 DEFAULT_GRACE_S = 2.0
+#: Longest a `kill` (or the margin over a sweep's own timeout) may take before the host counts as stuck.
+SHORT_TIMEOUT_S = 30.0
 
 
 class LocalTransport(Transport):
@@ -48,8 +50,12 @@ class LocalTransport(Transport):
         """The agent's command line here: this interpreter in place of the host's python."""
         return [sys.executable, *argv[1:]]
 
-    def _guard_argv(self, mode: str) -> list:
-        return guard_argv(sys.executable, mode)
+    def _command(self, mode: str, *args: str) -> List[str]:
+        """The host program's `mode` here (a Slurm node wraps it in a step)."""
+        return host_argv(sys.executable, mode, *args)
+
+    def program_command(self, mode: str, *args: str) -> Optional[List[str]]:
+        return self._command(mode, *args)
 
     def start_agent(self, argv: Sequence[str], stdin: bytes) -> _PipeStream:
         argv = self._agent_argv(argv)
@@ -73,11 +79,11 @@ class LocalTransport(Transport):
         """Run under the guard's exec mode, as on SSH hosts: the command and everything it starts end
         with the launcher, and a timeout ends them too."""
         nonce = new_nonce()
-        header = guard_header(argv, env, cwd, self.grace_s, nonce)
-        proc = subprocess.Popen(self._guard_argv("exec"), stdin=subprocess.PIPE,
+        header = exec_header(argv, env, cwd, self.grace_s, nonce)
+        proc = subprocess.Popen(self._command("exec"), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            proc.stdin.write(guard_stdin(header))
+            proc.stdin.write(host_stdin(header))
             proc.stdin.flush()
             out, err, finished = _read_both(proc, time.monotonic() + timeout)
         finally:
@@ -90,58 +96,43 @@ class LocalTransport(Transport):
             status = status_from_exit_code(code)
         return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
+    def _run(self, mode: str, args: Sequence[str], timeout: float = SHORT_TIMEOUT_S) -> Tuple[int, str, str]:
+        """Run the host program's `mode` to its end: (exit code, stdout, stderr)."""
+        try:
+            done = subprocess.run(self._command(mode, *args), input=host_stdin(), capture_output=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise HostError(self.host, f"{mode} did not finish within {timeout:g} s") from None
+        except OSError as exc:
+            raise HostError(self.host, f"cannot run {mode}: {exc}") from None
+        return done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace")
+
     def read_file(self, path: str) -> bytes:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        files.write_atomic(path, [data], mode)
 
     def read_chunks(self, path: str, chunk: int = 1 << 22) -> Iterator[bytes]:
-        with open(path, "rb") as f:
-            while True:
-                data = f.read(chunk)
-                if not data:
-                    return
-                yield data
+        return files.read_chunks(path, chunk)
 
-    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644) -> int:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        written = 0
+    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644, *,
+                     size: Optional[int] = None, sha256: Optional[str] = None) -> int:
         try:
-            with os.fdopen(fd, "wb") as f:
-                for data in chunks:
-                    f.write(data)
-                    written += len(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return written
+            return files.write_atomic(path, chunks, mode, size, sha256)[0]
+        except files.Mismatch as exc:
+            raise HostError(self.host, f"{path} not written: {exc}") from None
 
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
                    verify_env: Optional[Tuple[str, str]] = None) -> bool:
-        return kill_outcome(self.host, pgid, guard.signal_group(int(pgid), int(sig), verify_env))
+        code, _, err = self._run("kill", kill_args(pgid, sig, verify_env))
+        return kill_outcome(self.host, pgid, code, err)
+
+    def sweep_job(self, job_id: str, timeout_s: float = 5.0) -> SweepResult:
+        code, out, err = self._run("sweep", sweep_args(job_id, timeout_s),
+                                   timeout=timeout_s + SHORT_TIMEOUT_S)
+        return sweep_outcome(self.host, job_id, code, out, err)
 
     def probe(self, python: str = "python3") -> HostInfo:
         return parse_probe(self.host, python, self.exec(probe_argv(python)))

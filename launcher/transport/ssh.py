@@ -1,26 +1,30 @@
 """Commands and files on a host reached over SSH (paramiko), one connection per host.
 
-The connection opens on first use and is shared by every command channel and by SFTP. Host keys
-are checked against a known_hosts file; an unknown key is refused with the command that trusts
-it, unless `host_key_policy='accept-new'`, which records a new key (a changed key is always
-refused). Authentication uses the key file, the ssh-agent and, without a key file, ~/.ssh/id_*.
+The connection opens on first use and is shared by every channel. Host keys are checked against a
+known_hosts file; an unknown key is refused with the command that trusts it, unless
+`host_key_policy='accept-new'`, which records a new key (a changed key is always refused).
+Authentication uses the key file, the ssh-agent and, without a key file, ~/.ssh/id_*.
 
-Closing a channel without a pty leaves the remote command running, so every command runs under
-the guard (`launcher.transport.guard`, sent as `python -c SOURCE`): in its own session, killed
-with its whole process group when the channel or the connection goes away. The host needs a
-POSIX login shell and a python 3.6+ (`python`, default `python3`) for the guard.
+Everything runs one way: a channel executes the host program (`launcher.transport.hostprog`) in one
+of its modes, its sources first on stdin. Closing a channel without a pty leaves the remote command
+running, so commands run under the exec guard (killed with their whole process group when the
+channel or the connection goes away) and the agent ends its processes on EOF. Files travel over
+the same kind of channel (`read`, `write`: no SFTP subsystem needed), with a wide channel window.
+The host needs a POSIX login shell and a python 3.6+ (`python`, default `python3`).
+
+For bulk copies between hosts, `program_command` gives the same program run through this machine's
+OpenSSH client with the same user, port, key and known_hosts, so the bytes need not pass through
+paramiko's Python packet handling.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import getpass
+import hashlib
 import logging
 import os
-import posixpath
-import secrets
 import select
 import shlex
+import shutil
 import signal
 import socket
 import threading
@@ -30,19 +34,24 @@ from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import paramiko
 
-from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
-from launcher.transport.guarded import (
+from launcher.hostside.files import end_marker
+from launcher.transport.base import CommandResult, HostError, HostInfo, SweepResult, Transport
+from launcher.transport.hostprog import host_argv, host_stdin
+from launcher.transport.local import DEFAULT_GRACE_S, SHORT_TIMEOUT_S
+from launcher.transport.modes import (
     CHUNK,
-    guard_argv,
-    guard_header,
-    guard_stdin,
-    kill_argv,
+    exec_header,
+    kill_args,
     kill_outcome,
     new_nonce,
+    read_failure,
     split_exec_trailer,
     status_from_exit_code,
+    sweep_args,
+    sweep_outcome,
+    write_args,
+    write_outcome,
 )
-from launcher.transport.local import DEFAULT_GRACE_S
 from launcher.transport.probe import parse_probe, probe_argv
 
 STRICT = "strict"
@@ -50,12 +59,33 @@ ACCEPT_NEW = "accept-new"
 HOST_KEY_POLICIES = (STRICT, ACCEPT_NEW)
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+#: Channel window and packet size of file channels. On loopback, 256 KiB to 64 MiB windows and 32 or 256
+#: KiB packets moved a checkpoint at the same rate within the noise (docs/performance.md, "Carrying a
+#: checkpoint to a spare"); a 16 MiB window keeps a link with 10 ms round trips above 1 GB/s.
+FILE_WINDOW = 1 << 24
+FILE_PACKET = 1 << 15
+#: A file channel that moves no byte for this long counts as a lost connection.
+FILE_IDLE_S = 120.0
+#: Ciphers tried first, by paramiko and by the OpenSSH client: AES-GCM runs on the CPU's AES
+#: instructions, 1.2-1.8x the rate of paramiko's aes128-ctr + HMAC and of OpenSSH's default chacha20
+#: here (docs/performance.md); either side's other ciphers stay acceptable after them.
+AES_GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+OPENSSH_CIPHERS = ",".join((*AES_GCM, "chacha20-poly1305@openssh.com", "aes128-ctr", "aes192-ctr",
+                            "aes256-ctr"))
 
 _known_hosts_lock = threading.Lock()
 
 # Connection failures become `HostError`s with their cause; paramiko's own tracebacks would only
 # repeat them on stderr through logging's last-resort handler.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+def _aes_gcm_first(sock, **kwargs) -> paramiko.Transport:
+    """A paramiko transport that offers AES-GCM first (see `AES_GCM`)."""
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    options.ciphers = AES_GCM + tuple(c for c in options.ciphers if c not in AES_GCM)
+    return transport
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -113,9 +143,7 @@ class SshTransport(Transport):
         self.python = python
         self.grace_s = grace_s
         self._client: Optional[paramiko.SSHClient] = None
-        self._sftp: Optional[paramiko.SFTPClient] = None
         self._lock = threading.Lock()
-        self._sftp_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SshTransport({self.host!r}, {self.user}@{self.address}:{self.port})"
@@ -157,7 +185,7 @@ class SshTransport(Transport):
                            key_filename=None if self.key_file is None else str(self.key_file),
                            allow_agent=self.use_agent, look_for_keys=self.key_file is None,
                            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                           channel_timeout=timeout)
+                           channel_timeout=timeout, transport_factory=_aes_gcm_first)
         except Exception as exc:
             client.close()
             sock.close()
@@ -201,37 +229,82 @@ class SshTransport(Transport):
             return HostError(self.host, f"cannot connect to {where}: {exc.strerror or exc}")
         return HostError(self.host, f"ssh to {where} failed: {exc}")
 
-    def _channel(self) -> paramiko.Channel:
+    def _channel(self, window: Optional[int] = None, packet: Optional[int] = None) -> paramiko.Channel:
         transport = self.connect()
         try:
-            return transport.open_session(timeout=self.connect_timeout_s)
+            return transport.open_session(window_size=window, max_packet_size=packet,
+                                          timeout=self.connect_timeout_s)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostError(self.host, f"cannot open an SSH channel: {exc}") from exc
 
-    def _guard_command(self, mode: str) -> str:
-        return " ".join(shlex.quote(w) for w in guard_argv(self.python, mode))
+    # -- the one way to run something there
 
-    # -- commands -----------------------------------------------------------------------------
-
-    def start_agent(self, argv: Sequence[str], stdin: bytes) -> _ChannelStream:
-        chan = self._channel()
+    def _launch(self, argv: Sequence[str], stdin: bytes, *, combine_stderr: bool = False,
+                window: Optional[int] = None, packet: Optional[int] = None) -> paramiko.Channel:
+        """A channel running `argv` (a host program command line) with `stdin` already sent."""
+        chan = self._channel(window, packet)
         try:
-            chan.set_combine_stderr(True)
+            chan.set_combine_stderr(combine_stderr)
             chan.exec_command(" ".join(shlex.quote(str(a)) for a in argv))
             chan.sendall(stdin)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             chan.close()
-            raise HostError(self.host, f"cannot start the host agent: {exc}") from exc
-        return _ChannelStream(chan)
+            raise HostError(self.host, f"cannot start {' '.join(argv[4:5]) or argv[0]}: {exc}") from exc
+        return chan
+
+    def _start(self, mode: str, *args: str, payload: bytes = b"", **channel) -> paramiko.Channel:
+        """The host program's `mode` running with `args`; its sources and `payload` sent."""
+        return self._launch(host_argv(self.python, mode, *args), host_stdin(payload), **channel)
+
+    def _run(self, mode: str, *args: str, timeout: float = SHORT_TIMEOUT_S) -> Tuple[int, str, str]:
+        """Run `mode` to its end with nothing more on stdin: (exit code, stdout, stderr)."""
+        chan = self._start(mode, *args)
+        try:
+            chan.shutdown_write()
+            out, err, code = _collect(chan, timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HostError(self.host, f"{mode} failed: {exc}") from exc
+        finally:
+            chan.close()
+        if code is None:
+            raise HostError(self.host, f"{mode} did not finish within {timeout:g} s")
+        if code < 0:
+            raise HostError(self.host, f"the connection was lost while {mode} ran")
+        return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def program_command(self, mode: str, *args: str) -> Optional[List[str]]:
+        """`mode` run through this machine's OpenSSH client (see the module's docstring); None without one."""
+        ssh = shutil.which("ssh")
+        if ssh is None:
+            return None
+        options = {
+            "BatchMode": "yes", "UserKnownHostsFile": str(self.known_hosts),
+            "GlobalKnownHostsFile": "/dev/null",
+            "StrictHostKeyChecking": "accept-new" if self.host_key_policy == ACCEPT_NEW else "yes",
+            "CheckHostIP": "no", "ConnectTimeout": str(max(1, round(self.connect_timeout_s))),
+            "ServerAliveInterval": "15", "ServerAliveCountMax": "4", "LogLevel": "ERROR",
+            "ControlMaster": "no", "ControlPath": "none", "Ciphers": OPENSSH_CIPHERS}
+        if self.key_file is not None:
+            options.update(IdentityFile=str(self.key_file), IdentitiesOnly="yes")
+        if not self.use_agent:
+            options["IdentityAgent"] = "none"
+        argv = [ssh, "-F", "/dev/null", "-T", "-x", "-a", "-p", str(self.port), "-l", self.user]
+        for name, value in options.items():
+            argv += ["-o", f"{name}={value}"]
+        remote = " ".join(shlex.quote(a) for a in host_argv(self.python, mode, *args))
+        return [*argv, "--", self.address, remote]
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def start_agent(self, argv: Sequence[str], stdin: bytes) -> _ChannelStream:
+        return _ChannelStream(self._launch(argv, stdin, combine_stderr=True))
 
     def exec(self, argv: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
              cwd: Optional[str] = None, timeout: float = 60.0) -> CommandResult:
         nonce = new_nonce()
-        header = guard_header(argv, env, cwd, self.grace_s, nonce)
-        chan = self._channel()
+        header = exec_header(argv, env, cwd, self.grace_s, nonce)
+        chan = self._start("exec", payload=header)
         try:
-            chan.exec_command(self._guard_command("exec"))
-            chan.sendall(guard_stdin(header))
             out, err, code = _collect(chan, timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostError(self.host, f"running {argv[0]} failed: {exc}") from exc
@@ -246,140 +319,76 @@ class SshTransport(Transport):
             status = status_from_exit_code(code)
         return CommandResult(status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
-    def _exec_plain(self, argv: Sequence[str], timeout: float = 30.0) -> Tuple[int, str]:
-        """Run a command that cannot hang without a guard: exit code and stderr."""
-        chan = self._channel()
-        try:
-            chan.exec_command(" ".join(shlex.quote(str(a)) for a in argv))
-            chan.shutdown_write()
-            _, err, code = _collect(chan, timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostError(self.host, f"running {argv[0]} failed: {exc}") from exc
-        finally:
-            chan.close()
-        if code is None:
-            raise HostError(self.host, f"{argv[0]} did not finish within {timeout:g} s")
-        if code < 0:
-            raise HostError(self.host, f"the connection was lost while {argv[0]} ran")
-        return code, err.decode("utf-8", "replace")
-
     def kill_group(self, pgid: int, sig: int = signal.SIGTERM, *,
                    verify_env: Optional[Tuple[str, str]] = None) -> bool:
-        code, err = self._exec_plain(kill_argv(self.python, pgid, sig, verify_env))
+        code, _, err = self._run("kill", *kill_args(pgid, sig, verify_env))
         return kill_outcome(self.host, pgid, code, err)
+
+    def sweep_job(self, job_id: str, timeout_s: float = 5.0) -> SweepResult:
+        code, out, err = self._run("sweep", *sweep_args(job_id, timeout_s),
+                                   timeout=timeout_s + SHORT_TIMEOUT_S)
+        return sweep_outcome(self.host, job_id, code, out, err)
 
     def probe(self, python: str = "python3") -> HostInfo:
         return parse_probe(self.host, python, self.exec(probe_argv(python)))
 
     # -- files --------------------------------------------------------------------------------
 
-    def _sftp_client(self) -> paramiko.SFTPClient:
-        if self._sftp is None or self._sftp.get_channel().closed:
-            transport = self.connect()
-            try:
-                self._sftp = paramiko.SFTPClient.from_transport(transport)
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                raise HostError(self.host, f"cannot open SFTP: {exc}") from exc
-        return self._sftp
-
     def read_file(self, path: str) -> bytes:
-        with self._sftp_lock:
-            sftp = self._sftp_client()
-            try:
-                with sftp.open(path, "rb") as f:
-                    f.prefetch()
-                    return f.read()
-            except FileNotFoundError:
-                raise FileNotFoundError(errno.ENOENT, f"no such file on {self.host}", path) from None
-            except (paramiko.SSHException, EOFError) as exc:
-                raise HostError(self.host, f"reading {path} failed: {exc}") from exc
-
-    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        directory, name = posixpath.split(path)
-        tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-        with self._sftp_lock:
-            sftp = self._sftp_client()
-            try:
-                self._makedirs(sftp, directory)
-                try:
-                    with sftp.open(tmp, "wb") as f:
-                        f.set_pipelined(True)
-                        f.write(data)
-                    sftp.chmod(tmp, mode)
-                    sftp.posix_rename(tmp, path)
-                except BaseException:
-                    try:
-                        sftp.remove(tmp)
-                    except (OSError, paramiko.SSHException, EOFError):
-                        pass
-                    raise
-            except (paramiko.SSHException, EOFError) as exc:
-                raise HostError(self.host, f"writing {path} failed: {exc}") from exc
+        return b"".join(self.read_chunks(path))
 
     def read_chunks(self, path: str, chunk: int = 1 << 22) -> Iterator[bytes]:
-        """Read over a connection of its own SFTP session, so other file operations are not held up."""
-        sftp = self._new_sftp()
+        """The file streamed by the host program's `read` mode over a channel with a wide window."""
+        chan = self._start("read", path, window=FILE_WINDOW, packet=FILE_PACKET)
         try:
-            with sftp.open(path, "rb") as f:
-                f.prefetch()
-                while True:
-                    data = f.read(chunk)
-                    if not data:
-                        return
-                    yield data
-        except FileNotFoundError:
-            raise FileNotFoundError(errno.ENOENT, f"no such file on {self.host}", path) from None
-        except (paramiko.SSHException, EOFError) as exc:
+            chan.shutdown_write()
+            chan.settimeout(FILE_IDLE_S)
+            while True:
+                data = chan.recv(chunk)
+                if not data:
+                    break
+                yield data
+            err, code = _finish(chan, FILE_IDLE_S)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HostError(self.host, f"reading {path} failed: {exc}") from exc
         finally:
-            sftp.close()
+            chan.close()
+        if code is None or code < 0:
+            raise HostError(self.host, f"the connection was lost while reading {path}")
+        failure = read_failure(self.host, path, code, err)
+        if failure is not None:
+            raise failure
 
-    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644) -> int:
-        directory, name = posixpath.split(path)
-        tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-        sftp = self._new_sftp()
+    def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self.write_chunks(path, [data], mode, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes], mode: int = 0o644, *,
+                     size: Optional[int] = None, sha256: Optional[str] = None) -> int:
+        """Stream `chunks` to the host program's `write` mode (atomic there, checked there). If `chunks`
+        fails, the channel closes without the end marker, and the host discards what it got."""
+        chan = self._start("write", *write_args(path, mode, size, sha256), window=FILE_WINDOW,
+                           packet=FILE_PACKET)
         written = 0
         try:
-            self._makedirs(sftp, directory)
+            chan.settimeout(FILE_IDLE_S)
+            for data in chunks:
+                if not _send(chan, data):
+                    break
+                written += len(data)
+            else:
+                if size is None:
+                    _send(chan, end_marker(written))
             try:
-                with sftp.open(tmp, "wb") as f:
-                    f.set_pipelined(True)
-                    for data in chunks:
-                        f.write(data)
-                        written += len(data)
-                sftp.chmod(tmp, mode)
-                sftp.posix_rename(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
-                    sftp.remove(tmp)
-                raise
-        except (paramiko.SSHException, EOFError) as exc:
-            raise HostError(self.host, f"writing {path} failed: {exc}") from exc
+                chan.shutdown_write()
+                out, err, code = _collect(chan, FILE_IDLE_S)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HostError(self.host, f"writing {path} failed: {exc}") from exc
         finally:
-            sftp.close()
-        return written
-
-    def _new_sftp(self) -> paramiko.SFTPClient:
-        try:
-            return paramiko.SFTPClient.from_transport(self.connect())
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise HostError(self.host, f"cannot open SFTP: {exc}") from exc
-
-    @staticmethod
-    def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
-        missing = []
-        while directory not in ("", "/"):
-            try:
-                sftp.stat(directory)
-                break
-            except FileNotFoundError:
-                missing.append(directory)
-                directory = posixpath.dirname(directory)
-        for folder in reversed(missing):
-            try:
-                sftp.mkdir(folder)
-            except OSError:
-                sftp.stat(folder)
+            chan.close()
+        if code is None or code < 0:
+            raise HostError(self.host, f"the connection was lost while writing {path}")
+        return write_outcome(self.host, path, code, out.decode("utf-8", "replace"),
+                             err.decode("utf-8", "replace"), written).size
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -389,12 +398,6 @@ class SshTransport(Transport):
             self._close_client()
 
     def _close_client(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:
-                pass
-            self._sftp = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -453,3 +456,26 @@ def _collect(chan: paramiko.Channel, timeout: float) -> Tuple[bytes, bytes, Opti
             return b"".join(out), b"".join(err), None
         select.select([chan], [], [], min(left, 0.5))
     return b"".join(out), b"".join(err), chan.recv_exit_status()
+
+
+def _send(chan: paramiko.Channel, data: bytes) -> bool:
+    """Send `data`; False when the host stopped reading (its exit code and message then say why)."""
+    try:
+        chan.sendall(data)
+        return True
+    except OSError:
+        return False
+
+
+def _finish(chan: paramiko.Channel, timeout: float) -> Tuple[str, Optional[int]]:
+    """After stdout's end: the channel's stderr and exit code (None when `timeout` ran out)."""
+    err: List[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        while chan.recv_stderr_ready():
+            err.append(chan.recv_stderr(CHUNK))
+        if chan.exit_status_ready() and not chan.recv_stderr_ready():
+            return b"".join(err).decode("utf-8", "replace"), chan.recv_exit_status()
+        if time.monotonic() > deadline:
+            return b"".join(err).decode("utf-8", "replace"), None
+        chan.status_event.wait(0.1)

@@ -11,8 +11,15 @@ Sessions run no rc files: `PermitUserRC no`, and `SHLVL=1` in the session enviro
 user's bash (started by sshd for every command) counts as nested and skips ~/.bashrc. A test host
 then costs what the command costs, not what the machine's login scripts cost.
 
+With `login_home` (a folder made by `login_home(...)`), sessions run as on a stock server instead:
+HOME is that folder, whose ~/.bashrc appends `bashrc PID PPID` to ~/startup-trace each time it runs
+and (by default) runs `pyenv init` with the machine's real pyenv (~/.pyenv, as /root/.bashrc here
+does); no `SHLVL` set, no `PATH` set, user rc allowed. So bash, started by sshd for every command,
+reads ~/.bashrc once per login, and so does any `bash -c` a login starts that does not opt out.
+
 `max_sessions` is the channels one connection may open (200 unless given; None keeps OpenSSH's
-defaults, `MaxSessions 10` and `MaxStartups 10:30:100`, as on a stock server).
+defaults, `MaxSessions 10` and `MaxStartups 10:30:100`, as on a stock server). `sftp=False` leaves the
+SFTP subsystem out, as on servers that disable it.
 `start_servers` starts many servers at once on consecutive addresses (127.0.1.1, 127.0.1.2, ...).
 
 Usage outside pytest (e.g. a benchmark)::
@@ -26,11 +33,15 @@ Usage outside pytest (e.g. a benchmark)::
         ...
     finally:
         stop_servers(servers)
+
+    home = login_home(root / "home")           # sessions as on a stock server with pyenv
+    servers = start_servers(root, key, 64, login_home=home)
 """
 from __future__ import annotations
 
 import getpass
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -39,12 +50,32 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 SSHD = "/usr/sbin/sshd"
 SETUP_HINT = "run `make test` (its setup step installs openssh-server), or `make system`"
 START_TIMEOUT_S = 15.0
 DEFAULT_MAX_SESSIONS = 200
+#: The file a login home's ~/.bashrc (and ~/.bash_env) appends one line to each time it runs.
+STARTUP_TRACE = "startup-trace"
+PYENV_ROOT = Path("~/.pyenv").expanduser()
+
+BASHRC = """\
+# ~/.bashrc of a user on a stock server
+echo "bashrc $$ $PPID" >> "$HOME/{trace}"
+"""
+
+PYENV_LINES = """\
+# who uses pyenv (as /root/.bashrc here)
+export PYENV_ROOT={pyenv}
+export PATH="$PYENV_ROOT/bin:$PATH"
+eval "$(pyenv init -)"
+"""
+
+BASH_ENV_LINES = """\
+# read by every non-interactive bash that inherits BASH_ENV
+export BASH_ENV="$HOME/.bash_env"
+"""
 
 
 class OpenSshMissing(RuntimeError):
@@ -63,6 +94,33 @@ def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def login_home(folder: Path, *, pyenv: Optional[Path] = PYENV_ROOT, bash_env: bool = False) -> Path:
+    """A user's HOME for `SshServer(login_home=...)`: a ~/.bashrc that leaves a trace and runs the real
+    `pyenv init` from `pyenv` (None: no pyenv); with `bash_env`, it also exports BASH_ENV naming
+    ~/.bash_env, which leaves its own trace (`bash_env PID PPID`). `startup_trace(folder)` reads them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text = BASHRC.format(trace=STARTUP_TRACE)
+    if pyenv is not None:
+        if not (Path(pyenv) / "bin" / "pyenv").exists():
+            raise FileNotFoundError(f"a login home runs the real pyenv: {pyenv}/bin/pyenv does not exist")
+        text += PYENV_LINES.format(pyenv=shlex.quote(str(pyenv)))
+    if bash_env:
+        text += BASH_ENV_LINES
+        (folder / ".bash_env").write_text(f'echo "bash_env $$ $PPID" >> "$HOME/{STARTUP_TRACE}"\n')
+    (folder / ".bashrc").write_text(text)
+    return folder
+
+
+def startup_trace(home: Path) -> List[Tuple[str, int, int]]:
+    """(file, pid, parent pid) of every run of a login home's startup files, in order."""
+    path = Path(home) / STARTUP_TRACE
+    if not path.exists():
+        return []
+    lines = (line.split() for line in path.read_text().splitlines())
+    return [(name, int(pid), int(ppid)) for name, pid, ppid in lines]
 
 
 @dataclass(frozen=True)
@@ -122,9 +180,12 @@ class SshServer:
     """One sshd on `address` with its own host key, authorized_keys, known_hosts and working directory."""
 
     def __init__(self, root: Path, name: str, address: str, client: ClientKey, port: Optional[int] = None,
-                 max_sessions: Optional[int] = DEFAULT_MAX_SESSIONS):
+                 max_sessions: Optional[int] = DEFAULT_MAX_SESSIONS, login_home: Optional[Path] = None,
+                 sftp: bool = True):
         self.root = Path(root)
         self.max_sessions = max_sessions
+        self.login_home = None if login_home is None else Path(login_home)
+        self.sftp = sftp
         self.name = name
         self.address = address
         self.client = client
@@ -187,13 +248,17 @@ class SshServer:
             "PermitRootLogin prohibit-password",
             "StrictModes no",
             *self._limits(),
-            "PermitUserRC no",
             "PrintMotd no",
             "LogLevel ERROR",
-            "Subsystem sftp internal-sftp",
-            f"SetEnv PATH={path} REFINENET_SIMULATED_HOST={self.name} SHLVL=1",
+            *(["Subsystem sftp internal-sftp"] if self.sftp else []),
+            *self._session(path),
             "",
         ])
+
+    def _session(self, path: str) -> List[str]:
+        if self.login_home is None:
+            return ["PermitUserRC no", f"SetEnv PATH={path} REFINENET_SIMULATED_HOST={self.name} SHLVL=1"]
+        return [f"SetEnv HOME={self.login_home} REFINENET_SIMULATED_HOST={self.name}"]
 
     def _limits(self) -> List[str]:
         if self.max_sessions is None:
@@ -282,13 +347,14 @@ class SshServer:
 
 def start_servers(root: Path, client: ClientKey, count: int, base: str = "127.0.1.", first: int = 1,
                   name: str = "host-{:03d}", max_sessions: Optional[int] = DEFAULT_MAX_SESSIONS,
-                  workers: int = 16) -> List[SshServer]:
+                  workers: int = 16, login_home: Optional[Path] = None) -> List[SshServer]:
     """`count` servers on `base + first` ... (`host-001` on 127.0.1.1, ...), started concurrently,
-    each under `root/<name>`; if any fails to start, the ones already up are stopped and the error raised."""
+    each under `root/<name>` (sessions as on a stock server with `login_home`, see `SshServer`); if any
+    fails to start, the ones already up are stopped and the error raised."""
     if first < 1 or first + count - 1 > 254:
         raise ValueError(f"{count} addresses from {base}{first} do not fit in {base}1..{base}254")
     servers = [SshServer(Path(root) / name.format(i), name.format(i), f"{base}{first + i - 1}", client,
-                         max_sessions=max_sessions) for i in range(1, count + 1)]
+                         max_sessions=max_sessions, login_home=login_home) for i in range(1, count + 1)]
     with ThreadPoolExecutor(max_workers=max(1, min(workers, count))) as pool:
         outcomes = list(pool.map(_try_start, servers))
     errors = [o for o in outcomes if isinstance(o, Exception)]

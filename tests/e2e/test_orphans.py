@@ -1,18 +1,29 @@
-"""A launcher killed with SIGKILL leaves no process behind, on the local host or on SSH hosts.
+"""A launcher or a host agent killed with SIGKILL leaves no process behind, on the local host or on SSH
+hosts.
 
 A launcher-like parent process starts process trees (a shell with `sleep` children, one subtree
 ignoring SIGTERM so only SIGKILL ends it) through host agents, prints their ids and waits; the
 test SIGKILLs it and checks that every process of every tree, and every agent, is gone within 5 s.
+An agent SIGKILLed on its own takes the processes it started along (parent-death signal); what they
+started themselves is ended by a sweep of the job, which the launcher runs on a host whose agent it
+lost.
 """
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import psutil
 import pytest
+
+from launcher.agent.session import start_session
+from launcher.transport.factory import open_transport
+from tests.e2e.test_hostside import command_cluster, launch_command, rank_pids
+from tests.e2e.test_resilience_faults import gone_within, tagged
 
 pytestmark = pytest.mark.e2e
 
@@ -146,3 +157,70 @@ def test_processes_that_leave_the_group_are_ended_too(child_env):
         parent.wait()
         parent.stdout.close()
         parent.stderr.close()
+
+
+def one_host(kind: str, request, tmp_path) -> dict:
+    if kind == "local":
+        return {"name": "local", "address": "localhost", "workdir": str(tmp_path / "work")}
+    host = request.getfixturevalue("ssh_hosts")[0].spec_dict()
+    return {**host, "workdir": f"{host['workdir']}/{request.node.name}"}
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_processes_die_with_their_agent_and_a_sweep_ends_what_they_started(kind, request, tmp_path):
+    """SIGKILL of an agent: the processes it started die with it (parent-death signal); a process they
+    started themselves (`sleep 301 &`) does not, and `sweep_job` ends it."""
+    spec = one_host(kind, request, tmp_path)
+    ssh = SimpleNamespace(**spec["ssh"]) if spec.get("ssh") else None
+    host = SimpleNamespace(name=spec["name"], address=spec["address"], ssh=ssh, python=sys.executable)
+    job = f"agent-kill-{kind}-{os.getpid()}"
+    events = queue.Queue()
+    processes = [{"name": f"r{i}", "argv": ["bash", "--norc", "--noprofile", "-c", script], "cwd": "/",
+                  "env": {"REFINENET_JOB_ID": job}}
+                 for i, script in enumerate(["exec sleep 300", "sleep 301 & wait"])]
+    doc = {"job_id": job, "attempt": 1, "host": host.name, "grace": 2.0, "hang_s": None, "files": [],
+           "tails": [], "processes": processes}
+    with open_transport(host) as transport:
+        start_session(transport, sys.executable, doc, [print, print], [], events)
+        pids = {}
+        while len(pids) < 2:
+            event = events.get(timeout=30)
+            if event.kind == "started":
+                pids[event.index] = event.data["pid"]
+        started = [psutil.Process(pid) for pid in pids.values()]
+        agent = started[0].parent()
+        deadline = time.monotonic() + 10
+        while not started[1].children() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        grandchild = started[1].children()[0]
+        agent.kill()
+        killed = time.monotonic()
+        while alive(started) and time.monotonic() - killed < 2:
+            time.sleep(0.02)
+        assert alive(started) == []
+        assert alive([grandchild]) == [grandchild], "the grandchild has no parent-death signal of its own"
+        result = transport.sweep_job(job, 5)
+        assert result.clean and [pid for pid, _ in result.killed] == [grandchild.pid]
+        assert gone_within(job, 2) == []
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_a_sigkilled_agent_leaves_no_process_of_the_job(kind, request, tmp_path, standin_python, child_env):
+    spec = one_host(kind, request, tmp_path)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    job = f"agent-sigkill-{kind}"
+    cluster = command_cluster(tmp_path / "c", spec, standin_python, ranks=1)
+    launcher = launch_command(cluster, runs, job, child_env, "bash", "-c", "exec sleep 300")
+    try:
+        rank, = rank_pids(runs, job, 1, launcher)
+        assert len(tagged(job)) >= 2
+        psutil.Process(rank).parent().kill()
+        killed = time.monotonic()
+        left = gone_within(job, 2)
+        assert left == [], f"still alive {time.monotonic() - killed:.1f} s after the agent died: {left}"
+        assert launcher.wait(60) == 1
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()

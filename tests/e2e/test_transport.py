@@ -266,7 +266,7 @@ def test_probe_and_preflight_checks(host):
                                      "python": host.python}]}, "t.yaml")
     h = spec.hosts[0]
     (host.workdir / "data.lst").write_text("x")
-    checks = launch_check(spec, h, host.transport, ["json", "launcher.transport.guard"],
+    checks = launch_check(spec, h, host.transport, ["json", "launcher.hostside.program"],
                           [str(host.workdir / "data.lst")])
     assert {c.check for c in checks} >= {"reachable", "workdir writable", "disk space"}
     assert all(c.ok for c in checks)

@@ -22,7 +22,7 @@ from launcher.jobs import JobDir
 from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
 from launcher.supervisor import HealthWatch, Supervisor
-from launcher.transport.base import CommandResult, HostError, HostInfo, Transport
+from launcher.transport.base import CommandResult, HostError, HostInfo, SweepResult, Transport
 from tests.harness.specs import factory_of, failure
 
 HOSTS = ("a", "b")
@@ -108,7 +108,7 @@ class FakeProcess:
 
 
 class FakeAgent:
-    """Plays the host agent's protocol (see launcher/agent/host_agent.py) over scripted processes."""
+    """Plays the host agent's protocol (see launcher/hostside/agent.py) over scripted processes."""
 
     def __init__(self, cluster: Cluster, host: str, document: dict):
         self.cluster, self.host, self.doc = cluster, host, document
@@ -136,7 +136,17 @@ class FakeAgent:
             c.started.append((c.attempt, name, proc, tuple(p["argv"])))
             self.event("started", i=i, pid=proc.pid, pgid=proc.pgid)
         self.event("ready")
+        if cluster.lose.get(cluster.attempt) == host:
+            threading.Timer(0.1, self.lose).start()
         self.check_done()
+
+    def lose(self) -> None:
+        """The agent is killed: its stream ends without `done`, its processes die with it."""
+        with self._lock:
+            self._done = True
+        self.frames.put(b"")
+        for p in self.procs:
+            p.finish(-signal.SIGKILL)
 
     def frame(self, text: str) -> None:
         self.frames.put((text + "\n").encode("utf-8"))
@@ -201,6 +211,8 @@ class Cluster:
     attempt: int = 0
     started: List[Tuple[int, str, FakeProcess, Sequence[str]]] = field(default_factory=list)
     scan_calls: List[Tuple[int, str]] = field(default_factory=list)
+    sweeps: List[Tuple[int, str, str]] = field(default_factory=list)
+    lose: Dict[int, str] = field(default_factory=dict)
     next_pid: int = 1000
 
     def processes(self, attempt: int) -> Dict[str, FakeProcess]:
@@ -236,6 +248,10 @@ class FakeTransport(Transport):
 
     def kill_group(self, pgid, sig=signal.SIGTERM, *, verify_env=None):
         return False
+
+    def sweep_job(self, job_id, timeout_s=5.0):
+        self.cluster.sweeps.append((self.cluster.attempt, self.host, job_id))
+        return SweepResult(self.host, job_id, (), ())
 
     def probe(self, python="python3"):
         return HostInfo(self.host, self.host, python, "3.11")
@@ -448,6 +464,16 @@ def test_stop_while_running_tears_everything_down(tmp_path):
     assert run_to_end(run) == JobState.STOPPED
     assert all(p.poll() == -signal.SIGTERM for p in cluster.processes(1).values())
     assert run.job.read().attempts[0].state == JobState.STOPPED
+
+
+def test_a_lost_agent_fails_the_attempt_and_the_job_is_swept_on_its_host_only(tmp_path):
+    cluster = Cluster(scripts={(2, "r0"): succeed(), (2, "r1"): succeed()}, lose={1: "b"})
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    record = run.job.read()
+    assert [a.state for a in record.attempts] == [JobState.FAILED, JobState.SUCCEEDED]
+    assert record.attempts[0].failure.host == "b"
+    assert cluster.sweeps == [(1, "b", record.job_id)]
 
 
 def test_a_silent_rank_is_a_hang_the_others_are_not(tmp_path):

@@ -1,5 +1,5 @@
-"""The pure parts of the transports and agents: the guard's framing, the agent stream's frames, the
-factory's choices."""
+"""The pure parts of the transports and agents: the host program's command line and bundle, the guard's
+framing, the agent stream's frames, the factory's choices."""
 import json
 import queue
 import signal
@@ -7,19 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from launcher.agent import host_agent
 from launcher.agent.session import AgentSession, agent_argv, agent_stdin
-from launcher.transport import guard
+from launcher.hostside import agent as host_agent
+from launcher.hostside import guard
 from launcher.transport.factory import open_transport
-from launcher.transport.guarded import (
-    guard_argv,
-    guard_header,
-    guard_source,
-    guard_stdin,
-    split_exec_trailer,
-    status_from_exit_code,
-)
+from launcher.transport.hostprog import BOOTSTRAP, bundle, host_argv, host_stdin
 from launcher.transport.local import LocalTransport
+from launcher.transport.modes import exec_header, split_exec_trailer, status_from_exit_code
 from launcher.transport.ssh import SshTransport
 from tests.e2e.sshd import OpenSshMissing, require
 
@@ -98,14 +92,11 @@ def test_stop_and_signal_are_control_lines():
     assert session.stream.written == [b"stop 2\n", b"signal 10\n"]
 
 
-def test_the_agent_is_stdlib_only_and_travels_on_stdin():
-    source = open(host_agent.__file__).read()
-    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"errno", "json", "os", "select", "signal", "subprocess", "sys", "time", "ctypes"}
+def test_the_agent_travels_on_stdin_after_the_host_program():
     argv = agent_argv("/usr/bin/python3")
-    assert argv[:3] == ["/usr/bin/python3", "-S", "-c"] and argv[4] == "agent" and len(argv[3]) < 300
+    assert argv == ["/usr/bin/python3", "-S", "-c", BOOTSTRAP, "agent", str(len(bundle()))]
     data = agent_stdin({"processes": []})
-    assert int(argv[5]) == len(data) - len(b'{"processes":[]}\n')
+    assert data == bundle() + b'{"processes":[]}\n'
 
 
 def test_exec_trailer_is_split_off_exactly():
@@ -124,31 +115,20 @@ def test_guard_exit_codes_map_back_to_signals():
 
 
 def test_header_carries_the_command_verbatim():
-    header = json.loads(guard_header(["echo", "a b", "$HOME;rm"], {"X": 1}, "/tmp", 2.0, "n"))
+    header = json.loads(exec_header(["echo", "a b", "$HOME;rm"], {"X": 1}, "/tmp", 2.0, "n"))
     assert header == {"argv": ["echo", "a b", "$HOME;rm"], "env": {"X": "1"}, "cwd": "/tmp", "grace": 2.0,
                       "nonce": "n"}
     with pytest.raises(ValueError):
-        guard_header([], None, None, 1.0)
+        exec_header([], None, None, 1.0)
 
 
-def test_guard_source_is_stdlib_only():
-    source = guard_source()
-    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"json", "os", "select", "signal", "subprocess", "sys", "time"}
-    assert "launcher" not in imports
-
-
-def test_guard_command_line_is_short_and_the_source_travels_on_stdin():
-    argv = guard_argv("/usr/bin/python3", "exec")
-    assert argv[:3] == ["/usr/bin/python3", "-S", "-c"] and argv[4] == "exec" and len(argv[3]) < 300
-    data = guard_stdin(b"HEADER\n")
-    assert int(argv[5]) == len(data) - len(b"HEADER\n") and data.endswith(b"HEADER\n")
-
-
-def test_guard_refuses_bad_usage():
-    assert guard.main([]) == 2
-    assert guard.main(["kill", "x", "15"]) == 2
-    assert guard.main(["kill", "1", "0", "NOEQUALS"]) == 2
+def test_every_command_line_is_short_and_the_program_travels_on_stdin():
+    argv = host_argv("/usr/bin/python3", "kill", 42, 15, "REFINENET_JOB_ID=a b")
+    assert argv[:3] == ["/usr/bin/python3", "-S", "-c"] and len(argv[3]) < 600
+    assert argv[4:] == ["kill", "42", "15", "REFINENET_JOB_ID=a b", str(len(bundle()))]
+    assert host_stdin(b"HEADER\n") == bundle() + b"HEADER\n"
+    with pytest.raises(ValueError, match="unknown host program mode"):
+        host_argv("python3", "rm")
 
 
 def test_factory_picks_local_or_ssh_and_fills_defaults():
@@ -180,16 +160,17 @@ def test_missing_openssh_fails_with_the_setup_command():
         require("/nonexistent/sbin/sshd")
 
 
-def test_guard_read_copies_a_file_and_waits_until_it_was_read(tmp_path):
+def test_the_read_mode_copies_a_file_and_waits_until_it_was_read(tmp_path):
     import subprocess
     import sys
 
-    from launcher.transport.guarded import guard_source
+    from launcher.hostside import files
 
     data = bytes(range(256)) * 1000
     (tmp_path / "f").write_bytes(data)
-    argv = [sys.executable, "-S", "-c", guard_source(), "read"]
-    done = subprocess.run([*argv, str(tmp_path / "f")], capture_output=True, timeout=30)
+    done = subprocess.run(host_argv(sys.executable, "read", tmp_path / "f"), input=host_stdin(),
+                          capture_output=True, timeout=30)
     assert (done.returncode, done.stdout) == (0, data)
-    missing = subprocess.run([*argv, str(tmp_path / "nope")], capture_output=True, timeout=30)
-    assert missing.returncode == guard.NOT_FOUND and b"No such file" in missing.stderr
+    missing = subprocess.run(host_argv(sys.executable, "read", tmp_path / "nope"), input=host_stdin(),
+                             capture_output=True, timeout=30)
+    assert missing.returncode == files.NOT_FOUND and b"No such file" in missing.stderr

@@ -1,8 +1,8 @@
-"""The host agent: one per host per attempt; starts, watches and stops that host's processes.
+"""Mode `agent`, the host agent: one per host per attempt; starts, watches and stops that host's processes.
 
-Runs on the host with only the standard library, as `python -S -c BOOTSTRAP agent N` with its own
-source and then the host document on stdin (see `launcher.agent.session`), so the host needs no
-copy of the launcher. Python 3.6+.
+Runs on the host with only the standard library (Python 3.6+), started like every host program (see
+`launcher.transport.hostprog`); the host document follows the program's sources on stdin (see
+`launcher.agent.session`), so the host needs no copy of the launcher.
 
 Protocol. Stdin: one JSON line, the host document::
 
@@ -26,9 +26,16 @@ Stdout: frames written whole by this process only, so no two processes' lines ev
                 hang {i or tail, silent_s, t}, ready {t}, done {t}, note {message}
 
 Exit status: the exit code, or minus the signal number. Every process runs in its own session
-(its process group id is its pid); the agent is a child subreaper, so descendants that leave their
-group are re-parented here and none outlives a teardown. Hang check (`hang_s`), on the host's clock:
+(its process group id is its pid) with the agent's environment (the host login's, read once) less
+BASH_ENV and ENV and with SHLVL at least 1, so no shell startup file runs for it (see
+`process_environment`); the document's `env` is laid over that. Every process dies with the agent
+(parent-death signal SIGKILL, however the agent ends; what a process starts itself is left to the
+launcher's `sweep`); the agent is a child subreaper, so descendants that leave their group are
+re-parented here and none outlives a teardown. Hang check (`HangRule`, `hang_s`), on the host's clock:
 a watched process with no output line and no change of its metrics file for `hang_s` seconds.
+
+Stop (`StopPhase`): the backend's first signal to every group, grace; SIGTERM and SIGCONT to every
+group and descendant, grace; SIGKILL to all, then at most `KILL_WAIT_S` for them to go.
 """
 import errno
 import json
@@ -36,8 +43,9 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
+
+from launcher.hostside import files, procs
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 READ_CHUNK = 1 << 16
@@ -47,56 +55,14 @@ MAX_LINE = 1 << 20
 PIPE_SETTLE_S = 1.0
 TAIL_POLL_S = 0.25
 HANG_POLL_S = 1.0
+#: How long the SIGKILLed processes of a teardown may take to go before the agent gives up on them.
+KILL_WAIT_S = 5.0
+#: Inherited variables that make a shell read a startup file even when told to read none.
+SHELL_STARTUP_VARIABLES = ("BASH_ENV", "ENV")
 
 
 def now():
     return time.time()
-
-
-def become_subreaper():
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
-
-
-def process_table():
-    """{pid: (ppid, pgid, state)} from /proc; {} where /proc is unavailable."""
-    table = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return table
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/" + name + "/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2:
-            table[int(name)] = (int(fields[1]), int(fields[2]), fields[0])
-    return table
-
-
-def live_descendants(root):
-    """Live (non-zombie) descendants of `root`, whatever their session or group."""
-    table = process_table()
-    children = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(children.get(root, ()))
-    while todo:
-        pid = todo.pop()
-        if table[pid][2] != b"Z":
-            found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
 
 
 def whole_lines(kind, index, buffered, data, out):
@@ -112,17 +78,71 @@ def whole_lines(kind, index, buffered, data, out):
     return data[cut:]
 
 
-def write_file(path, content, mode):
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(content.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+def process_environment(base, extra):
+    """A process's environment: `base` (the agent's own) without shell startup variables, `extra` over it.
+
+    SHLVL is at least 1: the login shell that started the agent exec'd it with SHLVL=0, and a bash
+    started with SSH_CLIENT set at level 0 or 1 reads ~/.bashrc as for a remote login, also the
+    `bash -c` a command runs itself (`-- bash -c ...`)."""
+    env = {k: v for k, v in base.items() if k not in SHELL_STARTUP_VARIABLES}
+    level = env.get("SHLVL", "")
+    if not level.isdigit() or int(level) < 1:
+        env["SHLVL"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class StopPhase:
+    """Where a teardown is: each phase sends its signals, then waits until its deadline."""
+
+    FIRST_SIGNAL = "first signal"   #: the backend's own stop signal went to every group; grace runs
+    TERM = "term"                   #: SIGTERM + SIGCONT to every group and descendant; grace runs
+    KILL = "kill"                   #: SIGKILL to all; KILL_WAIT_S for the last ones to go
+
+
+class HangRule:
+    """A watched source (a process or a followed file) is hung when it gave no output line and its
+    metrics file did not change for `hang_s` seconds; each is reported once. Pure: `clock` (monotonic
+    seconds) is injected and file times are handed in."""
+
+    def __init__(self, hang_s, clock):
+        self.hang_s = float(hang_s) if hang_s else None
+        self.clock = clock
+        self.last = {}
+        self.mtimes = {}
+        self.reported = set()
+
+    def watch(self, key, mtime=None):
+        """Start the silence clock of `key` now; `mtime` is its metrics file's time now (None: none yet)."""
+        self.last[key] = self.clock()
+        self.mtimes[key] = mtime
+
+    def output(self, key):
+        """`key` gave an output line."""
+        if key in self.last:
+            self.last[key] = self.clock()
+
+    def metrics(self, key, mtime):
+        """The metrics file of `key` has time `mtime` (None: missing); any change is a sign of life."""
+        if key in self.last and mtime != self.mtimes[key]:
+            self.mtimes[key] = mtime
+            self.last[key] = self.clock()
+
+    def forget(self, key):
+        """`key` ended: no longer watched."""
+        self.last.pop(key, None)
+        self.mtimes.pop(key, None)
+
+    def hung(self):
+        """[(key, silent seconds)] of the sources silent for longer than `hang_s`, each reported once."""
+        if self.hang_s is None:
+            return []
+        now, found = self.clock(), []
+        for key, last in self.last.items():
+            if key not in self.reported and now - last > self.hang_s:
+                self.reported.add(key)
+                found.append((key, round(now - last, 1)))
+        return found
 
 
 class Proc:
@@ -137,8 +157,6 @@ class Proc:
         self.exited_at = None
         self.reported = False
         self.open_fds = {}
-        self.last_output = time.monotonic()
-        self.hang_reported = False
 
     @property
     def running(self):
@@ -153,21 +171,20 @@ class Tail:
         self.watch = bool(spec.get("watch"))
         self.offset = 0
         self.rest = b""
-        self.last_output = time.monotonic()
-        self.hang_reported = False
 
     def poll(self, out):
+        """Frame what the file gained into `out`; whether it gained anything."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read(READ_CHUNK * 4)
         except OSError:
-            return
+            return False
         if not data:
-            return
+            return False
         self.offset += len(data)
-        self.last_output = time.monotonic()
         self.rest = whole_lines(b"t", self.index, self.rest, data, out)
+        return True
 
     def close(self, out):
         self.poll(out)
@@ -177,12 +194,17 @@ class Tail:
 
 
 class Agent:
+    """The agent of one host document: its processes, followed files, hang rule and teardown."""
+
     def __init__(self, doc):
         self.doc = doc
         self.grace = float(doc.get("grace", 5.0))
-        self.hang_s = doc.get("hang_s")
+        self.hangs = HangRule(doc.get("hang_s"), time.monotonic)
         self.procs = [Proc(i, p) for i, p in enumerate(doc.get("processes", ()))]
         self.tails = [Tail(i, t) for i, t in enumerate(doc.get("tails", ()))]
+        for t in self.tails:
+            if t.watch:
+                self.hangs.watch(("t", t.index))
         self.by_fd = {}
         self.buffers = {}
         self.out = []
@@ -190,6 +212,7 @@ class Agent:
         self.stopping = None
         self.stop_phase, self.phase_end = None, 0.0
         self.stdin_open = True
+        self.me = os.getpid()
 
     # -- output
 
@@ -200,22 +223,17 @@ class Agent:
         if not self.out:
             return
         data, self.out = b"".join(self.out), []
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(1, view)
-            except InterruptedError:
-                continue
-            except OSError:
-                return  # the launcher is gone; stdin EOF follows
-            view = view[n:]
+        try:
+            procs.write_all(1, data)
+        except OSError:
+            pass  # the launcher is gone; stdin EOF follows
 
     # -- start
 
     def start_all(self):
         for f in self.doc.get("files", ()):
             try:
-                write_file(f["path"], f["content"], int(f.get("mode", 0o644)))
+                files.write_atomic(f["path"], [f["content"].encode("utf-8")], int(f.get("mode", 0o644)))
             except OSError as exc:
                 self.emit("note", message="cannot write {}: {}".format(f["path"], exc))
         for p in self.procs:
@@ -225,12 +243,12 @@ class Agent:
 
     def start(self, p):
         spec = p.spec
-        env = dict(os.environ)
-        env.update(spec.get("env") or {})
+        env = process_environment(os.environ, spec.get("env"))
         try:
             p.popen = subprocess.Popen(
                 spec["argv"], cwd=spec.get("cwd") or None, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                preexec_fn=procs.dies_with_parent(self.me))
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             p.status = 127
             p.exited_at = time.monotonic()
@@ -245,7 +263,19 @@ class Agent:
             self.by_fd[fd] = (p, kind)
             self.buffers[fd] = b""
             p.open_fds[fd] = stream
+        if spec.get("watch"):
+            self.hangs.watch(("p", p.index), self.metrics_mtime(p))
         self.emit("started", i=p.index, pid=p.pid, pgid=p.pid, t=now())
+
+    @staticmethod
+    def metrics_mtime(p):
+        metrics = p.spec.get("metrics")
+        if not metrics:
+            return None
+        try:
+            return os.stat(metrics).st_mtime
+        except OSError:
+            return None
 
     # -- reading
 
@@ -264,7 +294,7 @@ class Agent:
             del self.by_fd[fd]
             p.open_fds.pop(fd).close()
             return
-        p.last_output = time.monotonic()
+        self.hangs.output(("p", p.index))
         self.buffers[fd] = whole_lines(kind, p.index, self.buffers[fd], data, self.out)
 
     def read_control(self):
@@ -308,6 +338,7 @@ class Agent:
             p.status = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
             p.exited_at = time.monotonic()
             p.popen.returncode = p.status
+            self.hangs.forget(("p", p.index))
             if self.stopping is None:
                 self.kill_group(p.pid, signal.SIGTERM)
 
@@ -325,30 +356,16 @@ class Agent:
     # -- hangs
 
     def check_hangs(self):
-        if not self.hang_s or self.stopping is not None:
+        if self.stopping is not None:
             return
-        mono, wall = time.monotonic(), now()
         for p in self.procs:
-            if not p.running or p.hang_reported or not p.spec.get("watch"):
-                continue
-            last = p.last_output
-            metrics = p.spec.get("metrics")
-            if metrics:
-                try:
-                    mtime = os.stat(metrics).st_mtime
-                except OSError:
-                    mtime = None
-                if mtime is not None:
-                    last = max(last, mono - (wall - mtime))
-            silent = mono - last
-            if silent > float(self.hang_s):
-                p.hang_reported = True
-                self.emit("hang", i=p.index, silent_s=round(silent, 1), t=now())
-        for t in self.tails:
-            silent = mono - t.last_output
-            if t.watch and not t.hang_reported and silent > float(self.hang_s):
-                t.hang_reported = True
-                self.emit("hang", tail=t.index, silent_s=round(silent, 1), t=now())
+            if p.running:
+                self.hangs.metrics(("p", p.index), self.metrics_mtime(p))
+        for (kind, index), silent in self.hangs.hung():
+            if kind == "p":
+                self.emit("hang", i=index, silent_s=silent, t=now())
+            else:
+                self.emit("hang", tail=index, silent_s=silent, t=now())
 
     # -- stopping
 
@@ -366,7 +383,7 @@ class Agent:
     def signal_all(self, sig):
         """`sig` to every process group started here and every live descendant of the agent."""
         self.signal_groups(sig)
-        for pid in live_descendants(os.getpid()):
+        for pid in procs.live_descendants(self.me):
             try:
                 os.kill(pid, sig)
             except OSError:
@@ -378,28 +395,29 @@ class Agent:
         self.stopping = first
         if first not in (signal.SIGTERM, signal.SIGKILL):
             self.signal_groups(first)
-            self.stop_phase, self.phase_end = 0, time.monotonic() + self.grace
+            self.enter(StopPhase.FIRST_SIGNAL, self.grace)
         else:
             self.term_phase()
+
+    def enter(self, phase, wait_s):
+        self.stop_phase, self.phase_end = phase, time.monotonic() + wait_s
 
     def term_phase(self):
         self.signal_all(signal.SIGTERM)
         self.signal_all(signal.SIGCONT)
-        self.stop_phase, self.phase_end = 1, time.monotonic() + self.grace
+        self.enter(StopPhase.TERM, self.grace)
 
     def advance_stop(self):
         if self.stopping is None:
             return
-        alive = any(p.running for p in self.procs) or bool(live_descendants(os.getpid()))
-        if not alive:
+        alive = any(p.running for p in self.procs) or bool(procs.live_descendants(self.me))
+        if not alive or time.monotonic() < self.phase_end:
             return
-        if time.monotonic() < self.phase_end:
-            return
-        if self.stop_phase == 0:
+        if self.stop_phase == StopPhase.FIRST_SIGNAL:
             self.term_phase()
-        elif self.stop_phase == 1:
+        elif self.stop_phase == StopPhase.TERM:
             self.signal_all(signal.SIGKILL)
-            self.stop_phase, self.phase_end = 2, time.monotonic() + 5.0
+            self.enter(StopPhase.KILL, KILL_WAIT_S)
 
     def finished(self):
         """Every process reported; leftovers (strays of finished processes) gone or killed."""
@@ -407,9 +425,9 @@ class Agent:
             return False
         if self.stopping is None:
             self.begin_stop(signal.SIGTERM)
-        if not live_descendants(os.getpid()):
+        if not procs.live_descendants(self.me):
             return True
-        return self.stop_phase == 2 and time.monotonic() >= self.phase_end
+        return self.stop_phase == StopPhase.KILL and time.monotonic() >= self.phase_end
 
     # -- loop
 
@@ -453,7 +471,8 @@ class Agent:
             if self.tails and mono >= next_tail:
                 next_tail = mono + TAIL_POLL_S
                 for t in self.tails:
-                    t.poll(self.out)
+                    if t.poll(self.out):
+                        self.hangs.output(("t", t.index))
             if mono >= next_hang:
                 next_hang = mono + HANG_POLL_S
                 self.check_hangs()
@@ -464,28 +483,9 @@ class Agent:
                     t.close(self.out)
                 self.emit("done", t=now())
                 self.flush()
-                drain()
+                procs.drain()
                 return 0
             self.flush()
-
-
-def drain(fds=(1, 2), timeout=2.0):
-    """Wait (at most `timeout` s) until the pipes on `fds` hold nothing unread: srun's step daemon can
-    drop what is still in a task's output pipe when the task exits."""
-    import fcntl
-    import struct
-    import termios
-
-    deadline = time.monotonic() + timeout
-    for fd in fds:
-        while time.monotonic() < deadline:
-            try:
-                left = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-            except OSError:
-                break
-            if left <= 0:
-                break
-            time.sleep(0.002)
 
 
 def read_document():
@@ -499,13 +499,13 @@ def read_document():
     return json.loads(line.decode("utf-8")), rest
 
 
-def main():
-    become_subreaper()
+def agent_mode(args):
+    """`agent`: run the host document that follows on stdin; 0 once every process is gone."""
+    if args:
+        os.write(2, b"usage: agent  (host document on stdin)\n")
+        return 2
+    procs.become_subreaper()
     doc, rest = read_document()
     agent = Agent(doc)
     agent.control = rest
     return agent.run()
-
-
-if __name__ == "__main__" or __name__ == "refinenet-agent":
-    sys.exit(main())
