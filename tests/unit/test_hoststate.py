@@ -1,14 +1,11 @@
 """The host state in one process, on real files and real flock()s: the grant rule, the queue, slots,
 cordon and exclusion records, malformed or unsafe state, the short commands."""
-import ast
 import fcntl
 import json
 import os
 import stat
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -37,20 +34,6 @@ def hold_file(path, content):
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
 
-
-def test_hostside_is_python36_standard_library_only():
-    """It runs on hosts as source: any Python 3.6+, nothing but the standard library."""
-    for path in Path(hs.__file__).parent.glob("*.py"):
-        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 6))
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                    for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module}
-        assert imported <= sys.stdlib_module_names, (path.name, imported - sys.stdlib_module_names)
-        assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree)), path.name
-
-
-# -- the directory
 
 def test_state_dir_is_created_sticky_and_world_writable(tmp_path):
     state = tmp_path / "a" / "b" / "state"
