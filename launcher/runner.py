@@ -8,107 +8,34 @@ exit 2, and nothing was started on any host. SIGINT/SIGTERM to the launcher stop
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Dict, List, Optional, Sequence
+from typing import IO, List, Optional
 
 from launcher.console import say
-from launcher.errors import BadInput, HostError, JobFailed
-from launcher.fanout import fan_out
+from launcher.errors import JobFailed
 from launcher.jobs import JobDir, format_time
 from launcher.logs.format import parse_ranks
 from launcher.planning.prepare import PreparedLaunch
 from launcher.planning.request import LaunchRequest
 from launcher.slurm.allocation import ending, time_is_up, time_limit_reason
 from launcher.spec.load import apply_overrides, load_yaml, parse_override
-from launcher.spec.model import ClusterSpec, HostSpec
+from launcher.spec.model import ClusterSpec
+from launcher.startup import JobHosts, bring_up, wait_seconds
 from launcher.states import JobState
 from launcher.supervisor import Supervisor
-from launcher.transport.base import Transport
-from launcher.transport.factory import open_transport
 from launcher.transport.probe import free_port_on
-from launcher.workload import Workload
 
 
-#: What every host must be able to import before anything starts.
-def connect_hosts(spec: ClusterSpec, out: Optional[IO[str]] = None, workloads: Sequence[Workload] = ()
-                  ) -> Dict[str, Transport]:
-    """One transport per host; every host checked at once (bounded width), each with one command
-    (reachable, python runs and imports the workload, working directory writable) and, unless
-    `health.preflight` is off, the preflight gate (disk, master port, devices) from the same facts.
-    The workload's modules must import and its input files exist on every host.
-    `BadInput` naming every failing host; nothing is started anywhere then."""
-    from launcher.health.preflight import PreflightReport, launch_check
-
-    transports = {h.name: open_transport(h) for h in spec.hosts}
-    modules = _modules(workloads)
-
-    def check(host: HostSpec):
-        try:
-            return launch_check(spec, host, transports[host.name], modules, _files(workloads, spec, host))
-        except HostError as exc:
-            raise HostError(host.name, f"{host.name} ({host.address}): {exc.cause}") from None
-
-    result = fan_out(check, spec.hosts, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
-    if result.failed:
-        close_all(transports)
-        problems = [result.failed[h.name].cause for h in spec.hosts if h.name in result.failed]
-        raise BadInput("host check failed, nothing was started:\n  " + "\n  ".join(problems))
-    if spec.health.preflight:
-        report = PreflightReport(tuple(c for h in spec.hosts for c in result.succeeded[h.name]))
-        if out is not None:
-            out.write(report.render() + "\n")
-        if not report.ok:
-            close_all(transports)
-            report.raise_for_failures()
-    return transports
-
-
-def close_all(transports: Dict[str, Transport]) -> None:
-    """Close every transport at once (an SSH close can take a round trip)."""
-    fan_out(lambda t: t.close(), transports.values(), key=lambda t: t.host)
-
-
-def _health_factory(transports: Dict[str, Transport], job: JobDir):
+def _health_factory(hosts: JobHosts, job: JobDir):
     from launcher.health.watch import attempt_health_watch
 
     def factory(spec, plan, pids_by_host, ranks_by_host):
-        return attempt_health_watch(spec, transports, plan, pids_by_host, ranks_by_host,
+        return attempt_health_watch(spec, hosts.transports, plan, pids_by_host, ranks_by_host,
                                     job.path / "health.jsonl")
     return factory
-
-
-def _modules(workloads: Sequence[Workload]) -> List[str]:
-    return list(dict.fromkeys(m for w in workloads for m in w.required_modules)) or ["mindspore"]
-
-
-def _files(workloads: Sequence[Workload], spec: ClusterSpec, host: HostSpec) -> List[str]:
-    return list(dict.fromkeys(f for w in workloads for f in w.data_files(spec, host)))
-
-
-def connect_spares(spec: ClusterSpec, pool, transports: Dict[str, Transport],
-                   workloads: Sequence[Workload], err: IO[str]) -> None:
-    """Check the spares like the hosts, all at once; one that fails is left out of the pool (said, not
-    fatal: the job can run without it)."""
-    from launcher.health.preflight import launch_check
-
-    if pool is None or not pool.spares:
-        return
-    for host in pool.spares:
-        transports[host.name] = open_transport(host)
-
-    def check(host: HostSpec):
-        launch_check(dataclasses.replace(spec, health=dataclasses.replace(spec.health, preflight=False)),
-                     host, transports[host.name], _modules(workloads), _files(workloads, spec, host))
-
-    result = fan_out(check, pool.spares, key=lambda h: h.name, width=spec.launch.fanout, catch=(HostError,))
-    for name, exc in sorted(result.failed.items()):
-        say(err, f"spare {name} left out: {exc.cause}")
-        pool.spares = [h for h in pool.spares if h.name != name]
-        transports.pop(name).close()
 
 
 @contextlib.contextmanager
@@ -142,15 +69,16 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
     one's newest checkpoint) to a final state: 0 succeeded, 1 failed (or stopped), 2 bad input. A failure
     restarts the failing stage only, from its own newest checkpoint."""
     out, err = out or sys.stdout, err or sys.stderr
-    spec, request, pool = prepared.spec, prepared.request, prepared.pool
-    factories = list(prepared.factories)
+    request = prepared.request
     ranks = parse_ranks(request.ranks) if request.ranks else None
-    transports = connect_hosts(spec, err, prepared.workloads)
+    hosts = bring_up(prepared.spec, prepared.job_id, prepared.workloads, prepared.pool, err,
+                     wait_s=wait_seconds(request.wait))
     try:
-        connect_spares(spec, pool, transports, prepared.workloads, err)
+        spec, pool = hosts.spec, hosts.host_pool
+        factories = [f.with_spec(spec) if spec is not prepared.spec else f for f in prepared.factories]
         if spec.master.port == "auto" and not spec.host(spec.master.host).is_local:
             master = spec.host(spec.master.host)
-            factories = [f.with_port_picker(lambda: free_port_on(transports[master.name], master.python))
+            factories = [f.with_port_picker(lambda: free_port_on(hosts.transport(master.name), master.python))
                          for f in factories]
         first_plan = factories[0](0, None)
         job = _job_dir(prepared, first_plan.to_dict())
@@ -171,9 +99,8 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
                 if supervisor is not None:
                     factory = factory.with_spec(supervisor.spec)
                     logs.note(f"stage {factory.stage} ({index + 1} of {len(factories)}) starts")
-                supervisor = Supervisor(factory, job, transports, logs,
-                                        health_factory=_health_factory(transports, job), out=err,
-                                        fanout=spec.launch.fanout, pool=pool,
+                supervisor = Supervisor(factory, job, hosts, logs, health_factory=_health_factory(hosts, job),
+                                        out=err, fanout=spec.launch.fanout, pool=pool,
                                         last_stage=index == len(factories) - 1,
                                         first_attempt=len(job.read().attempts) + 1,
                                         allocation_ended=(lambda: ending(allocation)) if allocation else None)
@@ -183,7 +110,7 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
                     break
         return _report(job, state, supervisor, err)
     finally:
-        close_all(transports)
+        hosts.close()
 
 
 def _job_dir(prepared: PreparedLaunch, plan: dict) -> JobDir:

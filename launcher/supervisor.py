@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from launcher.agent.session import AgentEvent, AgentSession, start_session
+from launcher.agent.session import AgentEvent, HostAgent
 from launcher.attempt import Attempt
 from launcher.ckpt_copy import CopyResult, copy_checkpoint
 from launcher.console import say
@@ -44,9 +44,9 @@ from launcher.resume import (
     parse_scan,
     parse_skipped,
 )
-from launcher.spec.model import ClusterSpec
+from launcher.spec.model import ClusterSpec, HostSpec
 from launcher.states import JobState, RankState
-from launcher.transport.base import HostError, Transport
+from launcher.transport.base import HostError, SweepResult, Transport
 
 #: Output that marks the rank where a multi-rank process (msrun, mpirun) went wrong.
 ERROR_MARKS = ("Traceback (most recent call last)", "error:", "Error:", "Error]")
@@ -55,8 +55,6 @@ TAIL_LINES = 20
 SCAN_TIMEOUT_S = 600.0
 #: How often the job record gets the processes started since the last write.
 RECORD_EVERY_S = 0.5
-#: How long a sweep of a lost host waits for the job's processes there to go.
-SWEEP_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -86,6 +84,24 @@ HealthFactory = Callable[[ClusterSpec, LaunchPlan, Mapping[str, List[int]], Mapp
                          HealthWatch]
 
 
+class HostAccess(Protocol):
+    """What the supervisor needs of the job's hosts (launcher.startup.JobHosts): each host's agent (started
+    again when lost), its transport, a sweep of what is left of the job on it, and the hosts joining and
+    leaving the job."""
+
+    def agent(self, name: str) -> HostAgent: ...
+
+    def transport(self, name: str) -> Transport: ...
+
+    def sweep(self, name: str) -> SweepResult: ...
+
+    def take(self, host: HostSpec) -> None: ...
+
+    def leave(self, name: str) -> None: ...
+
+    def record_exclusion(self, name: str, reason: str, job_id: str, out: IO[str]) -> None: ...
+
+
 class Supervisor:
     """Runs a job's attempts until it succeeds, fails for good, or is stopped.
 
@@ -94,8 +110,8 @@ class Supervisor:
     wall clock used for the times of events the launcher itself observes.
     """
 
-    def __init__(self, plan_factory: PlanFactory, job: JobDir, transports: Mapping[str, Transport],
-                 logs: LogAggregator, *, health_factory: Optional[HealthFactory] = None,
+    def __init__(self, plan_factory: PlanFactory, job: JobDir, hosts: HostAccess, logs: LogAggregator, *,
+                 health_factory: Optional[HealthFactory] = None,
                  out: IO[str] = sys.stderr, poll_s: float = 0.1,
                  wait: Optional[Callable[[float], bool]] = None,
                  fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time,
@@ -110,7 +126,7 @@ class Supervisor:
         #: False for a stage that other stages follow: its success leaves the job RUNNING.
         self.last_stage = last_stage
         self.first_attempt = first_attempt
-        self.job, self.transports, self.logs = job, transports, logs
+        self.job, self.hosts, self.logs = job, hosts, logs
         self.backend = plan_factory.backend
         self.health_factory = health_factory
         self.out = out
@@ -190,6 +206,17 @@ class Supervisor:
             self.logs.note(str(exc))
             return False
         self.tracker.streak.clear()
+        self.hosts.record_exclusion(exclusion.host, exclusion.reason, self.job.job_id, self.out)
+        try:
+            self.hosts.take(spare)
+        except HostError as exc:
+            text = f"spare {spare.name} cannot take host {exclusion.host}'s ranks: {exc.cause}"
+            self.job.set_hosts(self.pool.states())
+            self.job.set_state(JobState.FAILED, text)
+            self.say(text)
+            self.logs.note(text)
+            return False
+        self.hosts.leave(exclusion.host)
         self.spec = self.pool.spec
         self.plan_factory = self.plan_factory.with_spec(self.spec)
         self.job.set_hosts(self.pool.states())
@@ -254,6 +281,10 @@ class Supervisor:
             run.record_ends()
         attempt = run.attempt
         failure = attempt.root_cause if attempt.outcome == JobState.FAILED else None
+        if failure is not None and failure.host in run.unsweepable:
+            failure = dataclasses.replace(failure, kind=FailureKind.UNREACHABLE,
+                                          reason=f"{failure.reason}; the host could not be swept "
+                                                 f"({run.unsweepable[failure.host]})")
         teardown_s = timeline["gone"] - timeline["failed"]
         if failure is not None:
             self.logs.flush(2.0)
@@ -329,7 +360,7 @@ class Supervisor:
             host = self.spec.host(name)
             ckpt_dir = self.workload.checkpoint_dir(self.spec, host)
             argv = self.workload.scan_argv(host, ckpt_dir)
-            result = self.transports[name].exec(argv, cwd=host.workdir, timeout=SCAN_TIMEOUT_S)
+            result = self.hosts.transport(name).exec(argv, cwd=host.workdir, timeout=SCAN_TIMEOUT_S)
             if not result.ok:
                 raise HostError(name, f"`{' '.join(argv[1:])}` exited "
                                       f"{result.returncode}: {result.stderr.strip()[-300:]}")
@@ -364,8 +395,8 @@ class Supervisor:
 
         def carry(name: str) -> CopyResult:
             target_dir = self.workload.checkpoint_dir(self.spec, self.spec.host(name))
-            return copy_checkpoint(self.transports[source], point.paths[source], self.transports[name],
-                                   target_dir)
+            return copy_checkpoint(self.hosts.transport(source), point.paths[source],
+                                   self.hosts.transport(name), target_dir)
 
         done = fan_out(carry, hosts, key=str, width=self.fanout, catch=(HostError, OSError))
         for name, exc in done.failed.items():
@@ -395,7 +426,7 @@ class _AttemptRun:
         self.attempt = attempt
         self.plan = attempt.plan
         self.events: queue.Queue[AgentEvent] = queue.Queue()
-        self.sessions: Dict[str, AgentSession] = {}
+        self.agents: Dict[str, HostAgent] = {}
         self.names: Dict[str, List[str]] = {}
         self.tails: Dict[str, List[dict]] = {}
         self.pending_records: List[ProcessRecord] = []
@@ -403,6 +434,8 @@ class _AttemptRun:
         self.health: Optional[HealthWatch] = None
         self.done_hosts: set = set()
         self.lost_hosts: set = set()
+        #: Lost hosts where nothing could make sure that no process of the job is left (host -> why).
+        self.unsweepable: Dict[str, str] = {}
 
     # -- start
 
@@ -416,18 +449,18 @@ class _AttemptRun:
             self.names[host] = [p["name"] for p in documents[host][0]["processes"]]
             self.tails[host] = documents[host][0]["tails"]
 
-        def start_one(host: str) -> AgentSession:
+        def start_one(host: str) -> HostAgent:
             if sup.stop_event.is_set():
                 raise _Skipped()
             document, sinks, tail_sinks = documents[host]
-            spec_host = sup.spec.host(host)
-            return start_session(sup.transports[host], spec_host.python, document, sinks, tail_sinks,
-                                 self.events)
+            agent = sup.hosts.agent(host)
+            agent.begin_attempt(self.attempt.number, document, sinks, tail_sinks, self.events)
+            return agent
 
         for host in documents:
             self.attempt.starting(host)
         started = fan_out(start_one, list(documents), key=str, width=sup.fanout, catch=(Exception,))
-        self.sessions = dict(started.succeeded)
+        self.agents = dict(started.succeeded)
         now = sup.clock()
         for host, exc in sorted(started.failed.items()):
             if isinstance(exc, _Skipped):
@@ -545,26 +578,28 @@ class _AttemptRun:
         if self.health is not None:
             self.health.stop()
         first = sup.backend.stop_signal
-        for session in self.sessions.values():
-            if session.host not in self.done_hosts:
-                session.stop(first)
+        number = self.attempt.number
+        for host, agent in self.agents.items():
+            if host not in self.done_hosts:
+                agent.stop(first)
         grace = sup.spec.timeouts.stop_grace_s
         deadline = time.monotonic() + (2 if first != 15 else 1) * grace + 5.0
         while time.monotonic() < deadline:
-            if all(s.done.is_set() for s in self.sessions.values()):
+            if all(a.attempt_done(number).is_set() for a in self.agents.values()):
                 break
             try:
                 self.handle(self.events.get(timeout=0.05))
             except queue.Empty:
                 pass
         self._drain()
-        for session in self.sessions.values():
-            if not session.done.is_set():
-                sup.say(f"teardown on {session.host}: the agent did not finish in time; hanging up")
-                self.lost_hosts.add(session.host)
-            session.close()
-        for session in self.sessions.values():
-            session.wait(2.0)
+        for host, agent in self.agents.items():
+            if not agent.alive:
+                self.lost_hosts.add(host)
+            elif not agent.attempt_done(number).is_set():
+                sup.say(f"teardown on {host}: the agent did not finish in time; hanging up")
+                self.lost_hosts.add(host)
+                agent.close()
+                agent.wait(2.0)
         self._drain()
         self.sweep_lost()
 
@@ -574,11 +609,12 @@ class _AttemptRun:
         sup = self.sup
         job_id = self.plan.job_id
         lost = sorted(self.lost_hosts)
-        swept = fan_out(lambda host: sup.transports[host].sweep_job(job_id, SWEEP_TIMEOUT_S), lost, key=str,
-                        width=sup.fanout, catch=(HostError,))
+        swept = fan_out(sup.hosts.sweep, lost, key=str, width=sup.fanout, catch=(HostError,))
         for host in lost:
             if host in swept.failed:
-                sup.say(f"cannot sweep job {job_id} on {host}: {swept.failed[host].cause}")
+                self.unsweepable[host] = swept.failed[host].cause
+                sup.say(f"cannot make sure no process of job {job_id} is left on {host} "
+                        f"({swept.failed[host].cause}): the host is treated as unreachable")
             elif swept.succeeded[host].killed or swept.succeeded[host].left:
                 sup.say(swept.succeeded[host].describe())
 

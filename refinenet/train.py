@@ -103,7 +103,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-scale", type=float)
     g.add_argument("--max-scale", type=float)
     g.add_argument("--ignore-label", type=int)
+    c = p.add_argument_group("checking inputs only (a launcher's preflight, before any stage runs)")
+    c.add_argument("--check-inputs", type=int, metavar="RANKS",
+                   help="check that --data exists and gives at least one global batch for RANKS ranks (and "
+                        "that a --pretrained file that is not latest:DIR exists), print the steps per epoch "
+                        "as JSON and exit: 0 fit, 2 not; nothing is imported of MindSpore, nothing written")
     return p
+
+
+def check_inputs(args: argparse.Namespace) -> int:
+    """`--check-inputs RANKS`: the inputs of this command line, checked without training (see its help)."""
+    try:
+        config = resolve_config(args, args.check_inputs)
+        if not Path(config.data).is_file():
+            raise UsageError(f"--data: {config.data} does not exist or is not a file")
+        if config.pretrained and not config.pretrained.startswith(ck.LATEST) \
+                and not Path(config.pretrained).is_file():
+            raise UsageError(f"--pretrained: {config.pretrained} does not exist or is not a file")
+        from refinenet.data.pipeline import dataset_size
+
+        steps = dataset_size(config.data, config.hp.batch_size, args.check_inputs)
+    except UsageError as exc:
+        _say(f"error: {exc}", sys.stderr)
+        return 2
+    except ValueError as exc:  # DataError and the size checks of the data pipeline
+        _say(f"error: --data: {exc}", sys.stderr)
+        return 2
+    _say(json.dumps({"steps_per_epoch": steps, "batch_size": config.hp.batch_size, "ranks": args.check_inputs}))
+    return 0
 
 
 _OVERRIDES = ("depth", "num_classes", "crop_size", "batch_size", "epochs", "base_lr", "lr_type",
@@ -492,6 +519,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = ml.MetricsLog()
     log.event(ml.PROCESS_START, at=log.started, pid=os.getpid(), main_s=time.time() - log.started)
     args = build_parser().parse_args(argv)
+    if args.check_inputs is not None:
+        return check_inputs(args)
     try:
         launch = detect_launch()
         config = resolve_config(args, launch.size)

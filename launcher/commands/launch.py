@@ -59,6 +59,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--exclude-host", action="append", default=[], metavar="NAME",
                         help="a host known to be bad: its ranks go to a spare of the cluster file from the "
                              "start (repeatable)")
+    parser.add_argument("--wait", nargs="?", const="", type=_wait, metavar="SECONDS",
+                        help="when the devices or slots are held by other jobs, queue for them (first come, "
+                             "first served) instead of exiting 2; at most SECONDS when given")
     parser.add_argument("--hccn-conf-dir", metavar="DIR",
                         help="read device IPs from DIR/<host name>.conf (or DIR/hccn.conf) on this machine "
                              "instead of each host's hccn_conf")
@@ -73,6 +76,19 @@ def _stages(text: str) -> str:
         return ",".join(parse_stages(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _wait(text: str) -> str:
+    """`--wait` without a value (for ever) or with a number of seconds >= 0."""
+    if text == "":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return text
 
 
 def _non_negative(text: str) -> int:

@@ -128,10 +128,30 @@ if facts is not None:
         os.unlink(name)
     except OSError as exc:
         problem = "%s: %s" % (type(exc).__name__, exc.strerror or exc)
+    owners = {}
+    for folder in facts.get("ckpt_dirs", []):
+        jobs = set()
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            names = []
+        for name in names:
+            if not (name.startswith("refinenet-") and name.endswith(".json")):
+                continue
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    manifest = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(manifest, dict) and "checkpoint" in manifest:
+                jobs.add(str(manifest.get("job_id") or ""))
+        if jobs:
+            owners[folder] = sorted(jobs)
     out["facts"] = {"python": sys.executable, "version": platform.python_version(),
                     "platform": platform.platform(), "machine": platform.machine(),
                     "cpus": str(os.cpu_count()), "missing": missing, "not_writable": problem,
-                    "absent": [f for f in facts.get("files", []) if not os.path.exists(f)]}
+                    "absent": [f for f in facts.get("files", []) if not os.path.exists(f)],
+                    "ckpt_jobs": owners}
 print(json.dumps(out))
 """
 
@@ -208,12 +228,14 @@ class HostSample:
 def host_argv(python: str, *, dirs: Sequence[str] = (), pids: Sequence[int] = (),
               port: Optional[int] = None, facts: Optional[Mapping[str, Any]] = None) -> list:
     """The command that samples a host; user values travel as one JSON argument, never in the code.
-    With `facts` ({workdir, modules, files}) it also answers the launch's host check in the same run."""
+    With `facts` ({workdir, modules, files, ckpt_dirs}) it also answers the launch's host check in the same
+    run, with the jobs whose checkpoint manifests are in each of `ckpt_dirs`."""
     args = {"dirs": [str(d) for d in dirs], "pids": [int(p) for p in pids], "port": port}
     if facts is not None:
         args["facts"] = {"workdir": str(facts["workdir"]),
                          "modules": [str(m) for m in facts.get("modules", ())],
-                         "files": [str(f) for f in facts.get("files", ())]}
+                         "files": [str(f) for f in facts.get("files", ())],
+                         "ckpt_dirs": [str(d) for d in facts.get("ckpt_dirs", ())]}
     return [python, "-c", HOST_SCRIPT, json.dumps(args)]
 
 

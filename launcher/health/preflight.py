@@ -13,7 +13,7 @@ from launcher.health.verdicts import NO_THRESHOLDS, HealthThresholds, Verdict, f
 from launcher.transport.base import HostError, HostInfo
 
 __all__ = ["PreflightCheck", "PreflightReport", "PreflightFailed", "run_preflight", "host_checks",
-           "launch_check"]
+           "launch_check", "LaunchInputs", "other_job_checkpoints"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,12 @@ class PreflightReport:
 
 
 def host_checks(spec, host, transport, thresholds: HealthThresholds = NO_THRESHOLDS,
-                timeout: float = PROBE_TIMEOUT_S, info=None, sample=None) -> List[PreflightCheck]:
+                timeout: float = PROBE_TIMEOUT_S, info=None, sample=None, leased=None
+                ) -> List[PreflightCheck]:
     """The preflight checks of one host; `info` and `sample` (gathered already, e.g. by
-    `launch_check`) save the probe and the host sample."""
+    `launch_check`) save the probe and the host sample. With `leased` (the devices live leases of the
+    host cover), a device of the job running a process outside every lease fails the check, unless
+    `sharing.ignore_foreign_processes`."""
     def check(name: str, ok: bool, detail: str = "") -> PreflightCheck:
         return PreflightCheck(host.name, name, ok, detail)
 
@@ -116,18 +119,47 @@ def host_checks(spec, host, transport, thresholds: HealthThresholds = NO_THRESHO
             else:
                 checks.append(check("devices", True, f"{listed} healthy" +
                                     (f" (degraded: {'; '.join(warned)})" if warned else "")))
+            if leased is not None and not spec.sharing.ignore_foreign_processes:
+                checks.append(_foreign(check, rows, leased))
     return checks
 
 
-def launch_check(spec, host, transport, modules: Sequence[str], files: Sequence[str],
-                 thresholds: HealthThresholds = NO_THRESHOLDS, timeout: float = PROBE_TIMEOUT_S
-                 ) -> List[PreflightCheck]:
-    """The host check before a launch, in one command on the host: python runs and finds `modules`,
-    the workdir is writable, `files` exist (`HostError` naming what is wrong), and, unless
-    `health.preflight` is off, the preflight checks (disk, master port, devices) from the same answer."""
+@dataclass(frozen=True)
+class LaunchInputs:
+    """What a launch needs of one host beyond the preflight: `modules` python must find, input `files`,
+    checkpoint folders `ckpt_dirs` that must hold no other job's checkpoints than `job_id`'s, commands
+    `input_checks` that must exit 0 (the workload's own check of its inputs, e.g. that a list gives one
+    global batch), and the devices of the host that live leases cover (`leased`: their processes are not
+    foreign)."""
+
+    modules: Tuple[str, ...] = ()
+    files: Tuple[str, ...] = ()
+    job_id: str = ""
+    ckpt_dirs: Tuple[str, ...] = ()
+    input_checks: Tuple[Tuple[str, ...], ...] = ()
+    leased: Optional[frozenset] = None
+
+
+def _foreign(check, rows, leased) -> PreflightCheck:
+    """A check that no device of the job runs a process that no lease covers."""
+    found = [f"device {r.device} runs pid {p.pid} ({p.name})" for r in rows if r.device not in leased
+             for p in (r.reading.processes if r.reading is not None else ())]
+    if found:
+        return check("device processes", False, "; ".join(found) + ": outside any lease (stop it, or set "
+                     "sharing.ignore_foreign_processes)")
+    return check("device processes", True, "no process outside a lease")
+
+
+def launch_check(spec, host, transport, inputs: LaunchInputs, thresholds: HealthThresholds = NO_THRESHOLDS,
+                 timeout: float = PROBE_TIMEOUT_S) -> List[PreflightCheck]:
+    """The host check before a launch, in one command on the host: python runs and finds the modules,
+    the workdir is writable, the input files exist, no other job's checkpoints are where this one's go
+    (`HostError` naming what is wrong); then the workload's input checks; and, unless `health.preflight`
+    is off, the preflight checks (disk, master port, devices, foreign processes) from the same answer."""
     master_port = spec.master.port if host.name == spec.master.host and isinstance(spec.master.port, int) \
         else None
-    facts = {"workdir": host.workdir, "modules": list(modules), "files": list(files)}
+    facts = {"workdir": host.workdir, "modules": list(inputs.modules), "files": list(inputs.files),
+             "ckpt_dirs": list(inputs.ckpt_dirs)}
     try:
         sample = read_host(transport, host.python, dirs=[host.workdir, output_dir(spec, host)],
                            port=master_port, timeout=timeout, facts=facts)
@@ -141,11 +173,31 @@ def launch_check(spec, host, transport, modules: Sequence[str], files: Sequence[
         raise HostError(host.name, f"cannot write in {host.workdir}: {found['not_writable']}")
     if found.get("absent"):
         raise HostError(host.name, f"input file(s) missing there: {', '.join(found['absent'])}")
+    for folder, jobs in sorted((found.get("ckpt_jobs") or {}).items()):
+        others = [j for j in jobs if j != inputs.job_id]
+        if others:
+            raise HostError(host.name, other_job_checkpoints(folder, others))
+    for argv in inputs.input_checks:
+        result = transport.exec(list(argv), cwd=host.workdir, timeout=timeout)
+        if not result.ok:
+            lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            why = lines[-1] if lines else f"exit {result.returncode}"
+            raise HostError(host.name, f"the inputs do not fit: {why}")
     if not spec.health.preflight:
         return []
     info = HostInfo(host=host.name, hostname=sample.hostname, python=str(found.get("python", host.python)),
                     python_version=str(found.get("version", "")))
-    return host_checks(spec, host, transport, thresholds, timeout, info=info, sample=sample)
+    return host_checks(spec, host, transport, thresholds, timeout, info=info, sample=sample,
+                       leased=inputs.leased)
+
+
+def other_job_checkpoints(folder: str, jobs: Sequence[str]) -> str:
+    """Why a launch may not write into `folder`, and the two ways on."""
+    named = [j for j in jobs if j]
+    whose = f"job {', '.join(named)}" if named else "a job that did not record its id"
+    resume = f"`refinenet-launch resume {named[0]}`" if named else "resuming that job"
+    return (f"{folder} holds checkpoints of {whose}: continue it with {resume}, or start afresh into "
+            f"another folder (e.g. --override job.output_dir=NEW)")
 
 
 def run_preflight(spec, transports: Mapping[str, object], thresholds: HealthThresholds = NO_THRESHOLDS,

@@ -1,41 +1,39 @@
-"""Mode `agent`, the host agent: one per host per attempt; starts, watches and stops that host's processes.
+"""Mode `agent`, the host agent: one per host per job; the launcher's hands on that host for the whole job.
 
 Runs on the host with only the standard library (Python 3.6+), started like every host program (see
-`launcher.transport.hostprog`); the host document follows the program's sources on stdin (see
-`launcher.agent.session`), so the host needs no copy of the launcher.
+`launcher.transport.hostprog`) over one stream (an SSH channel, a pipe, an srun step). It lives from the
+job's start to its end, across attempts and stages, and does everything the job needs on its host:
 
-Protocol. Stdin: one JSON line, the host document::
+* short commands (`run`): host checks, device tools, checkpoint scans, health samples, a free port. They
+  run as its children, not through a new login, so a host pays its login shell's startup files once;
+* the job's lease on the host's devices or slots, and its place in the host's wait queue (`ticket`,
+  `lease`, `wait`, `release`; launcher/hostside/hoststate.py). The lease's descriptor goes to every
+  process of every attempt, so it is free only when the last of them is gone, and it is kept between
+  attempts: nothing can slip in during a restart;
+* each attempt's processes (`attempt`; launcher/hostside/procset.py), stopped with `stop` while the
+  agent stays for the next one;
+* the Python stacks of the attempt's processes (`stacks`; launcher/hostside/stacks.py), and the save
+  request of `stop --save` (`save`: the workload's request file is created).
 
-    {"job_id": ID, "attempt": N, "host": NAME, "grace": S,
-     "files": [{"path", "content", "mode"}],               written before anything starts
-     "processes": [{"name", "argv", "env", "cwd", "watch", "metrics"}],
-     "tails": [{"path", "watch"}],                           files followed line by line
-     "hang_s": S or null}
+Protocol. Stdin: one JSON line, the job document ``{"job_id", "host"}``, then one JSON object per line,
+each an operation ``{"op": ..., "id": ...}``:
 
-then control lines: ``stop SIG`` (send SIG first, then SIGTERM+SIGCONT, grace, SIGKILL) and
-``signal SIG`` (send SIG to every process group). EOF on stdin means the launcher is gone (its pipe
-or SSH channel closed, even by SIGKILL): everything is torn down and the agent exits. SIGTERM,
-SIGINT and SIGHUP to the agent do the same.
+    run {id, argv, env, cwd, timeout}      -> result {id, rc, out, err, timed_out}
+    ticket {id, state_dir, request}        -> ticket {id, ok, error}
+    lease {id, state_dir, request}         -> lease {id, granted, report, error}
+    wait {id}                              -> lease_wait {id, report, granted} on every change of place
+    release {id, what: lease|ticket|all}   -> released {id}
+    state {id, command, state_dir, payload} -> state {id, result, error}  (hoststate.COMMANDS)
+    attempt {doc}                          -> the attempt's frames and events (procset.py), done {a}
+    stop {sig}, signal {sig}               the current attempt's processes
+    save {path}                            -> saving {path, error}
+    stacks {id, pids, timeout}             -> stacks {id, records}
+    exit                                   tear down and exit 0
 
-Stdout: frames written whole by this process only, so no two processes' lines ever mix::
-
-    o I N\n BYTES    N bytes of whole stdout lines (each ending in \n) of process I ("processes")
-    e I N\n BYTES    the same for its stderr
-    t J N\n BYTES    whole lines appended to tail J
-    ! JSON          an event: started {i, pid, pgid, t}, error {i, message}, exit {i, status, t},
-                hang {i or tail, silent_s, t}, ready {t}, done {t}, note {message}
-
-Exit status: the exit code, or minus the signal number. Every process runs in its own session
-(its process group id is its pid) with the agent's environment (the host login's, read once) less
-BASH_ENV and ENV and with SHLVL at least 1, so no shell startup file runs for it (see
-`process_environment`); the document's `env` is laid over that. Every process dies with the agent
-(parent-death signal SIGKILL, however the agent ends; what a process starts itself is left to the
-launcher's `sweep`); the agent is a child subreaper, so descendants that leave their group are
-re-parented here and none outlives a teardown. Hang check (`HangRule`, `hang_s`), on the host's clock:
-a watched process with no output line and no change of its metrics file for `hang_s` seconds.
-
-Stop (`StopPhase`): the backend's first signal to every group, grace; SIGTERM and SIGCONT to every
-group and descendant, grace; SIGKILL to all, then at most `KILL_WAIT_S` for them to go.
+Stdout: the attempt's output frames and ``! JSON`` events (procset.py), and ``hello {pid, t}`` first.
+EOF on stdin means the launcher is gone (its pipe or SSH channel closed, even by SIGKILL): the attempt
+is torn down, the lease and ticket released, and the agent exits. SIGTERM, SIGINT and SIGHUP do the same.
+Every child dies with the agent (parent-death signal); the agent is a child subreaper.
 """
 import errno
 import json
@@ -46,173 +44,99 @@ import subprocess
 import time
 
 from launcher.hostside import files, procs
+from launcher.hostside.procset import ProcSet, process_environment
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 READ_CHUNK = 1 << 16
-#: A line longer than this is passed on in pieces rather than held without end.
-MAX_LINE = 1 << 20
-#: How long a finished process's pipes may stay open (held by a stray child) before its exit is reported.
-PIPE_SETTLE_S = 1.0
-TAIL_POLL_S = 0.25
-HANG_POLL_S = 1.0
-#: How long the SIGKILLed processes of a teardown may take to go before the agent gives up on them.
-KILL_WAIT_S = 5.0
-#: Inherited variables that make a shell read a startup file even when told to read none.
-SHELL_STARTUP_VARIABLES = ("BASH_ENV", "ENV")
+#: What a short command may print before the rest is dropped (it is said so in its result).
+MAX_OUTPUT = 64 << 20
+#: How often a waiting lease looks at the host's queue again.
+WAIT_POLL_S = 0.25
+#: After EOF, how long the teardown of the current attempt may take before the agent exits anyway.
+EXIT_WAIT_S = 30.0
 
 
 def now():
     return time.time()
 
 
-def whole_lines(kind, index, buffered, data, out):
-    """Append one frame holding the whole lines of `buffered + data` to `out`; the partial last line
-    (cut at MAX_LINE) is returned to be buffered."""
-    data = buffered + data
-    cut = data.rfind(b"\n") + 1
-    while len(data) - cut > MAX_LINE:
-        data = data[:cut + MAX_LINE] + b"\n" + data[cut + MAX_LINE:]
-        cut += MAX_LINE + 1
-    if cut:
-        out.append(b"%s %d %d\n" % (kind, index, cut) + data[:cut])
-    return data[cut:]
+class Command:
+    """A short command of a `run` operation: its output, collected until it exits or times out."""
 
-
-def process_environment(base, extra):
-    """A process's environment: `base` (the agent's own) without shell startup variables, `extra` over it.
-
-    SHLVL is at least 1: the login shell that started the agent exec'd it with SHLVL=0, and a bash
-    started with SSH_CLIENT set at level 0 or 1 reads ~/.bashrc as for a remote login, also the
-    `bash -c` a command runs itself (`-- bash -c ...`)."""
-    env = {k: v for k, v in base.items() if k not in SHELL_STARTUP_VARIABLES}
-    level = env.get("SHLVL", "")
-    if not level.isdigit() or int(level) < 1:
-        env["SHLVL"] = "1"
-    env.update(extra or {})
-    return env
-
-
-class StopPhase:
-    """Where a teardown is: each phase sends its signals, then waits until its deadline."""
-
-    FIRST_SIGNAL = "first signal"   #: the backend's own stop signal went to every group; grace runs
-    TERM = "term"                   #: SIGTERM + SIGCONT to every group and descendant; grace runs
-    KILL = "kill"                   #: SIGKILL to all; KILL_WAIT_S for the last ones to go
-
-
-class HangRule:
-    """A watched source (a process or a followed file) is hung when it gave no output line and its
-    metrics file did not change for `hang_s` seconds; each is reported once. Pure: `clock` (monotonic
-    seconds) is injected and file times are handed in."""
-
-    def __init__(self, hang_s, clock):
-        self.hang_s = float(hang_s) if hang_s else None
-        self.clock = clock
-        self.last = {}
-        self.mtimes = {}
-        self.reported = set()
-
-    def watch(self, key, mtime=None):
-        """Start the silence clock of `key` now; `mtime` is its metrics file's time now (None: none yet)."""
-        self.last[key] = self.clock()
-        self.mtimes[key] = mtime
-
-    def output(self, key):
-        """`key` gave an output line."""
-        if key in self.last:
-            self.last[key] = self.clock()
-
-    def metrics(self, key, mtime):
-        """The metrics file of `key` has time `mtime` (None: missing); any change is a sign of life."""
-        if key in self.last and mtime != self.mtimes[key]:
-            self.mtimes[key] = mtime
-            self.last[key] = self.clock()
-
-    def forget(self, key):
-        """`key` ended: no longer watched."""
-        self.last.pop(key, None)
-        self.mtimes.pop(key, None)
-
-    def hung(self):
-        """[(key, silent seconds)] of the sources silent for longer than `hang_s`, each reported once."""
-        if self.hang_s is None:
-            return []
-        now, found = self.clock(), []
-        for key, last in self.last.items():
-            if key not in self.reported and now - last > self.hang_s:
-                self.reported.add(key)
-                found.append((key, round(now - last, 1)))
-        return found
-
-
-class Proc:
-    """One process of the document and its two output pipes."""
-
-    def __init__(self, index, spec):
-        self.index = index
-        self.spec = spec
-        self.popen = None
-        self.pid = None
+    def __init__(self, op, parent):
+        self.id = op.get("id")
+        self.deadline = time.monotonic() + float(op.get("timeout") or 60.0)
+        self.out, self.err = [], []
+        self.size = 0
         self.status = None
-        self.exited_at = None
-        self.reported = False
-        self.open_fds = {}
+        self.timed_out = False
+        self.popen = subprocess.Popen(
+            [str(a) for a in op["argv"]], cwd=op.get("cwd") or None,
+            env=process_environment(os.environ, op.get("env")), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+            preexec_fn=procs.dies_with_parent(parent))
+        self.pid = self.popen.pid
+        self.fds = {}
+        for stream, chunks in ((self.popen.stdout, self.out), (self.popen.stderr, self.err)):
+            os.set_blocking(stream.fileno(), False)
+            self.fds[stream.fileno()] = (stream, chunks)
+
+    def read(self, fd):
+        stream, chunks = self.fds[fd]
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            stream.close()
+            del self.fds[fd]
+            return
+        if self.size < MAX_OUTPUT:
+            chunks.append(data)
+        self.size += len(data)
 
     @property
-    def running(self):
-        return self.popen is not None and self.status is None
+    def finished(self):
+        return self.status is not None and not self.fds
 
+    def expire(self):
+        """Past its deadline: kill its whole group."""
+        if not self.timed_out and self.status is None and time.monotonic() >= self.deadline:
+            self.timed_out = True
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
 
-class Tail:
-    """A file followed from its start; lines appear as `t J` frames."""
-
-    def __init__(self, index, spec):
-        self.index, self.path = index, spec["path"]
-        self.watch = bool(spec.get("watch"))
-        self.offset = 0
-        self.rest = b""
-
-    def poll(self, out):
-        """Frame what the file gained into `out`; whether it gained anything."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read(READ_CHUNK * 4)
-        except OSError:
-            return False
-        if not data:
-            return False
-        self.offset += len(data)
-        self.rest = whole_lines(b"t", self.index, self.rest, data, out)
-        return True
-
-    def close(self, out):
-        self.poll(out)
-        if self.rest:
-            whole_lines(b"t", self.index, self.rest, b"\n", out)
-            self.rest = b""
+    def result(self):
+        text = b"".join(self.out).decode("utf-8", "replace"), b"".join(self.err).decode("utf-8", "replace")
+        truncated = self.size > MAX_OUTPUT
+        return {"id": self.id, "rc": None if self.timed_out else self.status, "out": text[0],
+                "err": text[1] + (f"\n(output cut at {MAX_OUTPUT} bytes)" if truncated else ""),
+                "timed_out": self.timed_out}
 
 
 class Agent:
-    """The agent of one host document: its processes, followed files, hang rule and teardown."""
+    """The host agent of one job (see the module docstring)."""
 
-    def __init__(self, doc):
-        self.doc = doc
-        self.grace = float(doc.get("grace", 5.0))
-        self.hangs = HangRule(doc.get("hang_s"), time.monotonic)
-        self.procs = [Proc(i, p) for i, p in enumerate(doc.get("processes", ()))]
-        self.tails = [Tail(i, t) for i, t in enumerate(doc.get("tails", ()))]
-        for t in self.tails:
-            if t.watch:
-                self.hangs.watch(("t", t.index))
-        self.by_fd = {}
-        self.buffers = {}
+    def __init__(self, job):
+        self.job = job
+        self.me = os.getpid()
         self.out = []
         self.control = b""
-        self.stopping = None
-        self.stop_phase, self.phase_end = None, 0.0
         self.stdin_open = True
-        self.me = os.getpid()
+        self.exiting = False
+        self.exit_deadline = None
+        self.commands = {}
+        self.attempt = None
+        self.pending_attempts = []
+        self.lease = None
+        self.ticket = None
+        self.lease_args = None
+        self.waiting = None
+        self.next_wait = 0.0
 
     # -- output
 
@@ -228,101 +152,181 @@ class Agent:
         except OSError:
             pass  # the launcher is gone; stdin EOF follows
 
-    # -- start
-
-    def start_all(self):
-        for f in self.doc.get("files", ()):
-            try:
-                files.write_atomic(f["path"], [f["content"].encode("utf-8")], int(f.get("mode", 0o644)))
-            except OSError as exc:
-                self.emit("note", message="cannot write {}: {}".format(f["path"], exc))
-        for p in self.procs:
-            self.start(p)
-        self.emit("ready", t=now())
-        self.flush()
-
-    def start(self, p):
-        spec = p.spec
-        env = process_environment(os.environ, spec.get("env"))
-        try:
-            p.popen = subprocess.Popen(
-                spec["argv"], cwd=spec.get("cwd") or None, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                preexec_fn=procs.dies_with_parent(self.me))
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            p.status = 127
-            p.exited_at = time.monotonic()
-            p.reported = True
-            self.emit("error", i=p.index, message="cannot start {}: {}".format(spec["argv"][0], exc))
-            self.emit("exit", i=p.index, status=127, t=now())
-            return
-        p.pid = p.popen.pid
-        for kind, stream in ((b"o", p.popen.stdout), (b"e", p.popen.stderr)):
-            fd = stream.fileno()
-            os.set_blocking(fd, False)
-            self.by_fd[fd] = (p, kind)
-            self.buffers[fd] = b""
-            p.open_fds[fd] = stream
-        if spec.get("watch"):
-            self.hangs.watch(("p", p.index), self.metrics_mtime(p))
-        self.emit("started", i=p.index, pid=p.pid, pgid=p.pid, t=now())
-
-    @staticmethod
-    def metrics_mtime(p):
-        metrics = p.spec.get("metrics")
-        if not metrics:
-            return None
-        try:
-            return os.stat(metrics).st_mtime
-        except OSError:
-            return None
-
-    # -- reading
-
-    def read_fd(self, fd):
-        p, kind = self.by_fd[fd]
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            rest = self.buffers.pop(fd, b"")
-            if rest:
-                whole_lines(kind, p.index, rest, b"\n", self.out)
-            del self.by_fd[fd]
-            p.open_fds.pop(fd).close()
-            return
-        self.hangs.output(("p", p.index))
-        self.buffers[fd] = whole_lines(kind, p.index, self.buffers[fd], data, self.out)
+    # -- operations
 
     def read_control(self):
         try:
-            data = os.read(0, 4096)
+            data = os.read(0, 1 << 20)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
             self.stdin_open = False
-            self.begin_stop(signal.SIGTERM)
+            self.begin_exit()
             return
         self.control += data
         while b"\n" in self.control:
             line, self.control = self.control.split(b"\n", 1)
-            words = line.split()
-            if len(words) == 2 and words[1].isdigit():
-                if words[0] == b"stop":
-                    self.begin_stop(int(words[1]))
-                elif words[0] == b"signal":
-                    self.signal_groups(int(words[1]))
+            if line.strip():
+                self.handle(line)
 
-    # -- exits
+    def handle(self, line):
+        try:
+            op = json.loads(line.decode("utf-8"))
+            name = op["op"]
+        except (ValueError, KeyError, TypeError) as exc:
+            self.emit("note", message=f"unreadable operation: {exc}")
+            return
+        handler = getattr(self, "op_" + str(name), None)
+        if handler is None:
+            self.emit("note", message=f"unknown operation {name!r}")
+            return
+        try:
+            handler(op)
+        except Exception as exc:  # an operation's failure is answered, never the agent's end
+            self.emit("failed", id=op.get("id"), op=name, message=f"{type(exc).__name__}: {exc}")
+
+    def op_run(self, op):
+        try:
+            command = Command(op, self.me)
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self.emit("result", id=op.get("id"), rc=127, out="",
+                      err="cannot start {}: {}".format(op.get("argv", ["?"])[0], exc), timed_out=False)
+            return
+        self.commands[command.pid] = command
+
+    def _state(self, op):
+        from launcher.hostside import hoststate
+
+        request = hoststate.Request.from_json(op["request"])
+        return hoststate, op["state_dir"], request
+
+    def op_ticket(self, op):
+        hoststate, state_dir, request = self._state(op)
+        try:
+            if self.ticket is None:
+                self.ticket = hoststate.register(state_dir, request)
+            self.lease_args = (state_dir, request)
+            self.emit("ticket", id=op.get("id"), ok=True, key=self.ticket.key)
+        except hoststate.HostStateError as exc:
+            self.emit("ticket", id=op.get("id"), ok=False, error=exc.to_json())
+
+    def op_lease(self, op):
+        hoststate, state_dir, request = self._state(op)
+        self.lease_args = (state_dir, request)
+        if self.lease is not None:
+            self.emit("lease", id=op.get("id"), granted=True, report={"state": "granted", "reason": "held"})
+            return
+        try:
+            self.lease = hoststate.try_acquire(state_dir, request, ticket=self.ticket)
+            self.emit("lease", id=op.get("id"), granted=True,
+                      report={"state": "granted", "reason": "granted"}, record=self.lease.record)
+        except hoststate.Refused as refused:
+            self.emit("lease", id=op.get("id"), granted=False, report=refused.report)
+        except hoststate.HostStateError as exc:
+            self.emit("lease", id=op.get("id"), granted=False, error=exc.to_json())
+
+    def op_wait(self, op):
+        if self.lease_args is None:
+            self.emit("lease_wait", id=op.get("id"), granted=False, error={"message": "nothing to wait for"})
+            return
+        self.waiting = {"id": op.get("id"), "last": None}
+        self.next_wait = 0.0
+
+    def poll_wait(self):
+        """While waiting: look at the queue; report a change of place, holders or waiters, or the grant."""
+        if self.waiting is None or time.monotonic() < self.next_wait:
+            return
+        self.next_wait = time.monotonic() + WAIT_POLL_S
+        from launcher.hostside import hoststate
+
+        state_dir, request = self.lease_args
+        if self.ticket is not None:
+            request = hoststate.Request.from_json(dict(request.to_json(), key=self.ticket.key))
+        try:
+            report = hoststate.check(state_dir, request)
+        except hoststate.HostStateError as exc:
+            self.emit("lease_wait", id=self.waiting["id"], granted=False, error=exc.to_json())
+            self.waiting = None
+            return
+        signature = (report["state"], report["place"],
+                     tuple((h["job"], h["uid"]) for h in report["holders"]),
+                     tuple((t["job"], t["uid"]) for t in report["waiting_for"]))
+        if report["granted"] or report["state"] == "cordoned":
+            self.emit("lease_wait", id=self.waiting["id"], granted=report["granted"], report=report)
+            self.waiting = None
+        elif signature != self.waiting["last"]:
+            self.waiting["last"] = signature
+            self.emit("lease_wait", id=self.waiting["id"], granted=False, report=report, changed=True)
+
+    def op_release(self, op):
+        what = op.get("what", "all")
+        if what in ("lease", "all") and self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        if what in ("ticket", "all") and self.ticket is not None:
+            self.ticket.release()
+            self.ticket = None
+        if what in ("ticket", "all"):
+            self.waiting = None
+        self.emit("released", id=op.get("id"), what=what)
+
+    def op_state(self, op):
+        """A command of the host's shared state (hoststate.COMMANDS: snapshot, record-exclusion, ...)."""
+        from launcher.hostside import hoststate
+
+        command = hoststate.COMMANDS.get(op.get("command"))
+        try:
+            if command is None:
+                raise hoststate.RequestError("command", hoststate.USAGE)
+            self.emit("state", id=op.get("id"), result=command(op["state_dir"], op.get("payload") or {}))
+        except hoststate.HostStateError as exc:
+            self.emit("state", id=op.get("id"), error=exc.to_json())
+
+    def op_attempt(self, op):
+        doc = op["doc"]
+        if self.attempt is not None and not self.attempt.ended:
+            self.pending_attempts.append(doc)
+            return
+        self.start_attempt(doc)
+
+    def start_attempt(self, doc):
+        keep = [self.lease.fd] if self.lease is not None and self.lease.fd is not None else []
+        self.attempt = ProcSet(doc, self.out, keep_fds=keep, others=self.other_children)
+        self.attempt.start_all()
+
+    def other_children(self):
+        return list(self.commands)
+
+    def op_stop(self, op):
+        if self.attempt is not None and not self.attempt.ended:
+            self.attempt.begin_stop(int(op.get("sig", signal.SIGTERM)))
+
+    def op_signal(self, op):
+        if self.attempt is not None and not self.attempt.ended:
+            self.attempt.signal_groups(int(op["sig"]))
+
+    def op_save(self, op):
+        path = op["path"]
+        try:
+            files.write_atomic(path, [b"save\n"], 0o644)
+            self.emit("saving", path=path)
+        except OSError as exc:
+            self.emit("saving", path=path, error=str(exc))
+
+    def op_stacks(self, op):
+        from launcher.hostside import stacks
+
+        records = stacks.capture([int(p) for p in op.get("pids", ())], float(op.get("timeout", 10.0)))
+        self.emit("stacks", id=op.get("id"), records=records)
+
+    def op_exit(self, op):
+        self.begin_exit()
+
+    # -- children
 
     def reap(self):
-        """Reap every exited child (the agent's processes and re-parented orphans)."""
-        by_pid = {p.pid: p for p in self.procs if p.running}
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -332,102 +336,42 @@ class Agent:
                 continue
             if pid == 0:
                 return
-            p = by_pid.get(pid)
-            if p is None:
+            command = self.commands.get(pid)
+            if command is not None:
+                command.status = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
                 continue
-            p.status = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            p.exited_at = time.monotonic()
-            p.popen.returncode = p.status
-            self.hangs.forget(("p", p.index))
-            if self.stopping is None:
-                self.kill_group(p.pid, signal.SIGTERM)
+            if self.attempt is not None:
+                self.attempt.exited(pid, status)
 
-    def report_exits(self):
-        for p in self.procs:
-            if p.status is None or p.reported:
-                continue
-            if p.open_fds and time.monotonic() - p.exited_at < PIPE_SETTLE_S:
-                continue
-            for fd in list(p.open_fds):
-                self.read_fd(fd)
-            p.reported = True
-            self.emit("exit", i=p.index, status=p.status, t=now())
+    def finish_commands(self):
+        for pid, command in list(self.commands.items()):
+            command.expire()
+            if command.finished:
+                del self.commands[pid]
+                self.emit("result", **command.result())
 
-    # -- hangs
+    # -- the end
 
-    def check_hangs(self):
-        if self.stopping is not None:
+    def begin_exit(self):
+        if self.exiting:
             return
-        for p in self.procs:
-            if p.running:
-                self.hangs.metrics(("p", p.index), self.metrics_mtime(p))
-        for (kind, index), silent in self.hangs.hung():
-            if kind == "p":
-                self.emit("hang", i=index, silent_s=silent, t=now())
-            else:
-                self.emit("hang", tail=index, silent_s=silent, t=now())
-
-    # -- stopping
-
-    def kill_group(self, pgid, sig):
-        try:
-            os.killpg(pgid, sig)
-        except OSError:
-            pass
-
-    def signal_groups(self, sig):
-        for p in self.procs:
-            if p.pid is not None:
-                self.kill_group(p.pid, sig)
-
-    def signal_all(self, sig):
-        """`sig` to every process group started here and every live descendant of the agent."""
-        self.signal_groups(sig)
-        for pid in procs.live_descendants(self.me):
+        self.exiting = True
+        self.exit_deadline = time.monotonic() + EXIT_WAIT_S
+        self.pending_attempts = []
+        self.waiting = None
+        if self.attempt is not None and not self.attempt.ended:
+            self.attempt.begin_stop(signal.SIGTERM)
+        for command in self.commands.values():
             try:
-                os.kill(pid, sig)
+                os.killpg(command.pid, signal.SIGKILL)
             except OSError:
                 pass
 
-    def begin_stop(self, first):
-        if self.stopping is not None:
-            return
-        self.stopping = first
-        if first not in (signal.SIGTERM, signal.SIGKILL):
-            self.signal_groups(first)
-            self.enter(StopPhase.FIRST_SIGNAL, self.grace)
-        else:
-            self.term_phase()
-
-    def enter(self, phase, wait_s):
-        self.stop_phase, self.phase_end = phase, time.monotonic() + wait_s
-
-    def term_phase(self):
-        self.signal_all(signal.SIGTERM)
-        self.signal_all(signal.SIGCONT)
-        self.enter(StopPhase.TERM, self.grace)
-
-    def advance_stop(self):
-        if self.stopping is None:
-            return
-        alive = any(p.running for p in self.procs) or bool(procs.live_descendants(self.me))
-        if not alive or time.monotonic() < self.phase_end:
-            return
-        if self.stop_phase == StopPhase.FIRST_SIGNAL:
-            self.term_phase()
-        elif self.stop_phase == StopPhase.TERM:
-            self.signal_all(signal.SIGKILL)
-            self.enter(StopPhase.KILL, KILL_WAIT_S)
-
-    def finished(self):
-        """Every process reported; leftovers (strays of finished processes) gone or killed."""
-        if any(not p.reported for p in self.procs):
+    def done(self):
+        if not self.exiting:
             return False
-        if self.stopping is None:
-            self.begin_stop(signal.SIGTERM)
-        if not procs.live_descendants(self.me):
-            return True
-        return self.stop_phase == StopPhase.KILL and time.monotonic() >= self.phase_end
+        attempt_over = self.attempt is None or self.attempt.ended
+        return (attempt_over and not self.commands) or time.monotonic() >= self.exit_deadline
 
     # -- loop
 
@@ -438,15 +382,21 @@ class Agent:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda s, f: None)
         for name in STOP_SIGNALS:
-            signal.signal(getattr(signal, name), lambda s, f: self.begin_stop(signal.SIGTERM))
+            signal.signal(getattr(signal, name), lambda s, f: self.begin_exit())
         os.set_blocking(0, False)
-        self.start_all()
-        next_tail = next_hang = time.monotonic()
+        self.emit("hello", pid=self.me, t=now())
+        self.flush()
+        for line in self.control.split(b"\n")[:-1]:
+            if line.strip():
+                self.handle(line)
+        self.control = self.control.rsplit(b"\n", 1)[-1] if b"\n" in self.control else self.control
         while True:
-            watched = list(self.by_fd) + [wake_r] + ([0] if self.stdin_open else [])
-            timeout = TAIL_POLL_S if self.tails else HANG_POLL_S
-            if self.stopping is not None or any(p.status is not None and not p.reported for p in self.procs):
-                timeout = 0.05
+            attempt_fds = self.attempt.fds() if self.attempt is not None else []
+            command_fds = {fd: c for c in self.commands.values() for fd in c.fds}
+            watched = attempt_fds + list(command_fds) + [wake_r] + ([0] if self.stdin_open else [])
+            timeout = self.attempt.timeout() if self.attempt is not None and not self.attempt.ended else 1.0
+            if self.commands or self.waiting is not None or self.exiting:
+                timeout = min(timeout, 0.05 if self.exiting else WAIT_POLL_S)
             try:
                 ready = select.select(watched, [], [], timeout)[0]
             except InterruptedError:
@@ -464,28 +414,33 @@ class Agent:
                         pass
                 elif fd == 0:
                     self.read_control()
-                else:
-                    self.read_fd(fd)
+                elif fd in command_fds:
+                    command_fds[fd].read(fd)
+                elif self.attempt is not None and fd in self.attempt.by_fd:
+                    self.attempt.read_fd(fd)
             self.reap()
-            mono = time.monotonic()
-            if self.tails and mono >= next_tail:
-                next_tail = mono + TAIL_POLL_S
-                for t in self.tails:
-                    if t.poll(self.out):
-                        self.hangs.output(("t", t.index))
-            if mono >= next_hang:
-                next_hang = mono + HANG_POLL_S
-                self.check_hangs()
-            self.advance_stop()
-            self.report_exits()
-            if self.finished():
-                for t in self.tails:
-                    t.close(self.out)
-                self.emit("done", t=now())
+            self.finish_commands()
+            if self.attempt is not None and not self.attempt.ended:
+                self.attempt.tick()
+            if (self.attempt is None or self.attempt.ended) and self.pending_attempts:
+                self.start_attempt(self.pending_attempts.pop(0))
+            self.poll_wait()
+            if self.done():
+                self.release_all()
+                self.emit("bye", t=now())
                 self.flush()
                 procs.drain()
                 return 0
             self.flush()
+
+    def release_all(self):
+        for held in (self.lease, self.ticket):
+            if held is not None:
+                try:
+                    held.release()
+                except Exception:  # the state directory may be gone; the lock goes with this process
+                    pass
+        self.lease = self.ticket = None
 
 
 def read_document():
@@ -493,19 +448,19 @@ def read_document():
     while b"\n" not in data:
         chunk = os.read(0, 1 << 20)
         if not chunk:
-            raise SystemExit("refinenet-agent: stdin closed before the host document")
+            raise SystemExit("refinenet-agent: stdin closed before the job document")
         data += chunk
     line, rest = data.split(b"\n", 1)
     return json.loads(line.decode("utf-8")), rest
 
 
 def agent_mode(args):
-    """`agent`: run the host document that follows on stdin; 0 once every process is gone."""
+    """`agent`: the host agent of the job document that follows on stdin; 0 once everything is gone."""
     if args:
-        os.write(2, b"usage: agent  (host document on stdin)\n")
+        os.write(2, b"usage: agent  (job document on stdin)\n")
         return 2
     procs.become_subreaper()
-    doc, rest = read_document()
-    agent = Agent(doc)
+    job, rest = read_document()
+    agent = Agent(job)
     agent.control = rest
     return agent.run()

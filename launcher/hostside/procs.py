@@ -47,19 +47,21 @@ def process_table():
     return table
 
 
-def live_descendants(root, table=None):
-    """Live (non-zombie) descendants of `root`, whatever their session or group."""
+def live_descendants(root, table=None, skip=()):
+    """Live (non-zombie) descendants of `root`, whatever their session or group; the subtrees of the
+    pids in `skip` are left out."""
     if table is None:
         table = process_table() or {}
     children = {}
     for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    found, todo = [], list(children.get(root, ()))
+    skip = set(skip)
+    found, todo = [], [pid for pid in children.get(root, ()) if pid not in skip]
     while todo:
         pid = todo.pop()
         if table[pid][2] != ZOMBIE:
             found.append(pid)
-        todo.extend(children.get(pid, ()))
+        todo.extend(c for c in children.get(pid, ()) if c not in skip)
     return found
 
 

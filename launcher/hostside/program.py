@@ -1,9 +1,9 @@
 """The one program the launcher runs on a host: `main([MODE, ARGS...])` runs that mode.
 
 Modes: `exec` and `kill` (guard.py), `read` and `write` (files.py), `sweep` (sweep.py), `agent`
-(agent.py). Each mode's module is imported only when it runs, so a short command does not pay for
-the agent's code. The launcher starts it through `launcher.transport.hostprog`; here it can also be run
-as `python -m launcher.hostside.program MODE ARGS...`.
+(agent.py), `state` (hoststate.py: the host's shared state). Each mode's module is imported only when it
+runs, so a short command does not pay for the agent's code. The launcher starts it through
+`launcher.transport.hostprog`; here it can also be run as `python -m launcher.hostside.program MODE ARGS...`.
 """
 import sys
 
@@ -17,6 +17,7 @@ MODES = {
     "write": ("files", "write_mode"),
     "sweep": ("sweep", "sweep_mode"),
     "agent": ("agent", "agent_mode"),
+    "state": ("hoststate", "main"),
 }
 
 

@@ -46,6 +46,8 @@ class LaunchRequest:
     overrides: Tuple[str, ...] = ()
     exclude_hosts: Tuple[str, ...] = ()
     hccn_conf_dir: Optional[str] = None
+    #: `--wait [SECONDS]`: None (do not wait), "" (wait for ever) or the seconds as given.
+    wait: Optional[str] = None
     #: Prepared outside the Slurm allocation it will run in (`submit`): nothing is bound to one yet.
     queued: bool = False
 
@@ -74,6 +76,7 @@ class LaunchRequest:
                    ranks=args.ranks, show_framework_logs=bool(args.show_framework_logs),
                    settings=tuple(args.set or ()), overrides=tuple(args.override or ()),
                    exclude_hosts=tuple(args.exclude_host or ()), hccn_conf_dir=args.hccn_conf_dir,
+                   wait=getattr(args, "wait", None),
                    queued=bool(getattr(args, "queued", False)))
 
     @property
@@ -106,6 +109,8 @@ class LaunchRequest:
             argv.append("--show-framework-logs")
         if self.hccn_conf_dir:
             argv += ["--hccn-conf-dir", str(Path(self.hccn_conf_dir).absolute())]
+        if self.wait is not None:
+            argv += ["--wait", self.wait] if self.wait else ["--wait"]
         if self.command:
             argv += ["--", *self.command]
         return argv

@@ -46,6 +46,7 @@ from launcher.spec.model import (
     MasterSpec,
     OptionValue,
     RestartPolicy,
+    SharingSpec,
     SshSpec,
     TimeoutSpec,
     frozen,
@@ -145,10 +146,12 @@ def _render_path(tokens: Sequence[Union[str, int]]) -> str:
 
 
 _TOP_KEYS = ("name", "backend", "device", "hosts", "master", "job", "restart", "health", "timeouts", "env",
+             "sharing",
              "launch", "spares", "slurm", "storage")
 
 
 _HOST_KEYS = ("name", "address", "ssh", "devices", "ranks", "device_ips", "hccn_conf", "python", "workdir",
+              "slots", "state_dir",
               "env")
 
 
@@ -207,9 +210,10 @@ def parse_cluster(data: Any, source: str, *, cwd: Optional[str] = None,
     health = _parse_health(c, top.get("health"))
     timeouts = _parse_timeouts(c, top.get("timeouts"))
     launch = _parse_launch(c, top.get("launch"))
+    sharing = _parse_sharing(c, top.get("sharing"))
     return ClusterSpec(name=name, backend=backend, device=device, hosts=hosts, master=master, job=job,
-                       restart=restart, health=health, timeouts=timeouts, env=env, source=source,
-                       launch=launch, spares=spares, slurm=slurm, storage=storage)
+                       sharing=sharing, restart=restart, health=health, timeouts=timeouts, env=env,
+                       source=source, launch=launch, spares=spares, slurm=slurm, storage=storage)
 
 
 def _check_spares(c: Checker, hosts: Tuple[HostSpec, ...], spares: Tuple[HostSpec, ...], backend: str,
@@ -225,6 +229,28 @@ def _check_spares(c: Checker, hosts: Tuple[HostSpec, ...], spares: Tuple[HostSpe
             raise c.fail(f"spares[{i}].name", f"{s.name!r} is also a host: a spare must be another host")
         if traits(backend).server_per_address and s.address in addresses:
             raise c.fail(f"spares[{i}].address", f"{s.address!r} is also a host's address")
+
+
+def _parse_sharing(c: Checker, raw: Any) -> SharingSpec:
+    keys = tuple(f.name for f in dataclasses.fields(SharingSpec))
+    d = c.mapping(raw, "sharing", keys)
+    base = SharingSpec()
+    cooldown = c.number(d.get("cooldown_s", base.cooldown_s), "sharing.cooldown_s")
+    cooldown_max = c.number(d.get("cooldown_max_s", max(base.cooldown_max_s, cooldown)),
+                            "sharing.cooldown_max_s")
+    if cooldown_max < cooldown:
+        raise c.fail("sharing.cooldown_max_s", f"{cooldown_max} is less than sharing.cooldown_s ({cooldown})")
+    return SharingSpec(
+        state_dir=abs_path(c, d["state_dir"], "sharing.state_dir") if d.get("state_dir") is not None
+        else base.state_dir,
+        leases=c.boolean(d.get("leases", base.leases), "sharing.leases"),
+        ignore_foreign_processes=c.boolean(d.get("ignore_foreign_processes", base.ignore_foreign_processes),
+                                           "sharing.ignore_foreign_processes"),
+        cooldown_s=cooldown, cooldown_max_s=cooldown_max,
+        cooldown_factor=c.number(d.get("cooldown_factor", base.cooldown_factor), "sharing.cooldown_factor",
+                                 lo=1.0),
+        cordon_after=c.integer(d.get("cordon_after", base.cordon_after), "sharing.cordon_after", lo=0),
+        window_s=c.number(d.get("window_s", base.window_s), "sharing.window_s", strict=True))
 
 
 def _parse_launch(c: Checker, raw: Any) -> LaunchSpec:
@@ -272,8 +298,19 @@ def _parse_host(c: Checker, raw: Any, where: str, device: str, defaults: LocalDe
             raise c.fail(sub(where, "workdir"), "required for a host reached over SSH (absolute path there)")
         workdir = abs_path(c, h["workdir"], sub(where, "workdir"))
     env = c.env(h.get("env"), sub(where, "env"))
+    slots = None
+    if h.get("slots") is not None:
+        if device != "cpu":
+            raise c.fail(sub(where, "slots"), f"only for device cpu (device {device} leases its devices)")
+        slots = c.integer(h["slots"], sub(where, "slots"), lo=1, hi=65536)
+        if slots < len(devices):
+            raise c.fail(sub(where, "slots"), f"{slots} slots cannot hold this host's {len(devices)} ranks")
+    state_dir = None
+    if h.get("state_dir") is not None:
+        state_dir = abs_path(c, h["state_dir"], sub(where, "state_dir"))
     return HostSpec(name=name, address=address, ssh=ssh, devices=devices, device_ips=device_ips,
-                    hccn_conf=hccn_conf, python=python, workdir=workdir, env=env)
+                    slots=slots, state_dir=state_dir, hccn_conf=hccn_conf, python=python, workdir=workdir,
+                    env=env)
 
 
 def _parse_device_ips(c: Checker, raw: Any, where: str, count: int) -> Tuple[str, ...]:

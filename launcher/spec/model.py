@@ -70,6 +70,10 @@ class HostSpec:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: A Slurm node: the `srun` options that run a command there, inside the job's allocation.
     srun: Optional[Tuple[str, ...]] = None
+    #: cpu hosts: how many ranks the host takes at once, over every job (one slot per rank); None: no limit.
+    slots: Optional[int] = None
+    #: Where this host keeps its shared state (leases, queue, cordon); None: `sharing.state_dir`.
+    state_dir: Optional[str] = None
 
     @property
     def is_local(self) -> bool:
@@ -158,6 +162,31 @@ class TimeoutSpec:
     stop_grace_s: float = 10.0
 
 
+#: Where a host keeps the state every user of it shares, unless the cluster file says otherwise.
+DEFAULT_STATE_DIR = "/var/tmp/refinenet-launch"
+
+
+@dataclass(frozen=True)
+class SharingSpec:
+    """Hosts shared with other jobs and users (docs/sharing.md): leases on devices/slots, the wait queue,
+    cordons and the memory of excluded hosts, all kept on the hosts in `state_dir`.
+
+    `leases` off: no lease is taken (and none is looked at). `ignore_foreign_processes`: a device running a
+    process outside any lease does not fail the preflight. A host excluded by a job is skipped by later
+    jobs for `cooldown_s` (doubled by `cooldown_factor` per exclusion within `window_s`, at most
+    `cooldown_max_s`) and cordoned when excluded `cordon_after` times within `window_s` (0: never).
+    """
+
+    state_dir: str = DEFAULT_STATE_DIR
+    leases: bool = True
+    ignore_foreign_processes: bool = False
+    cooldown_s: float = 600.0
+    cooldown_factor: float = 2.0
+    cooldown_max_s: float = 6 * 3600.0
+    cordon_after: int = 3
+    window_s: float = 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     """How the launcher works on many hosts: `fanout` hosts at once (host checks, agent starts, scans)."""
@@ -189,6 +218,11 @@ class ClusterSpec:
     #: `shared`: every host sees the same output directory (one copy of each checkpoint, one resume scan);
     #: `local`: each host keeps its own copy.
     storage: str = "local"
+    sharing: SharingSpec = SharingSpec()
+
+    def state_dir(self, host: HostSpec) -> str:
+        """Where `host` keeps its shared state."""
+        return host.state_dir or self.sharing.state_dir
 
     def host(self, name: str) -> HostSpec:
         """The host or spare called `name`."""

@@ -123,6 +123,11 @@ class Transport(abc.ABC):
         not pass through the launcher's Python; None where the transport has none."""
         return None
 
+    def run_mode(self, mode: str, args: Sequence[str] = (), timeout: float = 60.0) -> Tuple[int, str, str]:
+        """Run the host program's `mode` with `args` to its end, nothing more on its stdin:
+        (exit code, stdout, stderr); `HostError` when it cannot run or does not finish in time."""
+        raise HostError(self.host, f"{type(self).__name__} cannot run host program modes")
+
     @abc.abstractmethod
     def sweep_job(self, job_id: str, timeout_s: float = 5.0) -> SweepResult:
         """SIGKILL every process of the calling user on the host whose environment has

@@ -107,6 +107,9 @@ class LocalTransport(Transport):
             raise HostError(self.host, f"cannot run {mode}: {exc}") from None
         return done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace")
 
+    def run_mode(self, mode: str, args: Sequence[str] = (), timeout: float = 60.0) -> Tuple[int, str, str]:
+        return self._run(mode, args, timeout)
+
     def read_file(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()

@@ -272,6 +272,9 @@ class SshTransport(Transport):
             raise HostError(self.host, f"the connection was lost while {mode} ran")
         return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
+    def run_mode(self, mode: str, args: Sequence[str] = (), timeout: float = 60.0) -> Tuple[int, str, str]:
+        return self._run(mode, *args, timeout=timeout)
+
     def program_command(self, mode: str, *args: str) -> Optional[List[str]]:
         """`mode` run through this machine's OpenSSH client (see the module's docstring); None without one."""
         ssh = shutil.which("ssh")

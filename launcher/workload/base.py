@@ -66,6 +66,11 @@ class Workload:
         """Input files every rank on `host` reads (the host check finds a missing one first)."""
         return []
 
+    def input_check_argv(self, spec, host, world_size: int) -> Optional[List[str]]:
+        """A command that checks this workload's inputs on `host` for `world_size` ranks without running
+        it (exit 0: they fit; else its last line says why), or None. Run on one host at preflight."""
+        return None
+
     def output_dir(self, spec, host) -> str:
         """Where this workload's outputs go on `host`: `<workdir>/<job.output_dir>/<stage>` (`{node}` in
         job.output_dir is the host's name)."""

@@ -118,6 +118,12 @@ class RefineNetWorkload(Workload):
     def argv(self, spec, host, resume: Optional[str] = None) -> List[str]:
         return [host.python, "-m", STAGE_MODULES[self.stage], *self.arguments(spec, host, resume)]
 
+    def input_check_argv(self, spec, host, world_size: int) -> Optional[List[str]]:
+        """Training stages: `refinenet.train --check-inputs RANKS` (the list gives one global batch)."""
+        if not self.resumable:
+            return None
+        return [*self.argv(spec, host), "--check-inputs", str(world_size)]
+
     def data_files(self, spec, host) -> List[str]:
         """Input files the stage reads on `host` (checked by the preflight before anything starts)."""
         options = self.options(spec, host)

@@ -106,7 +106,7 @@ def scripted_supervisor(tmp_path, results, max_restarts=2, spares=()):
     waits = []
     logs = mock.Mock()
     pool = HostPool(spec, list(spec.spares)) if spares else None
-    sup = Supervisor(factory, job, {}, logs, out=mock.Mock(), wait=lambda s: waits.append(s), pool=pool)
+    sup = Supervisor(factory, job, mock.Mock(), logs, out=mock.Mock(), wait=lambda s: waits.append(s), pool=pool)
 
     def run_attempt(number):
         state, failure = results[number - 1]

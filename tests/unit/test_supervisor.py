@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+from launcher.agent.session import HostAgent, start_agent
 from launcher.failures import FailureKind
 from launcher.jobs import JobDir
 from launcher.spec.load import parse_cluster
@@ -49,6 +50,7 @@ class FakeProcess:
     def __init__(self, agent: FakeAgent, index: int, name: str, script: Script, pid: int, watch: bool,
                  metrics_age: Optional[str]):
         self.agent, self.index, self.name, self.script = agent, index, name, script
+        self.attempt = agent.attempt
         self.pid = self.pgid = pid
         self.watch, self.metrics_age = watch, metrics_age
         self.signals: List[int] = []
@@ -61,7 +63,8 @@ class FakeProcess:
 
     def line(self, text: str) -> None:
         self.last_line = time.monotonic()
-        self.agent.output(self.index, text)
+        if self.agent.attempt == self.attempt:
+            self.agent.output(self.index, text)
 
     def _play(self) -> None:
         start = time.monotonic()
@@ -81,14 +84,14 @@ class FakeProcess:
             if (hang_s and self.watch and not self.hang_reported and silent > hang_s
                     and not (self.metrics_age and float(self.metrics_age) <= hang_s)):
                 self.hang_reported = True
-                self.agent.event("hang", i=self.index, silent_s=round(silent, 1))
+                self.agent.event("hang", i=self.index, silent_s=round(silent, 1), a=self.attempt)
             self._done.wait(0.005)
 
     def finish(self, status: int) -> None:
         with self._lock:
             if self._status is None:
                 self._status = status
-                self.agent.event("exit", i=self.index, status=status)
+                self.agent.event("exit", i=self.index, status=status, a=self.attempt)
                 self._done.set()
                 self.agent.check_done()
 
@@ -108,42 +111,49 @@ class FakeProcess:
 
 
 class FakeAgent:
-    """Plays the host agent's protocol (see launcher/hostside/agent.py) over scripted processes."""
+    """Plays the host agent's protocol (launcher/hostside/agent.py) over scripted processes: hello, one
+    attempt after the other on `attempt` requests, `stop`, and the end of the stream."""
 
-    def __init__(self, cluster: Cluster, host: str, document: dict):
-        self.cluster, self.host, self.doc = cluster, host, document
-        self.grace = float(document["grace"])
-        self.hang_s = document.get("hang_s")
+    def __init__(self, cluster: Cluster, host: str):
+        self.cluster, self.host = cluster, host
         self.frames: queue.Queue[bytes] = queue.Queue()
         self.procs: List[FakeProcess] = []
+        self.attempt: Optional[int] = None
         self.closed = False
         self._stopping = False
-        self._done = False
+        self._done = True
+        self._ended = False
         self._lock = threading.Lock()
-        for p in document["processes"]:
-            env = p["env"]
-            if env.get("MS_ROLE") == "MS_SCHED":
-                cluster.attempt += 1
+        self.grace, self.hang_s = 0.2, None
+        self.frame("! " + json.dumps({"event": "hello", "pid": 1, "t": time.time()}))
+
+    def begin(self, document: dict) -> None:
+        c = self.cluster
+        with self._lock:
+            self.attempt, self.procs, self._done, self._stopping = document["attempt"], [], False, False
+        self.grace = float(document["grace"])
+        self.hang_s = document.get("hang_s")
+        number = document["attempt"]
+        c.attempt = max(c.attempt, number)
         for i, p in enumerate(document["processes"]):
             name = p["name"]
-            c = cluster
-            script = c.scripts.get((c.attempt, name), c.default)
+            script = c.scripts.get((number, name), c.default)
             c.next_pid += 1
             rank = name[1:] if name.startswith("r") else None
             proc = FakeProcess(self, i, name, script, c.next_pid, bool(p.get("watch")),
                                c.metrics_age.get(rank) if rank else None)
             self.procs.append(proc)
-            c.started.append((c.attempt, name, proc, tuple(p["argv"])))
+            c.started.append((number, name, proc, tuple(p["argv"])))
             self.event("started", i=i, pid=proc.pid, pgid=proc.pgid)
         self.event("ready")
-        if cluster.lose.get(cluster.attempt) == host:
+        if c.lose.get(number) == self.host:
             threading.Timer(0.1, self.lose).start()
         self.check_done()
 
     def lose(self) -> None:
-        """The agent is killed: its stream ends without `done`, its processes die with it."""
+        """The agent is killed: its stream ends without a goodbye, its processes die with it."""
         with self._lock:
-            self._done = True
+            self._done = self._ended = True
         self.frames.put(b"")
         for p in self.procs:
             p.finish(-signal.SIGKILL)
@@ -156,6 +166,7 @@ class FakeAgent:
         self.frames.put(b"o %d %d\n" % (index, len(data)) + data)
 
     def event(self, kind: str, **fields) -> None:
+        fields.setdefault("a", self.attempt)
         self.frame("! " + json.dumps(dict(fields, event=kind, t=time.time())))
 
     def check_done(self) -> None:
@@ -164,17 +175,20 @@ class FakeAgent:
                 return
             self._done = True
         self.event("done")
-        self.frames.put(b"")
 
     # AgentStream
     def read(self, n: int) -> bytes:
         return self.frames.get()
 
     def write(self, data: bytes) -> None:
+        if self._ended:
+            raise OSError("the agent is gone")
         for line in data.decode().splitlines():
-            word, sig = line.split()
-            if word == "stop":
-                threading.Thread(target=self.stop, args=(int(sig),), daemon=True).start()
+            op = json.loads(line)
+            if op["op"] == "attempt":
+                self.begin(op["doc"])
+            elif op["op"] == "stop":
+                threading.Thread(target=self.stop, args=(int(op["sig"]),), daemon=True).start()
 
     def stop(self, first: int) -> None:
         if self._stopping:
@@ -194,6 +208,10 @@ class FakeAgent:
     def close(self) -> None:
         self.closed = True
         self.stop(signal.SIGTERM)
+        if not self._ended:
+            self._ended = True
+            self.frame("! " + json.dumps({"event": "bye", "t": time.time()}))
+            self.frames.put(b"")
 
     def exit_code(self, timeout: float) -> Optional[int]:
         return 0
@@ -214,6 +232,7 @@ class Cluster:
     sweeps: List[Tuple[int, str, str]] = field(default_factory=list)
     lose: Dict[int, str] = field(default_factory=dict)
     next_pid: int = 1000
+    agents: List[Tuple[str, FakeAgent]] = field(default_factory=list)
 
     def processes(self, attempt: int) -> Dict[str, FakeProcess]:
         return {name: proc for n, name, proc, _ in self.started if n == attempt}
@@ -227,8 +246,9 @@ class FakeTransport(Transport):
         self.host, self.cluster = host, cluster
 
     def start_agent(self, argv, stdin):
-        document = json.loads(stdin.rstrip(b"\n").rsplit(b"\n", 1)[-1])
-        return FakeAgent(self.cluster, self.host, document)
+        agent = FakeAgent(self.cluster, self.host)
+        self.cluster.agents.append((self.host, agent))
+        return agent
 
     def exec(self, argv, *, env=None, cwd=None, timeout=60.0):
         c = self.cluster
@@ -255,6 +275,38 @@ class FakeTransport(Transport):
 
     def probe(self, python="python3"):
         return HostInfo(self.host, self.host, python, "3.11")
+
+
+class FakeHosts:
+    """The job's hosts as the supervisor sees them (launcher.startup.JobHosts): an agent per host,
+    started again through the host's transport when it was lost."""
+
+    def __init__(self, transports: Dict[str, FakeTransport], job_id: str):
+        self.transports, self.job_id = transports, job_id
+        self.agents: Dict[str, HostAgent] = {}
+        self.events: List[Tuple[str, str]] = []
+
+    def agent(self, name: str) -> HostAgent:
+        agent = self.agents.get(name)
+        if agent is None or not agent.alive:
+            job = {"job_id": self.job_id, "host": name}
+            agent = self.agents[name] = start_agent(self.transports[name], "python3", job)
+        return agent
+
+    def transport(self, name: str) -> FakeTransport:
+        return self.transports[name]
+
+    def sweep(self, name: str) -> SweepResult:
+        return self.transports[name].sweep_job(self.job_id)
+
+    def take(self, host) -> None:
+        self.events.append(("take", host.name))
+
+    def leave(self, name: str) -> None:
+        self.events.append(("leave", name))
+
+    def record_exclusion(self, name, reason, job_id, out) -> None:
+        self.events.append(("excluded", name))
 
 
 def ckpt(host: str, epoch: int, steps: int = 4) -> dict:
@@ -307,9 +359,9 @@ def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None,
         waits.append(seconds)
         return wait(seconds) if wait else False
 
-    transports = {h: FakeTransport(h, cluster) for h in HOSTS}
+    hosts = FakeHosts({h: FakeTransport(h, cluster) for h in HOSTS}, job.job_id)
     factory_of_health = (lambda spec, plan, pids, ranks: health) if health else None
-    sup = Supervisor(factory, job, transports, logs, out=Messages(messages), poll_s=0.01, wait=record_wait,
+    sup = Supervisor(factory, job, hosts, logs, out=Messages(messages), poll_s=0.01, wait=record_wait,
                      health_factory=factory_of_health)
     return Run(sup, job, cluster, waits, messages)
 
@@ -377,7 +429,7 @@ def test_a_newest_checkpoint_refused_on_one_host_falls_back_to_an_older_common_o
     cluster.scans[(1, "b")] = ([ckpt("b", 1)], refused)
     run = make_run(tmp_path, cluster)
     assert run_to_end(run) == JobState.SUCCEEDED
-    assert "--resume /w/b/out/r1/ckpt/refinenet-1_4.ckpt" in cluster.commands(2)["r1"]
+    assert "--resume /w/b/out/r1/ckpt/refinenet-1_4.ckpt" in cluster.commands(3)["r1"]
     said = run.said
     assert "checkpoint not used: refinenet-2_4.ckpt on b: size is 100 bytes, the manifest says 4096" in said
     assert "resuming from refinenet-1_4.ckpt (epoch 1, global step 4) (falling back to an older one)" in said
@@ -532,8 +584,9 @@ def test_an_unhealthy_device_fails_the_attempt(tmp_path):
 
 
 def test_a_host_that_cannot_be_scanned_costs_a_restart_not_the_progress(tmp_path):
+    # attempt 2 fails before anything starts (the scan): attempt 3 runs these scripts
     cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
-                               (2, "r0"): succeed(), (2, "r1"): succeed()},
+                               (3, "r0"): succeed(), (3, "r1"): succeed()},
                       unreachable_scan={"b"})
     run = make_run(tmp_path, cluster, max_restarts=2)
 
@@ -550,7 +603,7 @@ def test_a_host_that_cannot_be_scanned_costs_a_restart_not_the_progress(tmp_path
     assert [a.state for a in record.attempts] == [JobState.FAILED, JobState.FAILED, JobState.SUCCEEDED]
     assert "cannot read or carry the checkpoints there" in record.attempts[1].failure.reason
     assert record.attempts[1].processes == ()
-    assert "--resume /w/b/out/r1/ckpt/refinenet-1_4.ckpt" in cluster.commands(2)["r1"]
+    assert "--resume /w/b/out/r1/ckpt/refinenet-1_4.ckpt" in cluster.commands(3)["r1"]
 
 
 def test_scan_output_that_is_not_json_is_a_host_error(tmp_path):
@@ -563,7 +616,7 @@ def test_scan_output_that_is_not_json_is_a_host_error(tmp_path):
             return CommandResult(0, "garbage", "")
         return original(self, argv, **kw)
 
-    for t in run.supervisor.transports.values():
+    for t in run.supervisor.hosts.transports.values():
         t.exec = bad_exec.__get__(t)
     assert run_to_end(run) == JobState.FAILED
     assert "unreadable checkpoint scan" in run.job.read().attempts[1].failure.reason
