@@ -12,7 +12,7 @@ import pytest
 from launcher.agent.session import start_session
 from launcher.transport.base import HostError
 from launcher.transport.factory import open_transport
-from tests.e2e.sshd import ClientKey, free_port
+from tests.harness.hosts import ClientKey, free_port
 
 pytestmark = pytest.mark.e2e
 
