@@ -21,7 +21,7 @@ from launcher.transport.guarded import (
 )
 from launcher.transport.local import LocalTransport
 from launcher.transport.ssh import SshTransport
-from tests.e2e.sshd import OpenSshMissing, require
+from tests.harness.hosts import OpenSshMissing, require
 
 
 class Stream:
