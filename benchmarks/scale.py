@@ -2,7 +2,7 @@
 
 `python benchmarks/scale.py --hosts 4,16,64 --ranks 8` starts max(K) private sshd on 127.0.1.1 ...
 (tests/e2e/sshd.py; one workdir per host, no rc files in sessions) and, for every K, with the
-stand-in workload of tests/e2e/standin.py behind each host's `python` (one step line every
+stand-in workload of tests/harness behind each host's `python` (one step line every
 --step-s seconds, until stopped):
 
 1. `refinenet-launch --cluster C --stage r1` (backend dynamic, no restarts): preflight (its
@@ -36,11 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e import standin  # noqa: E402
-from tests.e2e.sshd import ClientKey, SshServer, start_servers, stop_servers  # noqa: E402
+from tests.harness import standin  # noqa: E402
+from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
+from tests.harness.environment import child_env  # noqa: E402
+from tests.harness.hosts import ClientKey, SshServer, ssh_config, start_servers, stop_servers  # noqa: E402
+from tests.harness.launched import LaunchedJob  # noqa: E402
+from tests.harness.procs import gone_after, gone_within, kill_tagged, rank_pids, snapshot  # noqa: E402
 
 
 @dataclass
@@ -59,14 +62,6 @@ class Row:
     kill9_gone_s: Optional[float] = None
     sigint_gone_s: Optional[float] = None
     notes: List[str] = field(default_factory=list)
-
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -89,7 +84,7 @@ def proc_usage(pid: int):
     return threads, fds, rss
 
 
-def rank_log_gaps(job: standin.LaunchedJob, world: int) -> int:
+def rank_log_gaps(job: LaunchedJob, world: int) -> int:
     lost = 0
     for rank in range(world):
         path = job.job_dir / "logs" / f"rank_{rank}.log"
@@ -113,7 +108,7 @@ class Bench:
         self.args, self.root = args, root
         self.env = child_env()
         self.servers: List[SshServer] = []
-        self.jobs: List[standin.LaunchedJob] = []
+        self.jobs: List[LaunchedJob] = []
         self.pdsh: Optional[subprocess.Popen] = None
         self.pdsh_tags: List[str] = []
         self.python = standin.install(root / "standin")
@@ -124,12 +119,14 @@ class Bench:
         self.servers = start_servers(self.root / "hosts", self.key, count)
         print(f"{count} sshd up in {time.monotonic() - started:.1f} s", flush=True)
 
-    def launch(self, hosts: int, job_id: str) -> standin.LaunchedJob:
-        extra = {"launch": {"fanout": self.args.fanout}} if self.args.fanout else None
-        path = standin.cluster_file(self.root / "clusters" / job_id, [s.host() for s in self.servers[:hosts]],
-                                    self.args.ranks, self.python, standin.step_env(self.args.step_s),
-                                    name=job_id, max_restarts=0, extra=extra)
-        job = standin.LaunchedJob(path, self.root / "runs", job_id, self.env)
+    def launch(self, hosts: int, job_id: str) -> LaunchedJob:
+        extra = {"launch": {"fanout": self.args.fanout}} if self.args.fanout else {}
+        path = cluster_file(self.root / "clusters" / job_id / "cluster.yaml",
+                            [ssh_host(s.host(), ranks=self.args.ranks, python=self.python)
+                             for s in self.servers[:hosts]],
+                            name=job_id, env=standin.steps_env(self.args.step_s), lists=("train.lst",),
+                            timeouts={"cluster_s": 120, "heartbeat_s": 30}, **extra)
+        job = LaunchedJob(path, self.root / "runs", job_id, self.env)
         self.jobs.append(job)
         return job
 
@@ -160,14 +157,14 @@ class Bench:
         row.lines_per_s = (self.step_lines(job) - before) / (time.monotonic() - start)
         threads, fds, rss = proc_usage(job.proc.pid)
         row.threads, row.fds, row.rss_mb = max(row.threads, threads), max(row.fds, fds), max(row.rss_mb, rss)
-        procs = standin.snapshot(job.job_id)
-        pids = standin.rank_pids(job.job_id)
+        procs = snapshot(job.job_id)
+        pids = rank_pids(job.job_id)
         victim = pids.get(world // 2, next(iter(pids.values()), None))
         if victim is None:
             raise RuntimeError(f"{job.job_id}: no rank process found to kill")
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        row.kill9_gone_s, left = standin.gone_after(procs, killed, self.args.gone_timeout_s)
+        row.kill9_gone_s, left = gone_after(procs, killed, self.args.gone_timeout_s)
         if left:
             row.notes.append(f"kill -9: {len(left)} processes alive after {self.args.gone_timeout_s} s")
         job.wait(max(60.0, self.args.gone_timeout_s))
@@ -178,10 +175,10 @@ class Bench:
         job = self.launch(hosts, f"{tag}-b")
         row.up_s.append(job.ranks_up(world, timeout=self.up_timeout(hosts)))
         time.sleep(min(2.0, self.args.steady_s))
-        procs = standin.snapshot(job.job_id)
+        procs = snapshot(job.job_id)
         sent = time.monotonic()
         job.kill(signal.SIGINT)
-        row.sigint_gone_s, left = standin.gone_after(procs, sent, self.args.gone_timeout_s)
+        row.sigint_gone_s, left = gone_after(procs, sent, self.args.gone_timeout_s)
         if left:
             row.notes.append(f"SIGINT: {len(left)} processes alive after {self.args.gone_timeout_s} s")
         code = job.wait(max(60.0, self.args.gone_timeout_s))
@@ -196,29 +193,11 @@ class Bench:
         return row
 
     @staticmethod
-    def step_lines(job: standin.LaunchedJob) -> int:
+    def step_lines(job: LaunchedJob) -> int:
         return sum(len(s) for s in job.steps.get(job.attempt, {}).values())
 
     def ssh_config(self, hosts: int) -> Path:
-        path = self.root / f"ssh_config_{hosts}"
-        entries = []
-        for server in self.servers[:hosts]:
-            entries.append("\n".join([
-                f"Host {server.name}",
-                f"  HostName {server.address}",
-                f"  Port {server.port}",
-                f"  User {server.user}",
-                f"  IdentityFile {server.client.private}",
-                "  IdentitiesOnly yes",
-                f"  UserKnownHostsFile {server.known_hosts}",
-                "  StrictHostKeyChecking yes",
-                "  BatchMode yes",
-                "  ConnectTimeout 30",
-                "  ControlMaster no",
-                "",
-            ]))
-        path.write_text("\n".join(entries))
-        return path
+        return ssh_config(self.root / f"ssh_config_{hosts}", self.servers[:hosts])
 
     def run_pdsh(self, hosts: int, tag: str) -> Optional[float]:
         """Seconds from pdsh's start to every rank's first step line on its stdout."""
@@ -229,7 +208,7 @@ class Bench:
         ranks = self.args.ranks
         servers = self.servers[:hosts]
         env_vars = {"REFINENET_JOB_ID": tag, "PYTHONUNBUFFERED": "1",
-                    **standin.step_env(self.args.step_s)}
+                    **standin.steps_env(self.args.step_s)}
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_vars.items())
         hosts_root = shlex.quote(str(self.root / "hosts"))
         remote = (f'i=${{REFINENET_SIMULATED_HOST#host-}}; base=$(( (10#$i - 1) * {ranks} )); '
@@ -279,7 +258,7 @@ class Bench:
 
     def stop_pdsh(self) -> None:
         for tag in self.pdsh_tags:
-            standin.kill_tagged(tag)
+            kill_tagged(tag)
         if self.pdsh is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pdsh.pid, signal.SIGKILL)
@@ -287,7 +266,7 @@ class Bench:
                 self.pdsh.wait(10)
             self.pdsh = None
         for tag in self.pdsh_tags:
-            standin.gone_within(tag, 5)
+            gone_within(tag, 5)
 
     def cleanup(self) -> None:
         for job in self.jobs:

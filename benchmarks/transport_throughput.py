@@ -178,7 +178,7 @@ def main() -> None:
     variants["LocalTransport agent, lines to sinks"] = lambda: run_agent(local, args.ranks, args.lines)
     server = None
     if not args.no_ssh:
-        from tests.e2e.sshd import ClientKey, SshServer
+        from tests.harness.hosts import ClientKey, SshServer
 
         root = Path(tempfile.mkdtemp(prefix="bench-sshd-"))
         key = ClientKey.create(root / "client")
