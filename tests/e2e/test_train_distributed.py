@@ -7,6 +7,7 @@ import time
 import pytest
 
 from refinenet import manifest as mf
+from tests.harness.procs import wait_all
 
 pytestmark = pytest.mark.e2e
 
@@ -28,12 +29,7 @@ def test_two_ranks_keep_identical_weights(tmp_path, port, child_env, train_list)
         procs.append(_start(["-m", "refinenet.train", "--stage", "r1", "--data", str(train_list),
                              "--output-dir", str(tmp_path / f"host{rank}"), *TRAIN_ARGS],
                             env, tmp_path / f"rank{rank}.log"))
-    try:
-        codes = [p.wait(timeout=420) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = wait_all(procs, 420)
     logs = {f.name: f.read_text() for f in sorted(tmp_path.glob("*.log"))}
     assert codes == [0, 0, 0], "\n".join(f"== {n}\n{t[-3000:]}" for n, t in logs.items())
     for rank in range(2):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 Identity = Tuple[int, int]
 
@@ -125,6 +126,16 @@ def gone_after(procs: Iterable[Identity], since: float, timeout: float) -> Tuple
         if time.monotonic() > deadline:
             return None, left
         time.sleep(0.02)
+
+
+def wait_all(procs: Sequence[subprocess.Popen], timeout: float) -> List[int]:
+    """The exit codes of `procs`, each waited for up to `timeout` s; whichever still runs then is killed."""
+    try:
+        return [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
 
 
 def kill_tagged(job_id: str) -> int:
