@@ -20,7 +20,8 @@ What a rank does is set through its environment (`env` of the cluster file):
                           or STANDIN_FLOOD_LINES lines (0: no limit), then `standin done r<rank> lines=<n>`
 
 A rank resumes after the checkpoint given by `--resume` or $REFINENET_RESUME. Its rank is MS_NODE_ID
-(dynamic), else RANK_ID, else OMPI_COMM_WORLD_RANK. Standard library only, but for the manifest module.
+(dynamic), else RANK_ID, else OMPI_COMM_WORLD_RANK. Standard library only, but for the manifest module
+where checkpoints are written or read.
 """
 import argparse
 import json
@@ -122,14 +123,14 @@ class Failing:
 
 
 def train(rank, args):
-    from refinenet import manifest
-
     steps = int(setting("STEPS", "0"))
     epochs = int(setting("EPOCHS", "1")) if steps > 0 else 1
     step_s = float(setting("STEP_S", "0.5"))
     if rank == int(setting("SLOW_RANK", "-1")):
         step_s *= float(setting("SLOW_FACTOR", "3"))
     checkpoints = setting("CHECKPOINTS", "0") == "1"
+    if checkpoints or args.resume:
+        from refinenet import manifest
     failing = Failing(rank, args.stage)
     ckpt_dir = os.environ.get("REFINENET_CKPT_DIR") or os.path.join(args.output_dir, "ckpt")
 
