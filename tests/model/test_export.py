@@ -17,22 +17,12 @@ from refinenet.evaluation import evaluate, load_image_list
 from refinenet.model import build_refinenet
 from refinenet.palette import palette_bytes
 from refinenet.weights import load_into
-from tests.harness.model import evaluation_set, untrained_checkpoint
-
-DEPTH, CLASSES, CROP, BATCH = 18, 21, 49, 2
+from tests.harness.model import BATCH, CLASSES, CROP, DEPTH, exported_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    data_list = evaluation_set(root, seed=0)
-    net, ckpt = untrained_checkpoint(root, seed=5, depth=DEPTH, classes=CLASSES)
-    onnx_path = root / "m49.onnx"
-    rc = export.main(["--ckpt", str(ckpt), "--format", "ONNX", "--depth", str(DEPTH), "--crop-size",
-                      str(CROP), "--batch-size", str(BATCH), "--output", str(root / "m49")])
-    assert rc == 0 and onnx_path.is_file()
-    net.set_train(False)
-    return {"root": root, "ckpt": ckpt, "onnx": onnx_path, "net": net, "list": data_list}
+    return exported_model(tmp_path_factory.mktemp("export"), data_seed=0, net_seed=5, formats=("ONNX",))
 
 
 def _run_ort(path, x):

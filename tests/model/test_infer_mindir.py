@@ -11,25 +11,15 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from refinenet import evaluate, export, infer_mindir, predict
+from refinenet import evaluate, infer_mindir, predict
 from refinenet.evaluation import load_image_list
-from tests.harness.model import evaluation_set, untrained_checkpoint
-
-DEPTH, CLASSES, CROP, BATCH = 18, 21, 49, 2
+from tests.harness.model import BATCH, CLASSES, CROP, DEPTH, exported_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mindir")
-    data_list = evaluation_set(root, seed=3)
-    net, ckpt = untrained_checkpoint(root, seed=11, depth=DEPTH, classes=CLASSES)
-    common = ["--ckpt", str(ckpt), "--depth", str(DEPTH), "--crop-size", str(CROP), "--batch-size",
-              str(BATCH), "--output", str(root / "m49")]
-    for file_format in ("MINDIR", "ONNX"):
-        assert export.main([*common, "--format", file_format]) == 0
-    net.set_train(False)
-    return {"root": root, "ckpt": ckpt, "mindir": root / "m49.mindir", "onnx": root / "m49.onnx",
-            "net": net, "list": data_list}
+    return exported_model(tmp_path_factory.mktemp("mindir"), data_seed=3, net_seed=11,
+                          formats=("MINDIR", "ONNX"))
 
 
 def test_mindir_matches_the_network_and_onnx_runtime(setup):
