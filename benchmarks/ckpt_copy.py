@@ -37,20 +37,12 @@ from launcher.ckpt_copy import LAUNCHER, PIPE, copy_checkpoint  # noqa: E402
 from launcher.transport import ssh as ssh_transport  # noqa: E402
 from launcher.transport.factory import open_transport  # noqa: E402
 from refinenet import manifest as mf  # noqa: E402
-from tests.e2e.sshd import ClientKey, start_servers, stop_servers  # noqa: E402
+from tests.harness.hosts import ClientKey, ssh_config, start_servers, stop_servers  # noqa: E402
 
 SCP = "scp -3"
 SCP_GCM = "scp -3, AES-GCM first"
 COPY = "launcher copy"
 THROUGH = "launcher copy, through paramiko"
-
-
-def ssh_config(path: Path, servers) -> Path:
-    path.write_text("".join(
-        f"Host {s.name}\n  HostName {s.address}\n  Port {s.port}\n  User {s.user}\n"
-        f"  IdentityFile {s.client.private}\n  IdentitiesOnly yes\n  UserKnownHostsFile {s.known_hosts}\n"
-        f"  StrictHostKeyChecking yes\n  BatchMode yes\n" for s in servers))
-    return path
 
 
 def make_checkpoint(folder: Path, mb: int) -> Path:

@@ -34,21 +34,15 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.test_resilience_faults import tagged  # noqa: E402
+from tests.harness.cli import launcher_argv  # noqa: E402
+from tests.harness.clusters import TINY_R1, cluster_file, local_host, ssh_host  # noqa: E402
+from tests.harness.data import TRAIN_LIST, make_dataset  # noqa: E402
+from tests.harness.environment import child_env  # noqa: E402
+from tests.harness.procs import tagged  # noqa: E402
 
 Lines = List[Tuple[float, str]]
-
-
-def make_data(root: Path) -> Path:
-    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True)
-    return root / "sbd_train_lst.txt"
 
 
 def collect(stream, into: Lines) -> None:
@@ -92,22 +86,17 @@ def attempt_marks(out: Lines, number: int) -> Dict[str, float]:
 
 def scenario(work: Path, train_list: Path, hosts: List[dict], mode: str, backoff: float) -> Dict[str, float]:
     job_id = f"recovery-{os.getpid()}-{int(time.time())}"
-    cluster = {"name": "recovery", "backend": "dynamic", "device": "cpu", "hosts": hosts,
-               "job": {"data": str(train_list), "output_dir": f"out-{job_id}",
-                       "stage_overrides": {"r1": {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": 3,
-                                                  "save-epochs": 1, "seed": 1, "workers": 1, "mode": mode}}},
-               "restart": {"max_restarts": 1, "backoff_s": backoff, "backoff_max_s": max(backoff, 1)},
-               "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
-               "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}}
-    path = work / f"{job_id}.yaml"
-    path.write_text(yaml.safe_dump(cluster))
+    r1 = {**TINY_R1, "mode": mode}
+    path = cluster_file(work / f"{job_id}.yaml", hosts, name="recovery",
+                        job={"data": str(train_list), "output_dir": f"out-{job_id}",
+                             "stage_overrides": {"r1": r1}},
+                        restart={"max_restarts": 1, "backoff_s": backoff, "backoff_max_s": max(backoff, 1)},
+                        health={"interval_s": 10})
     runs = work / "runs"
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1")
     launched = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "--cluster", str(path), "--stage", "r1",
-                             "--runs-dir", str(runs), "--job-id", job_id], cwd=str(work), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = launcher_argv("--cluster", path, "--stage", "r1", "--runs-dir", runs, "--job-id", job_id)
+    proc = subprocess.Popen(argv, cwd=str(work), env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     out: Lines = []
     err: Lines = []
     for stream, into in ((proc.stdout, out), (proc.stderr, err)):
@@ -165,17 +154,18 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="failure-recovery-") as tmp:
         work = Path(tmp)
-        train_list = make_data(work / "data")
-        local = {"name": "local", "workdir": str(work / "local"), "python": sys.executable}
+        train_list = make_dataset(work / "data") / TRAIN_LIST
+        local = work / "local"
         if args.ssh:
-            from tests.e2e.sshd import ClientKey, SshServer
+            from tests.harness.hosts import ClientKey, SshServer
 
             key = ClientKey.create(work / "client")
             with SshServer(work / "host-a", "host-a", "127.0.0.2", key) as server:
-                hosts = [{**local, "ranks": 1}, {**server.host().spec_dict(), "ranks": 1}]
+                hosts = [local_host(local, python=sys.executable), ssh_host(server.host())]
                 figures = scenario(work, train_list, hosts, args.mode, args.backoff)
         else:
-            figures = scenario(work, train_list, [{**local, "ranks": 2}], args.mode, args.backoff)
+            hosts = [local_host(local, ranks=2, python=sys.executable)]
+            figures = scenario(work, train_list, hosts, args.mode, args.backoff)
     where = "rank 1 on an SSH host" if args.ssh else "local"
     print(f"failure recovery ({where}, 2 CPU ranks, depth 18, crop 33, mode {args.mode}, "
           f"backoff {args.backoff:g} s):")

@@ -34,43 +34,28 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
-
 from launcher.planning.factory import (
     PlanFactory,  # noqa: E402
     free_port,  # noqa: E402
 )
 from launcher.spec.load import load_cluster, with_master_port  # noqa: E402
 from launcher.workload import workload_for  # noqa: E402
+from tests.harness.cli import launcher_argv  # noqa: E402
+from tests.harness.clusters import TIMEOUTS, cluster_file  # noqa: E402
+from tests.harness.data import TRAIN_LIST, make_dataset  # noqa: E402
+from tests.harness.environment import child_env  # noqa: E402
 
 R1 = {"depth": 18, "crop-size": 33, "batch-size": 2, "epochs": 1, "save-epochs": 1, "seed": 1,
       "mode": "pynative", "workers": 1}
 VARIANTS = ("msrun (bare)", "launch msrun", "launch dynamic")
 
 
-def make_dataset(root: Path, images: int) -> Path:
-    for cmd in (["synth", "--out", str(root), "--images", str(images), "--min-size", "40",
-                 "--max-size", "56"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True)
-    return root / "sbd_train_lst.txt"
-
-
 def write_cluster(workdir: Path, backend: str, data: Path) -> Path:
-    spec = {"name": f"overhead-{backend}", "backend": backend, "device": "cpu",
-            "hosts": [{"name": "local", "ranks": 2}],
-            "job": {"data": str(data), "output_dir": "out", "stage_overrides": {"r1": dict(R1)}},
-            "health": {"min_free_disk_gb": 0.1, "check_devices": False},
-            "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}}
-    path = workdir / f"{backend}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+    """Two local ranks (the current directory), the launcher's own restart and health sampling defaults."""
+    return cluster_file(workdir / f"{backend}.yaml", [{"name": "local", "ranks": 2}],
+                        name=f"overhead-{backend}", backend=backend, quick=False,
+                        job={"data": str(data), "output_dir": "out", "stage_overrides": {"r1": dict(R1)}},
+                        health={"min_free_disk_gb": 0.1, "check_devices": False}, timeouts=TIMEOUTS)
 
 
 def run_bare_msrun(cluster: Path, workdir: Path, tag: str) -> float:
@@ -100,9 +85,8 @@ def run_bare_msrun(cluster: Path, workdir: Path, tag: str) -> float:
 def run_launch(cluster: Path, workdir: Path, tag: str) -> Tuple[float, float]:
     """(wall seconds, the launcher's own seconds outside its processes' lifetime)."""
     job_id = f"launch-{tag}"
-    argv = [sys.executable, "-m", "launcher.cli", "--cluster", str(cluster), "--stage", "r1",
-            "--runs-dir", str(workdir / "runs"), "--job-id", job_id,
-            "--override", f"job.output_dir=out-{tag}"]
+    argv = launcher_argv("--cluster", cluster, "--stage", "r1", "--runs-dir", workdir / "runs",
+                         "--job-id", job_id, "--override", f"job.output_dir=out-{tag}")
     log = workdir / f"{job_id}.log"
     start, wall_start = time.perf_counter(), time.time()
     with open(log, "wb") as out:
@@ -126,7 +110,8 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="launcher-overhead-")).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)  # the cluster's local host works in the current directory
-    data = make_dataset(workdir / "data", args.images)
+    data = make_dataset(workdir / "data", images=args.images, seed=None, min_size=40, max_size=56)
+    data = data / TRAIN_LIST
     clusters = {b: write_cluster(workdir, b, data) for b in ("msrun", "dynamic")}
     runners = {
         "msrun (bare)": lambda tag: (run_bare_msrun(clusters["msrun"], workdir, tag), 0.0),

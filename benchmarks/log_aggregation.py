@@ -26,11 +26,12 @@ from typing import Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher.agent.session import AgentEvent, start_session  # noqa: E402
+from launcher.agent.session import AgentEvent  # noqa: E402
 from launcher.logs.aggregator import LogAggregator  # noqa: E402
 from launcher.logs.format import JOB_LOG, rank_log_name  # noqa: E402
 from launcher.logs.progress import ProgressRecorder  # noqa: E402
 from launcher.transport.local import LocalTransport  # noqa: E402
+from tests.harness.agents import start_attempt  # noqa: E402
 
 WRITER = r"""
 import sys
@@ -81,7 +82,7 @@ def run_agent(transport, argvs: Sequence[Sequence[str]], sinks: Sequence[Callabl
     document = {"job_id": "bench", "attempt": 1, "host": transport.host, "grace": 2.0, "hang_s": None,
                 "files": [], "tails": [],
                 "processes": [{"name": f"r{i}", "argv": list(a)} for i, a in enumerate(argvs)]}
-    session = start_session(transport, sys.executable, document, sinks, [], events)
+    session = start_attempt(transport, sys.executable, document, sinks, [], events)
     statuses = {}
     while True:
         event = events.get(timeout=600)

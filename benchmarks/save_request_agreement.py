@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import free_port  # noqa: E402
+from tests.harness.environment import free_port  # noqa: E402
 
 
 def _median_ms(fn, calls: int) -> float:

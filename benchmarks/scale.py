@@ -4,7 +4,7 @@
 (tests/e2e/sshd.py; one workdir per host) whose sessions run as on a stock server: one HOME for the
 user whose ~/.bashrc runs the machine's real `pyenv init` (`login_home`), no SHLVL trick, so every
 login reads it, as would any `bash -c` that does not opt out. For every K, with the stand-in workload
-of tests/e2e/standin.py behind each host's `python` (one step line every --step-s seconds, until
+of tests/harness behind each host's `python` (one step line every --step-s seconds, until
 stopped):
 
 1. `refinenet-launch --cluster C --stage r1` (backend dynamic, no restarts): preflight (its
@@ -41,18 +41,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e import standin  # noqa: E402
-from tests.e2e.sshd import (  # noqa: E402
+from tests.harness import standin  # noqa: E402
+from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
+from tests.harness.environment import child_env  # noqa: E402
+from tests.harness.hosts import (  # noqa: E402  # noqa: E402
     ClientKey,
     SshServer,
     login_home,
+    ssh_config,
     start_servers,
     startup_trace,
     stop_servers,
 )
+from tests.harness.launched import LaunchedJob  # noqa: E402
+from tests.harness.procs import gone_after, gone_within, kill_tagged, rank_pids, snapshot  # noqa: E402
 
 
 @dataclass
@@ -72,14 +76,6 @@ class Row:
     sigint_gone_s: Optional[float] = None
     bashrc_runs: List[int] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
-
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -102,7 +98,7 @@ def proc_usage(pid: int):
     return threads, fds, rss
 
 
-def rank_log_gaps(job: standin.LaunchedJob, world: int) -> int:
+def rank_log_gaps(job: LaunchedJob, world: int) -> int:
     lost = 0
     for rank in range(world):
         path = job.job_dir / "logs" / f"rank_{rank}.log"
@@ -126,7 +122,7 @@ class Bench:
         self.args, self.root = args, root
         self.env = child_env()
         self.servers: List[SshServer] = []
-        self.jobs: List[standin.LaunchedJob] = []
+        self.jobs: List[LaunchedJob] = []
         self.pdsh: Optional[subprocess.Popen] = None
         self.pdsh_tags: List[str] = []
         self.python = standin.install(root / "standin")
@@ -141,12 +137,14 @@ class Bench:
     def bashrc_runs(self) -> int:
         return sum(1 for name, _, _ in startup_trace(self.home) if name == "bashrc")
 
-    def launch(self, hosts: int, job_id: str) -> standin.LaunchedJob:
-        extra = {"launch": {"fanout": self.args.fanout}} if self.args.fanout else None
-        path = standin.cluster_file(self.root / "clusters" / job_id, [s.host() for s in self.servers[:hosts]],
-                                    self.args.ranks, self.python, standin.step_env(self.args.step_s),
-                                    name=job_id, max_restarts=0, extra=extra)
-        job = standin.LaunchedJob(path, self.root / "runs", job_id, self.env)
+    def launch(self, hosts: int, job_id: str) -> LaunchedJob:
+        extra = {"launch": {"fanout": self.args.fanout}} if self.args.fanout else {}
+        path = cluster_file(self.root / "clusters" / job_id / "cluster.yaml",
+                            [ssh_host(s.host(), ranks=self.args.ranks, python=self.python)
+                             for s in self.servers[:hosts]],
+                            name=job_id, env=standin.steps_env(self.args.step_s), lists=("train.lst",),
+                            timeouts={"cluster_s": 120, "heartbeat_s": 30}, **extra)
+        job = LaunchedJob(path, self.root / "runs", job_id, self.env)
         self.jobs.append(job)
         return job
 
@@ -179,14 +177,14 @@ class Bench:
         row.lines_per_s = (self.step_lines(job) - before) / (time.monotonic() - start)
         threads, fds, rss = proc_usage(job.proc.pid)
         row.threads, row.fds, row.rss_mb = max(row.threads, threads), max(row.fds, fds), max(row.rss_mb, rss)
-        procs = standin.snapshot(job.job_id)
-        pids = standin.rank_pids(job.job_id)
+        procs = snapshot(job.job_id)
+        pids = rank_pids(job.job_id)
         victim = pids.get(world // 2, next(iter(pids.values()), None))
         if victim is None:
             raise RuntimeError(f"{job.job_id}: no rank process found to kill")
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        row.kill9_gone_s, left = standin.gone_after(procs, killed, self.args.gone_timeout_s)
+        row.kill9_gone_s, left = gone_after(procs, killed, self.args.gone_timeout_s)
         if left:
             row.notes.append(f"kill -9: {len(left)} processes alive after {self.args.gone_timeout_s} s")
         job.wait(max(60.0, self.args.gone_timeout_s))
@@ -197,10 +195,10 @@ class Bench:
         job = self.launch(hosts, f"{tag}-b")
         row.up_s.append(job.ranks_up(world, timeout=self.up_timeout(hosts)))
         time.sleep(min(2.0, self.args.steady_s))
-        procs = standin.snapshot(job.job_id)
+        procs = snapshot(job.job_id)
         sent = time.monotonic()
         job.kill(signal.SIGINT)
-        row.sigint_gone_s, left = standin.gone_after(procs, sent, self.args.gone_timeout_s)
+        row.sigint_gone_s, left = gone_after(procs, sent, self.args.gone_timeout_s)
         if left:
             row.notes.append(f"SIGINT: {len(left)} processes alive after {self.args.gone_timeout_s} s")
         code = job.wait(max(60.0, self.args.gone_timeout_s))
@@ -217,29 +215,11 @@ class Bench:
         return row
 
     @staticmethod
-    def step_lines(job: standin.LaunchedJob) -> int:
+    def step_lines(job: LaunchedJob) -> int:
         return sum(len(s) for s in job.steps.get(job.attempt, {}).values())
 
     def ssh_config(self, hosts: int) -> Path:
-        path = self.root / f"ssh_config_{hosts}"
-        entries = []
-        for server in self.servers[:hosts]:
-            entries.append("\n".join([
-                f"Host {server.name}",
-                f"  HostName {server.address}",
-                f"  Port {server.port}",
-                f"  User {server.user}",
-                f"  IdentityFile {server.client.private}",
-                "  IdentitiesOnly yes",
-                f"  UserKnownHostsFile {server.known_hosts}",
-                "  StrictHostKeyChecking yes",
-                "  BatchMode yes",
-                "  ConnectTimeout 30",
-                "  ControlMaster no",
-                "",
-            ]))
-        path.write_text("\n".join(entries))
-        return path
+        return ssh_config(self.root / f"ssh_config_{hosts}", self.servers[:hosts])
 
     def run_pdsh(self, hosts: int, tag: str) -> Optional[float]:
         """Seconds from pdsh's start to every rank's first step line on its stdout."""
@@ -250,7 +230,7 @@ class Bench:
         ranks = self.args.ranks
         servers = self.servers[:hosts]
         env_vars = {"REFINENET_JOB_ID": tag, "PYTHONUNBUFFERED": "1",
-                    **standin.step_env(self.args.step_s)}
+                    **standin.steps_env(self.args.step_s)}
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_vars.items())
         hosts_root = shlex.quote(str(self.root / "hosts"))
         remote = (f'i=${{REFINENET_SIMULATED_HOST#host-}}; base=$(( (10#$i - 1) * {ranks} )); '
@@ -300,7 +280,7 @@ class Bench:
 
     def stop_pdsh(self) -> None:
         for tag in self.pdsh_tags:
-            standin.kill_tagged(tag)
+            kill_tagged(tag)
         if self.pdsh is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pdsh.pid, signal.SIGKILL)
@@ -308,7 +288,7 @@ class Bench:
                 self.pdsh.wait(10)
             self.pdsh = None
         for tag in self.pdsh_tags:
-            standin.gone_within(tag, 5)
+            gone_within(tag, 5)
 
     def cleanup(self) -> None:
         for job in self.jobs:

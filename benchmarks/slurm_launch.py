@@ -2,7 +2,7 @@
 
 `python benchmarks/slurm_launch.py --nodes 4 --ranks 8` brings up a Slurm cluster (tests/e2e/slurm.py:
 slurmctld, one slurmd per network namespace) and N private sshd on 127.0.1.x (tests/e2e/sshd.py), and
-runs the stand-in workload of tests/e2e/standin.py (one step line every --step-s seconds) as every rank:
+runs the stand-in workload of tests/harness (one step line every --step-s seconds) as every rank:
 
 1. `salloc -N N refinenet-launch --cluster <slurm> --stage r1`: launcher start -> every rank's first step
    line in job.log (salloc's allocation included); then kill -9 of one rank -> every process of the job
@@ -27,46 +27,38 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tests.harness import standin  # noqa: E402
+from tests.harness.cli import cli  # noqa: E402
+from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
+from tests.harness.environment import child_env  # noqa: E402
+from tests.harness.hosts import ClientKey, SlurmCluster, start_servers, stop_servers  # noqa: E402
+from tests.harness.launched import LaunchedJob  # noqa: E402
+from tests.harness.procs import gone_after, rank_pids, snapshot  # noqa: E402
 
-from tests.e2e import standin  # noqa: E402
-from tests.e2e.slurm import SlurmCluster  # noqa: E402
-from tests.e2e.sshd import ClientKey, start_servers, stop_servers  # noqa: E402
+#: Both cluster files (no restarts) give the cluster two minutes to form.
+TIMEOUTS = {"cluster_s": 120, "heartbeat_s": 30}
 
 
 def slurm_cluster_file(folder: Path, nodes: int, ranks: int, python: str, step_s: float) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     workdir = folder / "work"
-    workdir.mkdir(exist_ok=True)
-    (workdir / "train.lst").write_text("stand-in\n")
-    data = {
-        "name": "slurm-bench",
-        "backend": "slurm",
-        "device": "cpu",
-        "storage": "shared",
-        "slurm": {"nodes": nodes, "ranks_per_node": ranks, "python": python, "workdir": str(workdir)},
-        "env": standin.step_env(step_s),
-        "job": {"data": "train.lst", "output_dir": "out"},
-        "restart": {"max_restarts": 0},
-        "health": {"interval_s": 5, "check_devices": False, "min_free_disk_gb": 0.1},
-        "timeouts": {"cluster_s": 120, "heartbeat_s": 30, "stop_grace_s": 3},
-    }
-    path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "train.lst").write_text("a.jpg a.png\n")
+    return cluster_file(folder / "cluster.yaml", name="slurm-bench", backend="slurm", storage="shared",
+                        slurm={"nodes": nodes, "ranks_per_node": ranks, "python": python,
+                               "workdir": str(workdir)},
+                        env=standin.steps_env(step_s), timeouts=TIMEOUTS)
 
 
-def up_then_kill9(job: standin.LaunchedJob, world: int, timeout: float) -> Dict[str, Optional[float]]:
+def up_then_kill9(job: LaunchedJob, world: int, timeout: float) -> Dict[str, Optional[float]]:
     up = job.ranks_up(world, timeout=timeout)
     time.sleep(1.0)
-    procs = standin.snapshot(job.job_id)
-    pids = standin.rank_pids(job.job_id)
+    procs = snapshot(job.job_id)
+    pids = rank_pids(job.job_id)
     killed = time.monotonic()
     os.kill(pids[world // 2], signal.SIGKILL)
-    gone, left = standin.gone_after(procs, killed, 30.0)
+    gone, left = gone_after(procs, killed, 30.0)
     job.wait(60)
     job.close()
     return {"up": up, "gone": gone if not left else None}
@@ -76,25 +68,8 @@ def submitted(
     cluster: Path, runs: Path, job_id: str, env: Dict[str, str], world: int, timeout: float
 ) -> Dict[str, Optional[float]]:
     started = time.monotonic()
-    out = subprocess.run(
-        [
-            *standin.launcher_command(),
-            "submit",
-            "--cluster",
-            str(cluster),
-            "--stage",
-            "r1",
-            "--runs-dir",
-            str(runs),
-            "--job-id",
-            job_id,
-        ],
-        env=env,
-        cwd=str(cluster.parent),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = cli("submit", "--cluster", cluster, "--stage", "r1", "--runs-dir", runs, "--job-id", job_id,
+              env=env, cwd=cluster.parent)
     if out.returncode != 0:
         raise RuntimeError(f"submit failed: {out.stderr}")
     returned = time.monotonic() - started
@@ -108,16 +83,11 @@ def submitted(
             up = time.monotonic() - started
             break
         time.sleep(0.05)
-    procs = standin.snapshot(job_id)
+    procs = snapshot(job_id)
     sent = time.monotonic()
-    subprocess.run(
-        [*standin.launcher_command(), "stop", job_id, "--runs-dir", str(runs)],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
+    cli("stop", job_id, "--runs-dir", runs, env=env)
     stop_returned = time.monotonic() - sent
-    gone, left = standin.gone_after(procs, sent, 30.0)
+    gone, left = gone_after(procs, sent, 30.0)
     return {"submit": returned, "up": up, "stop": stop_returned, "gone": gone if not left else None}
 
 
@@ -136,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     timeout = max(120.0, 4.0 * world)
     root = Path(tempfile.mkdtemp(prefix="slurm-bench-"))
     python = standin.install(root / "standin")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = child_env()
     servers = []
     with SlurmCluster(
         root / "slurm", nodes=args.nodes, bridge="rnbench0", netns_prefix="rnbench", cluster_name="rnbench"
@@ -145,22 +115,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             key = ClientKey.create(root / "client")
             servers = start_servers(root / "hosts", key, args.nodes)
-            ssh_cluster = standin.cluster_file(
-                root / "ssh",
-                [s.host() for s in servers],
-                args.ranks,
-                python,
-                standin.step_env(args.step_s),
+            ssh_cluster = cluster_file(
+                root / "ssh" / "cluster.yaml",
+                [ssh_host(s.host(), ranks=args.ranks, python=python) for s in servers],
                 name="ssh-bench",
+                env=standin.steps_env(args.step_s),
+                lists=("train.lst",),
+                timeouts=TIMEOUTS,
             )
             slurm_cluster = slurm_cluster_file(root / "slurmjob", args.nodes, args.ranks, python, args.step_s)
             rows: Dict[str, List[Dict[str, Optional[float]]]] = {"slurm": [], "ssh": [], "submit": []}
-            salloc = ["salloc", f"-N{args.nodes}", *standin.launcher_command()]
+            salloc = ["salloc", f"-N{args.nodes}"]
             for i in range(args.repeat):
-                with _command(salloc):
-                    job = standin.LaunchedJob(slurm_cluster, root / "runs", f"slurm-{i}", env)
+                job = LaunchedJob(slurm_cluster, root / "runs", f"slurm-{i}", env, wrap=salloc)
                 rows["slurm"].append(up_then_kill9(job, world, timeout))
-                job = standin.LaunchedJob(ssh_cluster, root / "runs", f"ssh-{i}", env)
+                job = LaunchedJob(ssh_cluster, root / "runs", f"ssh-{i}", env)
                 rows["ssh"].append(up_then_kill9(job, world, timeout))
                 rows["submit"].append(
                     submitted(slurm_cluster, root / "runs", f"sub-{i}", env, world, timeout)
@@ -194,17 +163,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     with contextlib.suppress(OSError):
         subprocess.run(["rm", "-rf", str(root)], check=False)
     return 0
-
-
-@contextlib.contextmanager
-def _command(prefix: List[str]):
-    """`standin.LaunchedJob` started with `prefix` as the launcher command (e.g. under salloc)."""
-    original = standin.launcher_command
-    standin.launcher_command = lambda: list(prefix)
-    try:
-        yield
-    finally:
-        standin.launcher_command = original
 
 
 def _median(values: List[Optional[float]]) -> Optional[float]:

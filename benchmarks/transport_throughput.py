@@ -10,7 +10,7 @@ stops at the agent's `done` event, after every line and exit has been received.
 The SSH variant runs against a real sshd on 127.0.0.2 (tests/e2e/sshd.py), so the bytes cross
 sshd, the encrypted connection and paramiko.
 
-Start latency: from `start_session` called to the `started` event of every one of N `true`
+Start latency: from `start_attempt` called to the `started` event of every one of N `true`
 processes received (N = 1 and 8; one agent per start, median of 10).
 
 Usage: python benchmarks/transport_throughput.py [--ranks 8] [--lines 200000] [--repeat 3] [--no-ssh]
@@ -31,9 +31,10 @@ from typing import Callable, Dict, List, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher.agent.session import AgentEvent, start_session  # noqa: E402
+from launcher.agent.session import AgentEvent  # noqa: E402
 from launcher.transport.factory import open_transport  # noqa: E402
 from launcher.transport.local import LocalTransport  # noqa: E402
+from tests.harness.agents import start_attempt  # noqa: E402
 
 WRITER = r"""
 import os, sys, time
@@ -91,7 +92,7 @@ class AgentRun:
         document = {"job_id": "bench", "attempt": 1, "host": transport.host, "grace": 2.0, "hang_s": None,
                     "files": [], "tails": [],
                     "processes": [{"name": f"w{i}", "argv": list(a)} for i, a in enumerate(argvs)]}
-        self.session = start_session(transport, sys.executable, document, sinks, [], self.events)
+        self.session = start_attempt(transport, sys.executable, document, sinks, [], self.events)
 
     def until(self, kind: str, count: int = 1, timeout: float = 600.0) -> None:
         """Take events until the `count`-th of `kind`; exits are recorded on the way."""
@@ -152,7 +153,7 @@ def run_agent(transport, ranks: int, lines: int) -> float:
 
 
 def start_latency(transport, processes: int, runs: int = 10) -> float:
-    """Median seconds from `start_session` called to every process's `started` event received."""
+    """Median seconds from `start_attempt` called to every process's `started` event received."""
     seconds: List[float] = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -178,7 +179,7 @@ def main() -> None:
     variants["LocalTransport agent, lines to sinks"] = lambda: run_agent(local, args.ranks, args.lines)
     server = None
     if not args.no_ssh:
-        from tests.e2e.sshd import ClientKey, SshServer
+        from tests.harness.hosts import ClientKey, SshServer
 
         root = Path(tempfile.mkdtemp(prefix="bench-sshd-"))
         key = ClientKey.create(root / "client")

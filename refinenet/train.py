@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
@@ -129,7 +130,8 @@ def check_inputs(args: argparse.Namespace) -> int:
     except ValueError as exc:  # DataError and the size checks of the data pipeline
         _say(f"error: --data: {exc}", sys.stderr)
         return 2
-    _say(json.dumps({"steps_per_epoch": steps, "batch_size": config.hp.batch_size, "ranks": args.check_inputs}))
+    _say(json.dumps({"steps_per_epoch": steps, "batch_size": config.hp.batch_size,
+                     "ranks": args.check_inputs}))
     return 0
 
 

@@ -1,19 +1,25 @@
-"""Fixtures for end-to-end tests: simulated SSH hosts on real OpenSSH servers, and an ssh-agent."""
+"""Fixtures for end-to-end tests, one per session each: simulated SSH hosts on real OpenSSH servers, a
+Slurm cluster, the stand-in workload's `python`, a tiny synthetic training set, and an ssh-agent."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
 import pytest
 
-from tests.e2e import standin
-from tests.e2e.slurm import SlurmCluster
-from tests.e2e.sshd import ClientKey, SshAgent, SshHost, SshServer, start_servers, stop_servers
-
-SIMULATED_HOSTS = (("host-a", "127.0.0.2"), ("host-b", "127.0.0.3"))
-SCALE_HOSTS = 8
+from tests.harness import standin
+from tests.harness.data import TRAIN_LIST, make_dataset
+from tests.harness.hosts import (
+    SCALE_HOSTS,
+    SIMULATED_HOSTS,
+    ClientKey,
+    SlurmCluster,
+    SshAgent,
+    SshHost,
+    SshServer,
+    start_servers,
+    stop_servers,
+)
 
 
 @pytest.fixture(scope="session")
@@ -69,16 +75,17 @@ def slurm_cluster(tmp_path_factory) -> SlurmCluster:
 
 @pytest.fixture(scope="session")
 def standin_python(tmp_path_factory) -> str:
-    """The `python` wrapper running the stand-in workload (tests/e2e/standin.py) for training commands."""
+    """The `python` wrapper running the stand-in workload (tests/harness/standin.py) for training commands."""
     return standin.install(tmp_path_factory.mktemp("standin"))
 
 
 @pytest.fixture(scope="session")
-def train_list(tmp_path_factory) -> Path:
-    """A tiny synthetic SBD-layout training set (12 images of at most 64 pixels) and its list; read only."""
-    root = tmp_path_factory.mktemp("synth")
-    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       timeout=120)
-    return root / "sbd_train_lst.txt"
+def dataset(tmp_path_factory) -> Path:
+    """A tiny synthetic VOC/SBD-layout dataset (12 images of at most 64 pixels) and its lists; read only."""
+    return make_dataset(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="session")
+def train_list(dataset) -> Path:
+    """The training list of `dataset` (6 images)."""
+    return dataset / TRAIN_LIST

@@ -1,8 +1,6 @@
 """`refinenet-launch --dry-run` as a user runs it: every shipped cluster file renders, bad input exits 2
 and writes nothing."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +10,12 @@ from launcher.commands import launch
 from launcher.planning.prepare import prepare
 from launcher.planning.request import LaunchRequest
 from launcher.resources import cluster_configs_dir
+from tests.harness.cli import cli
 
 pytestmark = pytest.mark.e2e
 HCCN = "".join(f"address_{d}=192.168.{10 * (d % 4 + 1)}.{21 + d // 4}\nnetmask_{d}=255.255.255.0\n"
                for d in range(8))
 WORLD = {"8xascend": 8, "2x8xascend": 16, "8xgpu": 8, "2x8xgpu-msrun": 16, "local-cpu": 2, "ssh-cpu": 4}
-
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=60, cwd=cwd)
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.procs import wait_all
+
 pytestmark = pytest.mark.e2e
 SCRIPT = Path(__file__).parent / "scripts" / "allreduce.py"
 
@@ -40,12 +42,7 @@ def test_allreduce_with_dynamic_cluster_env(tmp_path, port, child_env):
         procs.append(subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path)], env=worker_env,
                                       cwd=tmp_path, stdout=open(tmp_path / f"worker{r}.log", "w"),
                                       stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = wait_all(procs, 240)
     logs = "".join(f.read_text() for f in sorted(tmp_path.glob("*.log")))
     assert codes == [0, 0, 0], logs
     _assert_reduced(tmp_path)

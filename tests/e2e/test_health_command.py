@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from tests.e2e.sshd import free_port
 from tests.fixtures.fake_tools import FakeTools, recorded
+from tests.harness.cli import cli
+from tests.harness.clusters import cluster_file, ssh_host
+from tests.harness.hosts import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -16,9 +17,9 @@ B2C = "npu_smi/npu_smi_info_910b2c_2card_with_procs.txt"
 
 
 def health(child_env, tools, *args, cwd):
+    """`refinenet-launch health ARGS` with the fake tools first on PATH."""
     env = dict(child_env, PATH=tools.path_env(child_env["PATH"]))
-    return subprocess.run([sys.executable, "-m", "launcher.cli", "health", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return cli("health", *args, env=env, cwd=cwd, timeout=120)
 
 
 @pytest.fixture
@@ -26,15 +27,10 @@ def tools(tmp_path) -> FakeTools:
     return FakeTools(tmp_path / "tools")
 
 
-def write_cluster(path, data) -> str:
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
 def ascend_cluster(tmp_path, devices=(0, 1)):
-    return write_cluster(tmp_path / "npu.yaml", {
-        "name": "npu", "backend": "rank_table", "device": "ascend",
-        "hosts": [{"name": "node-a", "devices": list(devices), "workdir": str(tmp_path / "w")}]})
+    return cluster_file(tmp_path / "npu.yaml", [{"name": "node-a", "devices": list(devices),
+                                                 "workdir": str(tmp_path / "w")}],
+                        name="npu", backend="rank_table", device="ascend", quick=False)
 
 
 def test_healthy_npus(tmp_path, child_env, tools):
@@ -81,8 +77,8 @@ def test_threshold_options(tmp_path, child_env, tools):
 
 
 def test_bad_input_exits_2(tmp_path, child_env, tools):
-    bad = write_cluster(tmp_path / "bad.yaml", {"name": "x", "backend": "msrun", "device": "ascend",
-                                                "hosts": [{"name": "a", "devices": "all"}]})
+    bad = cluster_file(tmp_path / "bad.yaml", [{"name": "a", "devices": "all"}], name="x", backend="msrun",
+                       device="ascend", quick=False)
     result = health(child_env, tools, "--cluster", bad, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert "hosts[0].devices: expected a list of device ids" in result.stderr
@@ -93,12 +89,9 @@ def test_bad_input_exits_2(tmp_path, child_env, tools):
 
 
 def test_ssh_hosts_and_an_unreachable_one(tmp_path, child_env, tools, ssh_hosts):
-    hosts = [h.spec_dict() for h in ssh_hosts]
-    for h in hosts:
-        h["ranks"] = 1
-    cluster = {"name": "ssh", "backend": "dynamic", "device": "cpu", "hosts": hosts}
-    result = health(child_env, tools, "--cluster", write_cluster(tmp_path / "ssh.yaml", cluster), "--json",
-                    cwd=tmp_path)
+    hosts = [ssh_host(h) for h in ssh_hosts]
+    cluster = cluster_file(tmp_path / "ssh.yaml", hosts, name="ssh", quick=False)
+    result = health(child_env, tools, "--cluster", cluster, "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
     assert [(h["host"], h["verdict"]) for h in data["hosts"]] == [(h.name, "HEALTHY") for h in ssh_hosts]
@@ -107,8 +100,7 @@ def test_ssh_hosts_and_an_unreachable_one(tmp_path, child_env, tools, ssh_hosts)
 
     down = dict(hosts[0], name="node-down", address="127.0.0.1",
                 ssh=dict(hosts[0]["ssh"], port=free_port("127.0.0.1"), connect_timeout_s=5))
-    cluster["hosts"] = [hosts[0], down]
-    down_file = write_cluster(tmp_path / "down.yaml", cluster)
+    down_file = cluster_file(tmp_path / "down.yaml", [hosts[0], down], name="ssh", quick=False)
     result = health(child_env, tools, "--cluster", down_file, cwd=tmp_path)
     assert result.returncode == 2
     names = {hosts[0]["name"], "node-down"}

@@ -10,20 +10,15 @@ from launcher.health.samples import read_samples
 from launcher.spec.load import parse_cluster
 from launcher.transport.local import LocalTransport
 from tests.fixtures.fake_tools import FakeTools, recorded
+from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 B2C = "npu_smi/npu_smi_info_910b2c_2card_with_procs.txt"
 
 
-def wait_for(predicate, timeout=20.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not reached in time")
+def wait_for(predicate):
+    return wait_until(predicate, 20.0)
 
 
 def test_monitor_reports_device_and_process_failures(tmp_path, monkeypatch):

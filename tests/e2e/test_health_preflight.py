@@ -7,9 +7,9 @@ import pytest
 from launcher.errors import LauncherError
 from launcher.health.preflight import PreflightFailed, run_preflight
 from launcher.health.verdicts import HealthThresholds
-from launcher.spec.load import parse_cluster
 from launcher.transport.local import LocalTransport
 from tests.fixtures.fake_tools import FakeTools, recorded
+from tests.harness.specs import spec_of
 
 pytestmark = pytest.mark.e2e
 
@@ -17,22 +17,20 @@ B2C = "npu_smi/npu_smi_info_910b2c_2card_with_procs.txt"
 
 
 def make_spec(tmp_path, device="cpu", port="auto", **health):
-    hosts = [{"name": "node-a", "workdir": str(tmp_path / "a")},
-             {"name": "node-b", "workdir": str(tmp_path / "b")}]
-    for h in hosts:
-        h.update({"devices": [0, 1]} if device != "cpu" else {"ranks": 1})
-    data = {"name": "pf", "backend": "dynamic" if device == "cpu" else "msrun", "device": device,
-            "hosts": hosts if device == "cpu" else hosts[:1], "master": {"port": port, "host": "node-a"},
-            "health": health or None}
-    return parse_cluster(data, "pf.yaml")
+    """node-a and node-b (cpu, one rank each) or node-a alone (devices 0 and 1), this machine both."""
+    hosts = [{"name": f"node-{h}", "workdir": str(tmp_path / h),
+              **({"ranks": 1} if device == "cpu" else {"devices": [0, 1]})} for h in "ab"]
+    return spec_of(name="pf", backend="dynamic" if device == "cpu" else "msrun", device=device,
+                   hosts=hosts if device == "cpu" else hosts[:1], master={"port": port, "host": "node-a"},
+                   job=None, health=health or None, source="pf.yaml")
 
 
 def transports(spec):
     return {h.name: LocalTransport(h.name) for h in spec.hosts}
 
 
-def test_all_checks_pass(tmp_path):
-    spec = make_spec(tmp_path, port=socket_free_port())
+def test_all_checks_pass(tmp_path, port):
+    spec = make_spec(tmp_path, port=port)
     report = run_preflight(spec, transports(spec))
     assert report.ok, report.render()
     assert {(c.host, c.check) for c in report.checks} == {
@@ -42,12 +40,6 @@ def test_all_checks_pass(tmp_path):
     assert report.render().splitlines()[-1] == "preflight passed"
     report.raise_for_failures()
     assert not (tmp_path / "a").exists(), "preflight writes nothing"
-
-
-def socket_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_master_port_already_bound(tmp_path):

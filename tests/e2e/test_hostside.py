@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from launcher.ckpt_copy import LAUNCHER, PIPE, copy_checkpoint
 from launcher.errors import HostError
@@ -25,8 +24,8 @@ from launcher.transport.hostprog import host_argv, host_stdin
 from launcher.transport.local import LocalTransport
 from refinenet import manifest as mf
 from tests.e2e.sshd import SshServer, login_home, startup_trace
-from tests.e2e.standin import kill_tagged
-from tests.e2e.test_resilience_faults import alive, gone_within, tagged
+from tests.harness.launched import command_cluster, launch_command, record_rank_pids
+from tests.harness.procs import alive, gone_within, kill_tagged, tagged
 
 pytestmark = pytest.mark.e2e
 
@@ -173,42 +172,6 @@ def test_a_sweep_spares_itself_and_its_ancestors_even_when_they_carry_the_tag():
         end_tree(victim, job)
 
 
-def command_cluster(folder: Path, host: dict, python: str, ranks: int = 2) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    Path(host["workdir"]).mkdir(parents=True, exist_ok=True)
-    path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "login", "backend": "dynamic", "device": "cpu",
-        "hosts": [{**host, "ranks": ranks, "python": python}],
-        "restart": {"max_restarts": 0}, "health": {"check_devices": False, "min_free_disk_gb": 0.1},
-        "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 2}}))
-    return path
-
-
-def launch_command(cluster: Path, runs: Path, job_id: str, env: dict, *command: str) -> subprocess.Popen:
-    err = open(runs.parent / f"{job_id}.err", "w")
-    return subprocess.Popen([sys.executable, "-m", "launcher.cli", "--cluster", str(cluster), "--runs-dir",
-                             str(runs), "--job-id", job_id, "--", *command], env=env, cwd=str(cluster.parent),
-                            stdout=subprocess.DEVNULL, stderr=err)
-
-
-def rank_pids(runs: Path, job_id: str, count: int, proc: subprocess.Popen, timeout: float = 90) -> list:
-    """Pids of ranks r0..r(count-1) of the job's first attempt, once all of them run."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (runs.parent / f"{job_id}.err").read_text()
-        try:
-            record = json.loads((runs / job_id / "job.json").read_text())
-            procs = {p["name"]: p for p in record["attempts"][0]["processes"]}
-            pids = [procs[f"r{r}"]["pid"] for r in range(count)]
-            if all(alive(pid) for pid in pids):
-                return pids
-        except (OSError, ValueError, KeyError, IndexError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError((runs.parent / f"{job_id}.err").read_text())
-
-
 def test_ranks_read_no_startup_file_the_agents_login_read_once(tmp_path, ssh_client_key, standin_python,
                                                                  child_env):
     home = login_home(tmp_path / "home", pyenv=None, bash_env=True)
@@ -217,7 +180,7 @@ def test_ranks_read_no_startup_file_the_agents_login_read_once(tmp_path, ssh_cli
         cluster = command_cluster(tmp_path / "c", server.host().spec_dict(), standin_python)
         proc = launch_command(cluster, runs, "no-rc", child_env, "bash", "-c", "exec sleep 300")
         try:
-            ranks = rank_pids(runs, "no-rc", 2, proc)
+            ranks = record_rank_pids(runs, "no-rc", 2, proc)
             agents = {psutil.Process(pid).ppid() for pid in ranks}
             assert len(agents) == 1
             agent = agents.pop()

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from launcher.hostside import hoststate as hs
+from tests.harness import waiting
+from tests.harness.procs import alive
 
 pytestmark = pytest.mark.e2e
 
@@ -121,23 +123,8 @@ class Worker:
         self.proc.wait()
 
 
-def wait_until(predicate, timeout=10.0, step=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout:.0f} s")
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+def wait_until(predicate, timeout=10.0):
+    return waiting.wait_until(predicate, timeout, 0.005)
 
 
 # -- the lease goes with the last process holding it

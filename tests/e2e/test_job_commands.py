@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli import main
 from launcher.failures import Failure, FailureKind
 from launcher.jobs import JOB_ID_ENV, JobDir, LauncherInfo, ProcessRecord
 from launcher.logs.aggregator import LogAggregator
 from launcher.states import JobState, RankState
+from tests.harness.cli import cli, launcher_argv
 
 pytestmark = pytest.mark.e2e
 
@@ -62,15 +62,8 @@ def fabricate_job(runs: Path) -> JobDir:
     return job
 
 
-def cli(capsys, *argv):
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
-def runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("REFINENET_RUNS_DIR", str(tmp_path / "runs"))
+def runs(tmp_path):
     return tmp_path / "runs"
 
 
@@ -80,9 +73,10 @@ def env(child_env, runs):
     return dict(child_env, REFINENET_RUNS_DIR=str(runs))
 
 
-def test_status_list_and_logs_of_a_fabricated_job(runs, capsys):
+def test_status_list_and_logs_of_a_fabricated_job(runs, env):
     job = fabricate_job(runs)
-    code, out, _ = cli(capsys, "status", job.job_id)
+    res = cli("status", job.job_id, env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     assert code == 0
     assert "state     RUNNING, 2 attempt(s)" in out
     assert "launcher  pid" in out and "(not running)" in out
@@ -96,57 +90,65 @@ def test_status_list_and_logs_of_a_fabricated_job(runs, capsys):
                for line in out.splitlines())
     assert "progress  rank 1: epoch 2, step 3, loss 0.1667 (" in out
 
-    code, out, _ = cli(capsys, "status", job.job_id, "--json")
+    res = cli("status", job.job_id, "--json", env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     status = json.loads(out)
     assert status["state"] == "RUNNING"
     assert [p["name"] for p in status["processes"]] == ["r0", "r1", "scheduler"]
     assert status["metrics"]["0"]["epoch"] == 2
 
-    code, out, _ = cli(capsys, "list")
+    res = cli("list", env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     assert code == 0
     header, row = out.splitlines()
     assert header.split() == ["JOB", "STATE", "STAGE", "STARTED", "ATTEMPTS", "RANKS", "CLUSTER"]
     assert row.split()[:3] == [job.job_id, "RUNNING", "r1"] and row.split()[-3:] == ["2", "2", "twohost"]
 
-    code, out, _ = cli(capsys, "logs", job.job_id)
+    res = cli("logs", job.job_id, env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2 + 2 * (1 + 2 * 3) + 1
     assert lines[1] == "[scheduler host-a] scheduler of attempt 1"
     assert "[r1 host-b] Traceback: rank 1 fell over" in lines
 
-    code, out, _ = cli(capsys, "logs", str(job.path), "--ranks", "1", "--attempt", "1")
+    res = cli("logs", str(job.path), "--ranks", "1", "--attempt", "1", env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     lines = out.splitlines()
     assert lines[0].startswith("=== attempt 1 started")
     expected = [f"[r1 host-b] epoch: 1 step: {s}, loss is {1.0 / (s + 2):.4f}" for s in (1, 2, 3)]
     assert lines[1:] == expected + ["[r1 host-b] Traceback: rank 1 fell over"]
 
 
-def test_bad_filters_and_unknown_jobs_exit_2(runs, capsys):
+def test_bad_filters_and_unknown_jobs_exit_2(runs, env):
     job = fabricate_job(runs)
     for argv, needle in ((["logs", job.job_id, "--ranks", "5"], "no rank 5"),
                          (["logs", job.job_id, "--ranks", "x"], "--ranks"),
                          (["logs", job.job_id, "--attempt", "0"], "--attempt")):
-        code, _, err = cli(capsys, *argv)
+        res = cli(*argv, env=env)
+        code, _, err = res.returncode, res.stdout, res.stderr
         assert code == 2 and needle in err, err
     for sub in ("logs", "status", "stop"):
-        code, out, err = cli(capsys, sub, "no-such-job")
+        res = cli(sub, "no-such-job", env=env)
+        code, out, err = res.returncode, res.stdout, res.stderr
         assert code == 2 and "no job 'no-such-job'" in err and str(job.path) in err
-    code, out, _ = cli(capsys, "list", "--runs-dir", str(runs.parent / "empty"))
+    res = cli("list", "--runs-dir", str(runs.parent / "empty"), env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     assert code == 0 and "no jobs in" in out
 
 
-def test_status_of_a_failed_job_exits_1(runs, capsys):
+def test_status_of_a_failed_job_exits_1(runs, env):
     job = fabricate_job(runs)
     job.end_attempt(JobState.FAILED, Failure(FailureKind.EXIT, "host-a", "exit code 1", rank=0, exit_code=1))
-    code, out, _ = cli(capsys, "status", job.job_id)
+    res = cli("status", job.job_id, env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     assert code == 1 and "state     FAILED" in out
 
 
 def test_logs_follow_until_the_job_ends(runs, env):
     job = JobDir.create(runs, cluster="c", stage="r1", spec=SPEC)
     job.begin_attempt()
-    follower = subprocess.Popen([sys.executable, "-m", "launcher.cli", "logs", job.job_id, "--follow",
-                                 "--ranks", "0"], env=env, stdout=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(launcher_argv("logs", job.job_id, "--follow", "--ranks", "0"), env=env,
+                                stdout=subprocess.PIPE, text=True)
     with LogAggregator(job.logs_dir) as agg:
         agg.start_attempt(1)
         sinks = [agg.rank_sink(r, "h") for r in range(2)]
@@ -190,8 +192,7 @@ def test_stop_kills_exactly_the_groups_of_that_job(runs, env):
         # The stranger's group id stands for a recorded group id reused by an unrelated process.
         record_ranks(job_a, ranks_a + [stranger])
         record_ranks(job_b, ranks_b)
-        proc = subprocess.run([sys.executable, "-m", "launcher.cli", "stop", job_a.job_id, "--grace", "5"],
-                              env=env, capture_output=True, text=True, timeout=120)
+        proc = cli("stop", job_a.job_id, "--grace", "5", env=env, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         for p in ranks_a:
             assert p.wait(timeout=10) == -signal.SIGTERM
@@ -201,8 +202,7 @@ def test_stop_kills_exactly_the_groups_of_that_job(runs, env):
         assert record.state == JobState.STOPPED and record.stop_requested
         assert {p.state for p in record.current_attempt.processes} == {RankState.STOPPED}
         assert job_b.read().state == JobState.RUNNING
-        again = subprocess.run([sys.executable, "-m", "launcher.cli", "stop", job_a.job_id],
-                               env=env, capture_output=True, text=True, timeout=60)
+        again = cli("stop", job_a.job_id, env=env)
         assert again.returncode == 0 and "already ended: STOPPED" in again.stdout
     finally:
         for p in ranks_a + ranks_b + [stranger]:
@@ -215,6 +215,7 @@ LAUNCHER = r"""
 import os, signal, subprocess, sys, time
 from launcher.jobs import JOB_ID_ENV, JobDir, ProcessRecord
 from launcher.states import JobState, RankState
+from tests.harness.cli import cli, launcher_argv
 job = JobDir.create(sys.argv[1], cluster="twohost", stage="r1", spec={})
 env = dict(os.environ, **{JOB_ID_ENV: job.job_id})
 rank = subprocess.Popen(["sleep", "300"], start_new_session=True, env=env)
@@ -241,8 +242,7 @@ def test_stop_asks_a_live_launcher_first(runs, env):
                                 stdout=subprocess.PIPE, text=True)
     try:
         job_id, rank_pid = launcher.stdout.readline().split()
-        code = subprocess.run([sys.executable, "-m", "launcher.cli", "stop", job_id, "--timeout", "20"],
-                              env=env, capture_output=True, text=True, timeout=60)
+        code = cli("stop", job_id, "--timeout", "20", env=env)
         assert code.returncode == 0, code.stdout + code.stderr
         assert "asking the launcher" in code.stdout
         assert launcher.wait(timeout=10) == 0
@@ -266,9 +266,9 @@ while True:
 """
 
 
-def test_ranks_run_through_the_local_transport_then_stop_status_logs(runs, env, capsys):
-    from launcher.agent.session import start_session
+def test_ranks_run_through_the_local_transport_then_stop_status_logs(runs, env):
     from launcher.transport.local import LocalTransport
+    from tests.harness.agents import start_attempt
 
     job = JobDir.create(runs, cluster="twohost", stage="r1", spec=SPEC, launcher=dead_launcher())
     job.begin_attempt()
@@ -280,7 +280,7 @@ def test_ranks_run_through_the_local_transport_then_stop_status_logs(runs, env, 
                        "env": {JOB_ID_ENV: job.job_id}, "cwd": "/"}
             doc = {"job_id": job.job_id, "attempt": 1, "host": host, "grace": 5.0, "hang_s": None,
                    "files": [], "tails": [], "processes": [process]}
-            start_session(LocalTransport(host), sys.executable, doc, [agg.rank_sink(rank, host)], [], events)
+            start_attempt(LocalTransport(host), sys.executable, doc, [agg.rank_sink(rank, host)], [], events)
         statuses = {}
 
         def next_event():
@@ -300,17 +300,18 @@ def test_ranks_run_through_the_local_transport_then_stop_status_logs(runs, env, 
         while [t is not None for t in agg.last_activity().values()] != [True, True]:
             assert time.monotonic() < deadline, "the ranks printed nothing"
             time.sleep(0.05)
-        stop = subprocess.run([sys.executable, "-m", "launcher.cli", "stop", job.job_id, "--grace", "5"],
-                              env=env, capture_output=True, text=True, timeout=120)
+        stop = cli("stop", job.job_id, "--grace", "5", env=env, timeout=120)
         assert stop.returncode == 0, stop.stdout + stop.stderr
         while len(statuses) < 2:
             next_event()
         assert statuses == {"host-a": -signal.SIGTERM, "host-b": -signal.SIGTERM}
-    code, out, _ = cli(capsys, "status", job.job_id)
+    res = cli("status", job.job_id, env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     assert code == 0 and "state     STOPPED" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("r0 ", "r1 "))]
     assert [row[4] for row in rows] == ["STOPPED", "STOPPED"]
-    code, out, _ = cli(capsys, "logs", job.job_id, "--ranks", "1")
+    res = cli("logs", job.job_id, "--ranks", "1", env=env)
+    code, out, _ = res.returncode, res.stdout, res.stderr
     lines = out.splitlines()[1:]
     assert lines and lines[0] == "[r1 host-b] epoch: 1 step: 1, loss is 1.0000"
     assert all(line.startswith("[r1 host-b] epoch: 1 step: ") for line in lines)

@@ -7,7 +7,6 @@ tiny synthetic dataset made once per session.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -16,58 +15,32 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-import yaml
 
 from launcher.cli import main
 from refinenet import manifest as mf
+from tests.harness import clusters
+from tests.harness.cli import cli
+from tests.harness.data import TRAIN_LIST as LIST
+from tests.harness.data import copy_dataset
+from tests.harness.procs import tagged
 
 pytestmark = pytest.mark.e2e
 
-R1 = {"depth": 18, "crop-size": 33, "batch-size": 2, "epochs": 1, "save-epochs": 1, "seed": 1,
-      "mode": "pynative", "workers": 1}
-POLICIES = {"restart": {"max_restarts": 0},
-            "health": {"interval_s": 5, "min_free_disk_gb": 0.1, "check_devices": False},
-            "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}}
+#: One epoch of one step of batch 2 per rank.
+R1 = {**clusters.TINY_R1, "batch-size": 2, "epochs": 1}
 JOB_TIMEOUT_S = 420
-LIST = "sbd_train_lst.txt"
-
-
-def make_dataset(root: Path) -> Path:
-    """The synthetic VOC/SBD tree and its lists (absolute paths) under `root`."""
-    for cmd in (["synth", "--out", str(root), "--images", "12", "--min-size", "40", "--max-size", "56"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       timeout=120)
-    return root
-
-
-def copy_dataset(source: Path, target: Path) -> Path:
-    """A host's own copy of the dataset, its lists rewritten to point into the copy."""
-    shutil.copytree(source, target)
-    subprocess.run([sys.executable, "-m", "refinenet.data", "lists", "--data-root", str(target)], check=True,
-                   capture_output=True, timeout=120)
-    return target
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("launch-data") / "data")
 
 
 def cluster_file(folder: Path, name: str, backend: str, hosts: List[dict], data: str,
                  output_dir: str) -> Path:
-    spec = {"name": name, "backend": backend, "device": "cpu", "hosts": hosts,
-            "job": {"data": data, "output_dir": output_dir, "stage_overrides": {"r1": dict(R1)}}, **POLICIES}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return clusters.cluster_file(folder / f"{name}.yaml", hosts, name=name, backend=backend,
+                                 job={"data": data, "output_dir": output_dir, "stage_overrides": {"r1": R1}})
 
 
 def launch(cluster: Path, runs: Path, cwd: Path, env: Dict[str, str], *extra: str,
            timeout: float = JOB_TIMEOUT_S) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "launcher.cli", "--cluster", str(cluster), "--stage", "r1",
-            "--runs-dir", str(runs), *extra]
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return cli("--cluster", cluster, "--stage", "r1", "--runs-dir", runs, *extra, env=env, cwd=cwd,
+               timeout=timeout)
 
 
 def explain(res: subprocess.CompletedProcess) -> str:
@@ -183,33 +156,17 @@ def test_a_rank_failing_at_start_stops_the_job(tmp_path, child_env, dataset, bac
     assert record["state"] == "FAILED" and record["attempts"][0]["failure"]["rank"] == bad_rank
     assert all(p["state"] in ("FAILED", "STOPPED", "SUCCEEDED") for p in record["attempts"][0]["processes"])
     assert not list(tmp_path.glob("**/r1/ckpt/*.ckpt"))
-    assert_no_job_processes(record["job_id"])
-
-
-def assert_no_job_processes(job_id: str) -> None:
-    """No process on this machine still carries the job's REFINENET_JOB_ID."""
-    import psutil
-
-    left = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get("REFINENET_JOB_ID") == job_id:
-                left.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    assert not left, f"processes of {job_id} still running: {left}"
-
+    left = tagged(record["job_id"])
+    assert not left, f"processes of {record['job_id']} still running: {left}"
 
 
 def test_msrun_entry_ends_msruns_scheduler_and_execs_the_workers(tmp_path, child_env):
     """msrun starts its task as a scheduler too; the rendered task ends that copy at once (the
     launcher runs the scheduler) and runs the workers' command unchanged."""
-    from launcher.spec.load import parse_cluster
-    from tests.harness.specs import plan_of
+    from tests.harness.specs import plan_of, spec_of
 
-    spec = parse_cluster({"name": "m", "backend": "msrun", "device": "cpu",
-                          "hosts": [{"name": "local", "ranks": 2, "workdir": str(tmp_path)}],
-                          "master": {"port": 8118}, "job": {"data": "d.txt"}}, "m.yaml")
+    spec = spec_of(name="m", backend="msrun", hosts=[{"name": "local", "ranks": 2, "workdir": str(tmp_path)}],
+                   port=8118, source="m.yaml")
     plan = plan_of(spec, "r1", job_dir=str(tmp_path / "job"), job_id="m1")
     (entry,) = plan.files
     Path(entry.path).parent.mkdir(parents=True)

@@ -2,16 +2,15 @@
 started or written on any host (real sshd hosts, real CLI)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from tests.e2e.sshd import free_port
+from tests.harness.cli import cli
+from tests.harness.clusters import cluster_file, ssh_host
+from tests.harness.hosts import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -45,21 +44,17 @@ def missing_data(host: dict, tmp_path: Path) -> dict:
 ], ids=["unreachable", "unknown-host-key", "missing-python", "missing-data"])
 def test_a_bad_host_fails_the_host_check_and_nothing_starts(tmp_path, child_env, ssh_hosts, break_host,
                                                             cause):
-    good, bad = (dict(h.spec_dict(), ranks=1) for h in ssh_hosts)
+    good, bad = (ssh_host(h) for h in ssh_hosts)
     for host in (good, bad):
         (Path(host["workdir"]) / "data").mkdir(parents=True, exist_ok=True)
         (Path(host["workdir"]) / "data" / "train.txt").write_text("a.jpg a.png\n")
     bad = break_host(bad, tmp_path)
     name = f"badhost-{uuid.uuid4().hex[:8]}"
-    spec = {"name": name, "backend": "dynamic", "device": "cpu", "hosts": [good, bad],
-            "job": {"data": "data/train.txt", "output_dir": f"out-{name}"},
-            "health": {"check_devices": False}, "timeouts": {"cluster_s": 60, "heartbeat_s": 10}}
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump(spec))
+    cluster = cluster_file(tmp_path / "cluster.yaml", [good, bad], name=name,
+                           job={"data": "data/train.txt", "output_dir": f"out-{name}"})
     runs = tmp_path / "runs"
-    res = subprocess.run([sys.executable, "-m", "launcher.cli", "--cluster", str(cluster), "--stage", "r1",
-                          "--runs-dir", str(runs)], cwd=tmp_path, env=child_env, capture_output=True,
-                         text=True, timeout=120)
+    res = cli("--cluster", cluster, "--stage", "r1", "--runs-dir", runs, cwd=tmp_path, env=child_env,
+              timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "host check failed, nothing was started" in res.stderr
     problems = [line for line in res.stderr.splitlines() if line.startswith("  ")]

@@ -20,10 +20,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from launcher.agent.session import start_session
 from launcher.transport.factory import open_transport
-from tests.e2e.test_hostside import command_cluster, launch_command, rank_pids
-from tests.e2e.test_resilience_faults import gone_within, tagged
+from tests.harness.agents import start_attempt
+from tests.harness.launched import command_cluster, launch_command, record_rank_pids
+from tests.harness.procs import cmdline, gone_after, gone_within, group_members, identity, tagged
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +32,7 @@ TREE = "sleep 300 & sh -c 'trap \"\" TERM; sleep 300' & sleep 300 & wait"
 PARENT = """
 import json, queue, sys, time
 from types import SimpleNamespace
-from launcher.agent.session import start_session
+from tests.harness.agents import start_attempt
 from launcher.transport.factory import open_transport
 
 events, sessions = queue.Queue(), []
@@ -43,7 +43,7 @@ for spec in json.loads(sys.argv[1]):
                   "env": {"REFINENET_JOB_ID": "orphan-test"}} for rank in range(2)]
     doc = {"job_id": "orphan-test", "attempt": 1, "host": host.name, "grace": 2.0, "hang_s": None,
            "files": [], "tails": [], "processes": processes}
-    sessions.append(start_session(open_transport(host), host.python or "python3", doc, [print, print], [],
+    sessions.append(start_attempt(open_transport(host), host.python or "python3", doc, [print, print], [],
                                   events))
 started, ready = [], 0
 while ready < len(sessions):
@@ -57,61 +57,55 @@ while True:
 """
 
 
-def members(pgid):
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return found
+def start_parent(hosts, tree: str, child_env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", PARENT, json.dumps(hosts), tree], env=child_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def alive(procs):
-    result = []
-    for proc in procs:
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                result.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return result
+def kill_parent(parent: subprocess.Popen, procs) -> float:
+    """SIGKILL the launcher-like parent; the seconds until none of `procs` (identities) lives, at most 10."""
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    killed = time.monotonic()
+    gone, left = gone_after(procs, killed, 10)
+    assert left == [], [(pid, cmdline(pid)) for pid in left]
+    return gone
+
+
+def close_parent(parent: subprocess.Popen) -> None:
+    if parent.poll() is None:
+        parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    parent.stderr.close()
+
+
+def identities(pids):
+    return {i for i in map(identity, pids) if i}
 
 
 def run_and_kill_launcher(hosts, child_env):
     """Start the parent, SIGKILL it once its trees are up; the seconds until nothing of them is left."""
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, json.dumps(hosts), TREE], env=child_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = start_parent(hosts, TREE, child_env)
     try:
         line = parent.stdout.readline()
         assert line, parent.stderr.read()
         started = json.loads(line)
         assert len(started) == 2 * len(hosts)
-        trees = []
+        trees = set()
         for _, pid, pgid in started:
             assert pid == pgid
             deadline = time.monotonic() + 10
-            while len(members(pgid)) < 5 and time.monotonic() < deadline:
+            while len(group_members(pgid)) < 5 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            tree = members(pgid)
-            assert len(tree) >= 5, [p.cmdline() for p in tree]
-            trees.extend(tree)
-            trees.append(psutil.Process(pid).parent())
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        killed = time.monotonic()
-        while alive(trees) and time.monotonic() - killed < 10:
-            time.sleep(0.05)
-        left = [(p.pid, p.cmdline()) for p in alive(trees)]
-        assert left == [] and all(members(pgid) == [] for _, _, pgid in started)
-        return time.monotonic() - killed
+            tree = group_members(pgid)
+            assert len(tree) >= 5, [cmdline(p) for p in tree]
+            trees |= identities(tree + [psutil.Process(pid).ppid()])
+        gone = kill_parent(parent, trees)
+        assert all(group_members(pgid) == [] for _, _, pgid in started)
+        return gone
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        parent.stdout.close()
-        parent.stderr.close()
+        close_parent(parent)
 
 
 def test_sigkilled_launcher_leaves_no_local_process(child_env):
@@ -130,33 +124,33 @@ ESCAPING_TREE = "setsid sleep 301 & setsid sh -c 'trap \"\" TERM; sleep 302' & s
 def test_processes_that_leave_the_group_are_ended_too(child_env):
     """msrun starts its workers in sessions of their own: the agent must end them all the same."""
     local = {"name": "local", "address": "localhost", "ssh": None}
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, json.dumps([local]), ESCAPING_TREE],
-                              env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parent = start_parent([local], ESCAPING_TREE, child_env)
     try:
         started = json.loads(parent.stdout.readline())
-        everything = []
+        everything = set()
         for _, pid, _ in started:
             shell = psutil.Process(pid)
-            agent = shell.parent()
             deadline = time.monotonic() + 10
             while len(shell.children(recursive=True)) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            tree = shell.children(recursive=True) + [shell]
-            assert sum(1 for p in tree if os.getsid(p.pid) != pid) >= 2, [p.cmdline() for p in tree]
-            everything += tree + [agent]
-        parent.send_signal(signal.SIGKILL)
-        parent.wait()
-        killed = time.monotonic()
-        while alive(everything) and time.monotonic() - killed < 10:
-            time.sleep(0.05)
-        assert [(p.pid, p.cmdline()) for p in alive(everything)] == []
-        assert time.monotonic() - killed < 5
+            tree = [p.pid for p in shell.children(recursive=True)] + [pid]
+            assert sum(1 for p in tree if os.getsid(p) != pid) >= 2, [cmdline(p) for p in tree]
+            everything |= identities(tree + [shell.ppid()])
+        assert kill_parent(parent, everything) < 5
     finally:
-        if parent.poll() is None:
-            parent.kill()
-        parent.wait()
-        parent.stdout.close()
-        parent.stderr.close()
+        close_parent(parent)
+
+
+def alive(procs):
+    """The psutil processes of `procs` still running (zombies are gone)."""
+    result = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                result.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return result
 
 
 def one_host(kind: str, request, tmp_path) -> dict:
@@ -181,7 +175,7 @@ def test_processes_die_with_their_agent_and_a_sweep_ends_what_they_started(kind,
     doc = {"job_id": job, "attempt": 1, "host": host.name, "grace": 2.0, "hang_s": None, "files": [],
            "tails": [], "processes": processes}
     with open_transport(host) as transport:
-        start_session(transport, sys.executable, doc, [print, print], [], events)
+        start_attempt(transport, sys.executable, doc, [print, print], [], events)
         pids = {}
         while len(pids) < 2:
             event = events.get(timeout=30)
@@ -213,7 +207,7 @@ def test_a_sigkilled_agent_leaves_no_process_of_the_job(kind, request, tmp_path,
     cluster = command_cluster(tmp_path / "c", spec, standin_python, ranks=1)
     launcher = launch_command(cluster, runs, job, child_env, "bash", "-c", "exec sleep 300")
     try:
-        rank, = rank_pids(runs, job, 1, launcher)
+        rank, = record_rank_pids(runs, job, 1, launcher)
         assert len(tagged(job)) >= 2
         psutil.Process(rank).parent().kill()
         killed = time.monotonic()

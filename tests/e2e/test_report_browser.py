@@ -1,8 +1,8 @@
-"""`report` and straggler detection on a real 2-rank job of a stand-in workload, seen in Chromium.
+"""`report` and straggler detection on a real 2-rank job of the stand-in workload, seen in Chromium.
 
-The stand-in (run through each host's `python`, as in test_resilience_faults) prints the workload's
-progress lines and writes its metrics file with a learning rate; rank 1 sleeps `FAKE_SLOW_FACTOR`
-times longer per step, rank 0 fails once (a marker file makes the restarted attempt succeed).
+The stand-in (tests/harness, run through each host's `python`) prints the workload's progress lines
+and writes its metrics file with a learning rate; rank 1 takes three times longer per step, rank 0
+fails once (a marker file makes the restarted attempt succeed).
 """
 from __future__ import annotations
 
@@ -12,71 +12,22 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.e2e.test_resilience_faults import WRAPPER, Launch, cli, cluster_file, tagged
+from tests.harness.cli import cli
+from tests.harness.clusters import two_rank_cluster
+from tests.harness.environment import REPO
+from tests.harness.launched import LaunchedJob
+from tests.harness.procs import tagged
+from tests.harness.standin import steps_env
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS_ENV = "REFINENET_TEST_ARTIFACTS"
 FIGURE_SECTIONS = ("loss", "step-time", "throughput", "attempts", "health", "eval", "predictions")
-
-STANDIN = textwrap.dedent('''
-    import argparse, json, os, sys, time
-    if sys.argv[1] == "scheduler":
-        print("scheduler up", flush=True)
-        while True:
-            time.sleep(60)
-    p = argparse.ArgumentParser()
-    p.add_argument("--output-dir", required=True)
-    args, _ = p.parse_known_args(sys.argv[2:])
-    rank = int(os.environ["MS_NODE_ID"])
-    steps, step_s = int(os.environ["FAKE_STEPS"]), float(os.environ["FAKE_STEP_S"])
-    if rank == int(os.environ.get("FAKE_SLOW_RANK", "-1")):
-        step_s *= float(os.environ.get("FAKE_SLOW_FACTOR", "3"))
-    fail_at = int(os.environ.get("FAKE_FAIL_ONCE_AT", "0"))
-    marker = os.path.join(args.output_dir, "failed-once")
-    os.makedirs(os.path.join(args.output_dir, "metrics"), exist_ok=True)
-    print("[INFO] DISTRIBUTED(%d,7f00aa,python):2026-11-29-10:00:00.000.000 [mindspore/ccsrc/x.cc:1] f] "
-          "Event base dispatch success!" % os.getpid(), flush=True)
-    with open(os.path.join(args.output_dir, "metrics", "rank_%d.jsonl" % rank), "a") as m:
-        for step in range(1, steps + 1):
-            t = time.time()
-            time.sleep(step_s)
-            loss, lr = 2.0 / (step + 1), 0.01 * 0.95 ** step
-            print("epoch: 1 step: %d, loss is %.4f" % (step, loss), flush=True)
-            m.write(json.dumps({"step": step, "epoch": 1, "loss": loss, "lr": lr,
-                                "seconds": time.time() - t, "time": time.time()}) + "\\n")
-            m.flush()
-            if rank == 0 and step == fail_at and not os.path.exists(marker):
-                open(marker, "w").close()
-                print("Traceback (most recent call last): rank 0 fails once", flush=True)
-                sys.exit(3)
-    print("Train epoch time: 1.0 ms, per step time: 1.0 ms", flush=True)
-''')
-
-
-@pytest.fixture(scope="module")
-def standin_python(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("standin")
-    (root / "standin.py").write_text(STANDIN)
-    wrapper = root / "python"
-    wrapper.write_text(WRAPPER.format(py=sys.executable, fake=root / "standin.py"))
-    wrapper.chmod(0o755)
-    return str(wrapper)
-
-
-def standin_cluster(folder: Path, python: str, *, steps: int, step_s: float, slow_factor: float = 3.0,
-                    fail_once_at: int = 0) -> Path:
-    env = {"FAKE_SLOW_RANK": "1", "FAKE_SLOW_FACTOR": str(slow_factor),
-           "FAKE_FAIL_ONCE_AT": str(fail_once_at)}
-    return cluster_file(folder, python, steps=steps, step_s=step_s, max_restarts=1, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +35,14 @@ def finished_job(tmp_path_factory, standin_python, child_env):
     """A job whose rank 0 fails once at step 3; attempt 2 runs 14 steps with rank 1 three times slower."""
     root = tmp_path_factory.mktemp("report-job")
     runs = root / "runs"
-    cluster = standin_cluster(root / "c", standin_python, steps=14, step_s=0.1, fail_once_at=3)
-    job = Launch(cluster, runs, "seen", child_env, "--set", "batch-size=4")
+    env = steps_env(0.1, 14, slow_rank=1, slow_factor=3.0, fail_rank=0, fail_at=3, fail_code=3,
+                    fail_once=root / "failed-once")
+    cluster = two_rank_cluster(root / "c", standin_python, env, restart={"max_restarts": 1})
+    job = LaunchedJob(cluster, runs, "seen", child_env, "--set", "batch-size=4")
     try:
         assert job.wait(120) == 0, job.stderr
     finally:
-        if job.proc.poll() is None:
-            job.kill()
+        job.kill()
     assert tagged("seen") == []
     return job, root, runs
 
@@ -106,7 +58,7 @@ def test_the_slow_rank_is_flagged_and_the_others_are_not(finished_job, child_env
     records = [json.loads(line) for line in (job.job_dir / "stragglers.jsonl").read_text().splitlines()]
     assert [(r["rank"], r["attempt"]) for r in records] == [(1, 2)]
     assert [(s["rank"], s["attempt"]) for s in job.record()["stragglers"]] == [(1, 2)]
-    status = cli(child_env, "status", "seen", "--runs-dir", str(runs))
+    status = cli("status", "seen", "--runs-dir", runs, env=child_env)
     assert status.returncode == 0, status.stderr
     lines = [line for line in status.stdout.splitlines() if "the median of the others" in line]
     assert len(lines) == 1 and "rank 1 on local" in lines[0]
@@ -135,7 +87,7 @@ def test_the_report_renders_in_a_browser_with_every_section(finished_job, child_
     Image.new("RGB", (96, 64), (30, 160, 60)).save(buf, "JPEG")
     (predictions / "2007_000129_overlay.jpg").write_bytes(buf.getvalue())
     out = tmp_path / "report"
-    made = cli(child_env, "report", "seen", "--runs-dir", str(runs), "-o", str(out))
+    made = cli("report", "seen", "--runs-dir", runs, "-o", out, env=child_env)
     assert made.returncode == 0, made.stderr
     html_path = Path(made.stdout.strip())
     assert html_path == out / "report.html"

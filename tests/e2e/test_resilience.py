@@ -19,40 +19,23 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import List
 
 import pytest
-import yaml
 
-from refinenet import manifest as mf
-from tests.e2e.test_resilience_faults import tagged
+from tests.harness.checkpoints import saved_epochs
+from tests.harness.clusters import TINY_R1, cluster_file, local_host, ssh_host
+from tests.harness.launched import LaunchedJob
+from tests.harness.procs import tagged
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-EPOCHS = 3
+EPOCHS = TINY_R1["epochs"]
 STEPS = 3  # 6 training images, 2 ranks, batch 1
-
-
-def wait_for(what: str, check, launcher: subprocess.Popen, err: Path, timeout: float = 420):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if launcher.poll() is not None:
-            raise AssertionError(f"launcher ended ({launcher.returncode}) before {what}:\n{err.read_text()}")
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} within {timeout} s:\n{err.read_text()[-4000:]}")
-
-
-def saved(ckpt_dir: Path, newer_than: int = 0) -> List[int]:
-    """Epochs of the complete checkpoints in `ckpt_dir` after epoch `newer_than`."""
-    entries, _ = mf.scan(ckpt_dir, check_hash=False)
-    return sorted(e.manifest.epoch for e in entries if e.manifest.epoch > newer_than)
+WAIT_S = 420
 
 
 def attempt_lines(log: str, attempt: int) -> List[str]:
@@ -74,27 +57,14 @@ def test_kill9_resume_and_truncated_checkpoint_local_and_ssh(tmp_path, train_lis
     remote = ssh_hosts[0]
     local_dir = tmp_path / "local"
     out = f"out-{job_id}"
-    cluster = {
-        "name": "kill9", "backend": "dynamic", "device": "cpu",
-        "hosts": [{"name": "local", "ranks": 1, "workdir": str(local_dir), "python": sys.executable},
-                  {**remote.spec_dict(), "ranks": 1}],
-        "job": {"data": str(train_list), "output_dir": out,
-                "stage_overrides": {"r1": {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": EPOCHS,
-                                           "save-epochs": 1, "seed": 1, "workers": 1, "base-lr": 0.002,
-                                           "mode": "pynative"}}},
-        "restart": {"max_restarts": 2, "backoff_s": 1, "backoff_max_s": 1},
-        "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
-        "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3},
-    }
-    cluster_path = tmp_path / "cluster.yaml"
-    cluster_path.write_text(yaml.safe_dump(cluster))
+    cluster_path = cluster_file(
+        tmp_path / "cluster.yaml", [local_host(local_dir, python=sys.executable), ssh_host(remote)],
+        name="kill9", restart={"max_restarts": 2}, health={"interval_s": 10},
+        job={"data": str(train_list), "output_dir": out, "stage_overrides": {"r1": dict(TINY_R1)}})
     ckpt = {"local": local_dir / out / "r1" / "ckpt", remote.name: Path(remote.workdir) / out / "r1" / "ckpt"}
-    runs, err = tmp_path / "runs", tmp_path / "launcher.err"
+    runs = tmp_path / "runs"
     job_dir = runs / job_id
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", "--cluster", str(cluster_path), "--stage", "r1", "--runs-dir",
-         str(runs), "--job-id", job_id], env=child_env, cwd=str(tmp_path), stdout=subprocess.DEVNULL,
-        stderr=open(err, "w"))
+    launcher = LaunchedJob(cluster_path, runs, job_id, child_env)
 
     def pid_of(name: str, attempt: int) -> int:
         record = json.loads((job_dir / "job.json").read_text())
@@ -109,30 +79,30 @@ def test_kill9_resume_and_truncated_checkpoint_local_and_ssh(tmp_path, train_lis
 
     try:
         # Attempt 1: SIGKILL rank 1 on the SSH host at a random moment after the first checkpoint.
-        wait_for("first checkpoint", lambda: all(saved(d) for d in ckpt.values()), launcher, err)
+        launcher.wait_for("first checkpoint", lambda: all(saved_epochs(d) for d in ckpt.values()), WAIT_S)
         delay = rng.uniform(0, 1.5)
         time.sleep(delay)
         os.kill(pid_of("r1", 1), signal.SIGKILL)
         note = f"seed {seed}, killed rank 1 {delay:.2f} s after the first checkpoint"
 
         # Attempt 2: once it saved a newer checkpoint, truncate that on the SSH host, SIGKILL rank 0.
-        wait_for("attempt 2", lambda: attempts() == 2, launcher, err)
+        launcher.wait_for("attempt 2", lambda: attempts() == 2, WAIT_S)
         record = json.loads((job_dir / "job.json").read_text())
         resumed = int(re.match(r"refinenet-(\d+)_3\.ckpt", record["attempts"][1]["resume"]).group(1))
         assert 1 <= resumed < EPOCHS, note
-        newer = wait_for("a checkpoint of attempt 2",
-                         lambda: min(saved(d, resumed)[:1] or [0] for d in ckpt.values())[0], launcher, err)
+        newer = launcher.wait_for(
+            "a checkpoint of attempt 2",
+            lambda: min(saved_epochs(d, resumed)[:1] or [0] for d in ckpt.values())[0], WAIT_S)
         victim = ckpt[remote.name] / f"refinenet-{newer}_{STEPS}.ckpt"
         os.truncate(victim, victim.stat().st_size // 2)
         os.kill(pid_of("r0", 2), signal.SIGKILL)
 
-        assert launcher.wait(600) == 0, err.read_text()
+        assert launcher.wait(600) == 0, launcher.stderr
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
+        launcher.kill()
     assert tagged(job_id) == [], "processes of the job outlived it"
 
-    stderr = err.read_text()
+    stderr = launcher.stderr
     record = json.loads((job_dir / "job.json").read_text())
     assert record["state"] == "SUCCEEDED", stderr
     a1, a2, a3 = record["attempts"]
@@ -169,4 +139,4 @@ def test_kill9_resume_and_truncated_checkpoint_local_and_ssh(tmp_path, train_lis
         assert len(starts) == 2 and starts[0]["lr"] == starts[1]["lr"] and starts[0]["epoch"] == resumed + 1
         assert records[-1]["step"] == EPOCHS * STEPS and records[-1]["epoch"] == EPOCHS
     for host, folder in ckpt.items():
-        assert saved(folder)[-1] == EPOCHS, host
+        assert saved_epochs(folder)[-1] == EPOCHS, host

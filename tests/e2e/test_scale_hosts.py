@@ -1,7 +1,7 @@
 """The launcher on 8 simulated SSH hosts x 4 ranks (and 8 x 8 for log integrity), from outside.
 
 Every host is a real sshd on its own loopback address (127.0.1.1 ...) with its own workdir; every
-host's `python` runs the stand-in workload of tests/e2e/standin.py for training commands. The
+host's `python` runs the stand-in workload of tests/harness for training commands. The
 launcher is driven through its command line only (`refinenet-launch --cluster ... --stage r1`,
 `stop`) and observed through its exit code, `runs/<job>/job.json`, `runs/<job>/logs/` and /proc:
 processes left behind are found by the job's REFINENET_JOB_ID tag and by sessions still open on
@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import List
 
 import pytest
 
-from tests.e2e import standin
-from tests.e2e.conftest import SCALE_HOSTS
-from tests.e2e.sshd import SshServer, start_servers, stop_servers
+from tests.harness import standin
+from tests.harness.cli import cli
+from tests.harness.clusters import cluster_file, ssh_host
+from tests.harness.hosts import SCALE_HOSTS, SshServer, start_servers, stop_servers
+from tests.harness.launched import LaunchedJob
+from tests.harness.procs import gone_after, gone_within, rank_pids, snapshot, tagged
 
 pytestmark = pytest.mark.e2e
 
@@ -40,17 +42,20 @@ def runs(tmp_path) -> Path:
 @pytest.fixture
 def jobs():
     """Launched jobs; whatever a failing test leaves running is killed by its tag."""
-    started: List[standin.LaunchedJob] = []
+    started: List[LaunchedJob] = []
     yield started
     for job in started:
         job.close()
 
 
-def launch(jobs, tmp_path, runs, servers, python, env, job_id, *, ranks=RANKS,
-           **cluster) -> standin.LaunchedJob:
-    path = standin.cluster_file(tmp_path / job_id, [s.host() for s in servers], ranks, python,
-                                cluster.pop("workload"), name=job_id, **cluster)
-    job = standin.LaunchedJob(path, runs, job_id, env)
+def launch(jobs, tmp_path, runs, servers, python, env, job_id, *, workload, ranks=RANKS,
+           max_restarts=0) -> LaunchedJob:
+    """A job of `ranks` stand-in ranks per server, its environment `workload`."""
+    path = cluster_file(tmp_path / job_id / "cluster.yaml",
+                        [ssh_host(s.host(), ranks=ranks, python=python) for s in servers], name=job_id,
+                        env=workload, lists=("train.lst",), restart={"max_restarts": max_restarts},
+                        timeouts={"cluster_s": 120, "heartbeat_s": 30})
+    job = LaunchedJob(path, runs, job_id, env)
     jobs.append(job)
     return job
 
@@ -65,16 +70,11 @@ def sessions_closed(servers: List[SshServer], timeout: float = 5) -> list:
         time.sleep(0.1)
 
 
-def cli(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*standin.launcher_command(), *args], env=env, capture_output=True, text=True,
-                          timeout=120)
-
-
 def test_every_rank_on_8_hosts_comes_up_and_the_job_succeeds(tmp_path, runs, jobs, scale_servers,
                                                               standin_python, child_env):
     steps = 8
     job = launch(jobs, tmp_path, runs, scale_servers, standin_python, child_env, "scale-up",
-                 workload=standin.step_env(0.25, steps))
+                 workload=standin.steps_env(0.25, steps))
     up = job.ranks_up(WORLD, timeout=UP_TIMEOUT_S)
     assert job.wait(UP_TIMEOUT_S) == 0, job.stderr
     record = job.record()
@@ -86,7 +86,7 @@ def test_every_rank_on_8_hosts_comes_up_and_the_job_succeeds(tmp_path, runs, job
         metrics = sorted(p.name for p in Path(server.workdir).glob("out/r1/metrics/rank_*.jsonl"))
         assert metrics == sorted(f"rank_{r}.jsonl" for r in range(index * RANKS, (index + 1) * RANKS)), \
             f"{server.name} ran {metrics}"
-    assert standin.tagged("scale-up") == []
+    assert tagged("scale-up") == []
     assert sessions_closed(scale_servers) == []
     print(f"\n{WORLD} ranks on {SCALE_HOSTS} hosts: all up {up:.1f} s after the launcher started")
 
@@ -94,42 +94,42 @@ def test_every_rank_on_8_hosts_comes_up_and_the_job_succeeds(tmp_path, runs, job
 def test_kill_9_of_one_rank_ends_the_job_on_every_host_and_it_restarts(tmp_path, runs, jobs, scale_servers,
                                                                        standin_python, child_env):
     job = launch(jobs, tmp_path, runs, scale_servers, standin_python, child_env, "scale-kill9",
-                 workload=standin.step_env(0.25), max_restarts=1)
+                 workload=standin.steps_env(0.25), max_restarts=1)
     job.ranks_up(WORLD, timeout=UP_TIMEOUT_S)
     victim = WORLD // 2 + 1
-    first_attempt = standin.snapshot("scale-kill9")
-    pids = standin.rank_pids("scale-kill9")
+    first_attempt = snapshot("scale-kill9")
+    pids = rank_pids("scale-kill9")
     assert sorted(pids) == list(range(WORLD)), sorted(pids)
     killed = time.monotonic()
     os.kill(pids[victim], signal.SIGKILL)
-    gone, left = standin.gone_after(first_attempt, killed, GONE_TIMEOUT_S)
+    gone, left = gone_after(first_attempt, killed, GONE_TIMEOUT_S)
     assert not left, f"{len(left)} processes of attempt 1 alive {GONE_TIMEOUT_S} s after kill -9 of {victim}"
     job.ranks_up(WORLD, attempt=2, timeout=UP_TIMEOUT_S)
     first = job.record()["attempts"][0]
     assert first["state"] == "FAILED" and first["failure"]["rank"] == victim, first["failure"]
-    stop = cli(child_env, "stop", "scale-kill9", "--runs-dir", str(runs))
+    stop = cli("stop", "scale-kill9", "--runs-dir", runs, env=child_env, timeout=120)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert job.wait(60) == 1, job.stderr
     record = job.record()
     assert record["state"] == "STOPPED" and [a["state"] for a in record["attempts"]] == ["FAILED", "STOPPED"]
-    assert standin.gone_within("scale-kill9", 5) == []
+    assert gone_within("scale-kill9", 5) == []
     assert sessions_closed(scale_servers) == []
     print(f"\nkill -9 of rank {victim}: every process of attempt 1 gone after {gone:.2f} s")
 
 
 def test_sigint_stops_the_job_on_every_host(tmp_path, runs, jobs, scale_servers, standin_python, child_env):
     job = launch(jobs, tmp_path, runs, scale_servers, standin_python, child_env, "scale-sigint",
-                 workload=standin.step_env(0.25))
+                 workload=standin.steps_env(0.25))
     job.ranks_up(WORLD, timeout=UP_TIMEOUT_S)
-    procs = standin.snapshot("scale-sigint")
+    procs = snapshot("scale-sigint")
     sent = time.monotonic()
     job.kill(signal.SIGINT)
-    gone, left = standin.gone_after(procs, sent, GONE_TIMEOUT_S)
+    gone, left = gone_after(procs, sent, GONE_TIMEOUT_S)
     assert not left, f"{len(left)} processes alive {GONE_TIMEOUT_S} s after SIGINT"
     assert job.wait(60) == 1, job.stderr
     record = job.record()
     assert record["state"] == "STOPPED" and [a["state"] for a in record["attempts"]] == ["STOPPED"]
-    assert standin.tagged("scale-sigint") == []
+    assert tagged("scale-sigint") == []
     assert sessions_closed(scale_servers) == []
     print(f"\nSIGINT: every process gone after {gone:.2f} s, launcher exited "
           f"{time.monotonic() - sent:.2f} s after it")
@@ -138,15 +138,15 @@ def test_sigint_stops_the_job_on_every_host(tmp_path, runs, jobs, scale_servers,
 def test_a_sigkilled_launcher_leaves_nothing_on_any_host(tmp_path, runs, jobs, scale_servers, standin_python,
                                                          child_env):
     job = launch(jobs, tmp_path, runs, scale_servers, standin_python, child_env, "scale-orphans",
-                 workload=standin.step_env(0.25))
+                 workload=standin.steps_env(0.25))
     job.ranks_up(WORLD, timeout=UP_TIMEOUT_S)
-    procs = standin.snapshot("scale-orphans")
+    procs = snapshot("scale-orphans")
     assert len(procs) >= WORLD
     killed = time.monotonic()
     job.kill(signal.SIGKILL)
-    gone, left = standin.gone_after(procs, killed, 5)
+    gone, left = gone_after(procs, killed, 5)
     assert not left, f"{len(left)} processes of the job alive 5 s after the launcher was SIGKILLed"
-    assert standin.tagged("scale-orphans") == []
+    assert tagged("scale-orphans") == []
     assert sessions_closed(scale_servers) == []
     print(f"\nlauncher SIGKILLed: every process gone after {gone:.2f} s")
 
@@ -167,14 +167,14 @@ def test_16_ranks_on_one_host_under_default_sshd_limits(tmp_path, runs, jobs, st
     ranks, steps = 16, 8
     assert "MaxSessions" not in stock_server.config.read_text()
     job = launch(jobs, tmp_path, runs, [stock_server], standin_python, child_env, "scale-stock",
-                 ranks=ranks, workload=standin.step_env(0.25, steps))
+                 ranks=ranks, workload=standin.steps_env(0.25, steps))
     job.ranks_up(ranks, timeout=UP_TIMEOUT_S)
     assert job.wait(UP_TIMEOUT_S) == 0, job.stderr
     assert job.record()["state"] == "SUCCEEDED"
     for rank in range(ranks):
         lines = (job.job_dir / "logs" / f"rank_{rank}.log").read_text().splitlines()
         assert standin.step_numbers(lines) == list(range(1, steps + 1)), f"rank {rank}: {lines[-5:]}"
-    assert standin.tagged("scale-stock") == []
+    assert tagged("scale-stock") == []
 
 
 def test_lines_of_64_ranks_printing_flat_out_arrive_whole_in_order_and_all(tmp_path, runs, jobs,
@@ -198,5 +198,5 @@ def test_lines_of_64_ranks_printing_flat_out_arrive_whole_in_order_and_all(tmp_p
     assert not joined.problems, "\n".join(joined.problems)
     assert joined.seen == total.seen and sorted(joined.announced) == list(range(world))
     assert joined.lost == 0
-    assert standin.tagged("scale-lines") == []
+    assert tagged("scale-lines") == []
     print(f"\n{world} ranks printed {sum(joined.seen.values())} lines, every one whole, in order, none lost")

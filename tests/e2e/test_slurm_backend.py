@@ -16,12 +16,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import pytest
-import yaml
 
-from refinenet import manifest as mf
-from tests.e2e.test_resilience_faults import tagged
+from tests.harness.checkpoints import saved_epochs as saved
+from tests.harness.cli import cli, launcher_argv
+from tests.harness.clusters import TINY_R1, cluster_file
+from tests.harness.launched import LaunchedJob
+from tests.harness.procs import cmdline, tagged
+from tests.harness.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,29 +38,21 @@ def env(slurm_cluster, child_env) -> dict:
     return {**child_env, **slurm_cluster.env}
 
 
-def cluster_file(tmp_path: Path, train_list: Path, epochs: int, **slurm) -> Path:
-    r1 = {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": epochs, "save-epochs": 1, "seed": 1,
-          "workers": 1, "base-lr": 0.002, "mode": "pynative"}
-    data = {"name": "slurm-test", "backend": "slurm", "device": "cpu",
-            "slurm": {"nodes": 2, "ranks_per_node": 1, "partition": "debug", "python": sys.executable,
-                      "workdir": str(tmp_path / "nodes" / "{node}"), **slurm},
-            "job": {"data": str(train_list), "output_dir": "out", "stage_overrides": {"r1": r1}},
-            "restart": {"max_restarts": 1, "backoff_s": 1, "backoff_max_s": 1},
-            "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
-            "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}}
-    path = tmp_path / "slurm-test.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+def slurm_cluster_file(tmp_path: Path, train_list: Path, epochs: int, storage: str = "local",
+                       **slurm) -> Path:
+    """Two nodes of the test cluster, one real r1 rank each, node-local folders unless `workdir` is given."""
+    return cluster_file(
+        tmp_path / "slurm-test.yaml", name="slurm-test", backend="slurm", storage=storage,
+        slurm={"nodes": 2, "ranks_per_node": 1, "partition": "debug", "python": sys.executable,
+               "workdir": str(tmp_path / "nodes" / "{node}"), **slurm},
+        job={"data": str(train_list), "output_dir": "out",
+             "stage_overrides": {"r1": {**TINY_R1, "epochs": epochs}}},
+        restart={"max_restarts": 1}, health={"interval_s": 10})
 
 
-def launcher(*args: str) -> list:
-    return [sys.executable, "-m", "launcher.cli", *args]
-
-
-def cli(env: dict, cwd: Path, *args: str, nodes: int = 0, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`refinenet-launch ARGS` to completion, inside a `salloc -N nodes` allocation when `nodes`."""
-    argv = (["salloc", f"-N{nodes}"] if nodes else []) + launcher(*args)
-    return subprocess.run(argv, env=env, cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
+def salloc(nodes: int) -> List[str]:
+    """The command that runs another inside a `nodes`-node allocation (none for 0)."""
+    return ["salloc", f"-N{nodes}"] if nodes else []
 
 
 def record(job_dir: Path) -> dict:
@@ -66,29 +62,8 @@ def record(job_dir: Path) -> dict:
         return {}
 
 
-def wait_for(what: str, check, timeout: float = 300, proc=None, err=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"launcher ended ({proc.returncode}) before {what}:\n"
-                                 f"{err.read_text() if err else ''}")
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} within {timeout} s" + (f":\n{err.read_text()[-3000:]}" if err else ""))
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def saved(ckpt_dir: Path) -> list:
-    entries, _ = mf.scan(ckpt_dir, check_hash=False)
-    return sorted(e.manifest.epoch for e in entries)
+def wait_for(what: str, check, timeout: float = 300):
+    return wait_until(check, timeout, 0.2, what)
 
 
 def no_slurm_jobs(cluster) -> bool:
@@ -96,24 +71,21 @@ def no_slurm_jobs(cluster) -> bool:
 
 
 def test_r1_in_an_allocation_restarts_in_it_after_kill9(tmp_path, train_list, slurm_cluster, env):
-    cluster = cluster_file(tmp_path, train_list, epochs=2)
-    runs, err, job_id = tmp_path / "runs", tmp_path / "launcher.err", "slurm-kill9"
+    cluster = slurm_cluster_file(tmp_path, train_list, epochs=2)
+    runs, job_id = tmp_path / "runs", "slurm-kill9"
     job_dir = runs / job_id
-    proc = subprocess.Popen(["salloc", "-N2", "-J", "kill9", *launcher(
-        "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs), "--job-id", job_id)],
-        env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+    job = LaunchedJob(cluster, runs, job_id, env, wrap=("salloc", "-N2", "-J", "kill9"))
     ckpt = {node: tmp_path / "nodes" / node / "out" / "r1" / "ckpt" for node in ("n1", "n2")}
     try:
-        wait_for("the first checkpoint on both nodes", lambda: all(saved(d) for d in ckpt.values()),
-                 proc=proc, err=err)
+        job.wait_for("the first checkpoint on both nodes", lambda: all(saved(d) for d in ckpt.values()), 300,
+                     0.2)
         pid = next(p["pid"] for p in record(job_dir)["attempts"][0]["processes"] if p["name"] == "r1")
         os.kill(pid, signal.SIGKILL)
-        assert proc.wait(400) == 0, err.read_text()
+        assert job.wait(400) == 0, job.stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        job.kill()
     assert tagged(job_id) == [], "processes of the job outlived it"
-    stderr = err.read_text()
+    stderr = job.stderr
     rec = record(job_dir)
     assert rec["state"] == "SUCCEEDED", stderr
     first, second = rec["attempts"]
@@ -132,23 +104,23 @@ def test_r1_in_an_allocation_restarts_in_it_after_kill9(tmp_path, train_list, sl
 
 
 def test_submit_runs_to_succeeded_with_one_writer_on_shared_storage(tmp_path, train_list, slurm_cluster, env):
-    cluster = cluster_file(tmp_path, train_list, epochs=1, workdir=str(tmp_path / "shared"))
-    cluster.write_text(yaml.safe_dump({**yaml.safe_load(cluster.read_text()), "storage": "shared"}))
+    cluster = slurm_cluster_file(tmp_path, train_list, epochs=1, workdir=str(tmp_path / "shared"),
+                                 storage="shared")
     runs = tmp_path / "runs"
     t0 = time.monotonic()
-    out = cli(env, tmp_path, "submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs),
-              "--job-id", "submitted")
+    out = cli("submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir", str(runs),
+              "--job-id", "submitted", env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert time.monotonic() - t0 < 30, "submit waits for nothing but sbatch"
     assert "submitted: Slurm job " in out.stdout and "job submitted" in out.stdout
     job_dir = runs / "submitted"
     slurm_id = record(job_dir)["slurm"]["job_id"]
-    follow = subprocess.Popen(launcher("logs", "submitted", "--follow", "--runs-dir", str(runs)), env=env,
+    follow = subprocess.Popen(launcher_argv("logs", "submitted", "--follow", "--runs-dir", runs), env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = set()
 
     def final():
-        shown = cli(env, tmp_path, "status", "submitted", "--runs-dir", str(runs)).stdout
+        shown = cli("status", "submitted", "--runs-dir", str(runs), env=env, cwd=tmp_path).stdout
         state = shown.split("state", 1)[1].split()[0].rstrip(",") if "state" in shown else ""
         seen.add(state)
         return shown if state in FINAL else None
@@ -159,7 +131,7 @@ def test_submit_runs_to_succeeded_with_one_writer_on_shared_storage(tmp_path, tr
     assert "RUNNING" in seen or "STARTING" in seen, seen
     followed, _ = follow.communicate(timeout=60)
     assert follow.returncode == 0 and "[r1 n2] epoch: 1 step: 3, loss is" in followed, followed[-2000:]
-    assert "submitted  SUCCEEDED" in cli(env, tmp_path, "list", "--runs-dir", str(runs)).stdout
+    assert "submitted  SUCCEEDED" in cli("list", "--runs-dir", str(runs), env=env, cwd=tmp_path).stdout
     log = (job_dir / "logs" / "job.log").read_text()
     assert "[r0 n1] saved checkpoint" in log and "[r1 n2] saved checkpoint" not in log, log[-2000:]
     assert saved(tmp_path / "shared" / "out" / "r1" / "ckpt") == [1]
@@ -167,47 +139,47 @@ def test_submit_runs_to_succeeded_with_one_writer_on_shared_storage(tmp_path, tr
 
 
 def test_stop_of_a_running_and_of_a_queued_submitted_job(tmp_path, train_list, slurm_cluster, env):
-    cluster = cluster_file(tmp_path, train_list, epochs=50)
+    cluster = slurm_cluster_file(tmp_path, train_list, epochs=50)
     runs = tmp_path / "runs"
     for job_id, extra in (("queued", ["--override", "slurm.sbatch_options=[--hold]"]), ("running", [])):
-        out = cli(env, tmp_path, "submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir",
-                  str(runs), "--job-id", job_id, *extra)
+        out = cli("submit", "--cluster", str(cluster), "--stage", "r1", "--runs-dir",
+                  str(runs), "--job-id", job_id, *extra, env=env, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
-    queued = cli(env, tmp_path, "status", "queued", "--runs-dir", str(runs)).stdout
+    queued = cli("status", "queued", "--runs-dir", str(runs), env=env, cwd=tmp_path).stdout
     assert "state     PENDING" in queued and "PENDING (JobHeldUser)" in queued, queued
     log = runs / "running" / "logs" / "job.log"
     wait_for("rank steps", lambda: log.exists() and log.read_text().count("epoch: 1 step:") >= 2)
     for job_id in ("running", "queued"):
         t0 = time.monotonic()
-        stopped = cli(env, tmp_path, "stop", job_id, "--runs-dir", str(runs))
+        stopped = cli("stop", job_id, "--runs-dir", str(runs), env=env, cwd=tmp_path)
         assert stopped.returncode == 0 and f"job {job_id}: STOPPED" in stopped.stdout, stopped
         assert time.monotonic() - t0 < 20, (time.monotonic() - t0, stopped.stdout, stopped.stderr)
         assert record(runs / job_id)["state"] == "STOPPED"
     wait_for("Slurm to forget both jobs", lambda: no_slurm_jobs(slurm_cluster), 30)
     assert tagged("running") == [], "ranks outlived stop"
     marks = ("launcher.cli", "refinenet.train", "refinenet.scheduler", "refinenet-agent")
-    assert not [p for p in slurm_cluster.pids() if any(m in _cmdline(p) for m in marks)]
+    assert not [p for p in slurm_cluster.pids() if any(m in cmdline(p) for m in marks)]
 
 
 def test_the_time_limit_is_named_when_it_ends_the_job(tmp_path, train_list, slurm_cluster, env):
-    cluster = cluster_file(tmp_path, train_list, epochs=1, time_limit="1")
+    cluster = slurm_cluster_file(tmp_path, train_list, epochs=1, time_limit="1")
     runs = tmp_path / "runs"
     sleeper = [sys.executable, "-c", "import time; print('rank up', flush=True); time.sleep(600)"]
-    out = cli(env, tmp_path, "submit", "--cluster", str(cluster), "--runs-dir", str(runs), "--job-id",
-              "limited", "--", *sleeper)
+    out = cli("submit", "--cluster", str(cluster), "--runs-dir", str(runs), "--job-id",
+              "limited", "--", *sleeper, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     wait_for("the job to end", lambda: record(runs / "limited").get("state") in FINAL, timeout=200)
     rec = record(runs / "limited")
     assert rec["state"] == "FAILED", rec
     assert "the Slurm allocation's time limit (00:01:00) ended the job" in rec["message"], rec
     assert len(rec["attempts"]) == 1, "no restart once the allocation's time is up"
-    assert "time limit" in cli(env, tmp_path, "status", "limited", "--runs-dir", str(runs)).stdout
+    assert "time limit" in cli("status", "limited", "--runs-dir", str(runs), env=env, cwd=tmp_path).stdout
     wait_for("Slurm to end the job", lambda: no_slurm_jobs(slurm_cluster), 60)
     assert tagged("limited") == []
 
 
 def test_refused_before_anything_is_submitted_or_started(tmp_path, train_list, slurm_cluster, env):
-    c = str(cluster_file(tmp_path, train_list, epochs=1))
+    c = str(slurm_cluster_file(tmp_path, train_list, epochs=1))
     runs = tmp_path / "runs"
     cases = [
         ((0, "submit", "--override", "slurm.partition=nope"),
@@ -219,7 +191,8 @@ def test_refused_before_anything_is_submitted_or_started(tmp_path, train_list, s
          "slurm.srun_options: expected a list of options"),
     ]
     for (nodes, *args), message in cases:
-        out = cli(env, tmp_path, *args, "--cluster", c, "--stage", "r1", "--runs-dir", str(runs), nodes=nodes)
+        out = cli(*args, "--cluster", c, "--stage", "r1", "--runs-dir", runs, env=env, cwd=tmp_path,
+                  wrap=salloc(nodes))
         assert out.returncode == 2 and message in out.stderr, (args, out.returncode, out.stderr)
     assert not runs.exists() or not list(runs.iterdir())
     assert no_slurm_jobs(slurm_cluster)
@@ -265,13 +238,12 @@ def test_ascend_rank_table_from_hccn_conf_read_on_each_node(tmp_path, train_list
     conf = tmp_path / "hccn.conf"
     conf.write_text("address_0=192.168.100.101\nnetmask_0=255.255.255.0\n"
                     "address_1=192.168.101.101\nnetmask_1=255.255.255.0\n")
-    path = tmp_path / "ascend.yaml"
-    path.write_text(yaml.safe_dump({"name": "a", "backend": "slurm", "device": "ascend",
-                                    "slurm": {"nodes": 2, "devices": [0, 1], "hccn_conf": str(conf),
-                                              "python": sys.executable, "workdir": str(tmp_path)},
-                                    "job": {"data": str(train_list)}}))
+    path = cluster_file(tmp_path / "ascend.yaml", name="a", backend="slurm", device="ascend",
+                        slurm={"nodes": 2, "devices": [0, 1], "hccn_conf": str(conf),
+                               "python": sys.executable, "workdir": str(tmp_path)},
+                        job={"data": str(train_list)})
     args = ("--cluster", str(path), "--stage", "r1", "--dry-run", "--runs-dir", str(tmp_path / "runs"))
-    out = cli(env, tmp_path, *args, "--job-id", "a", nodes=2)
+    out = cli(*args, "--job-id", "a", env=env, cwd=tmp_path, wrap=salloc(2))
     assert out.returncode == 0, out.stderr
     table = json.loads((tmp_path / "runs" / "a" / "rank_table.json").read_text())
     addresses = [slurm_cluster.node_addr(n) for n in ("n1", "n2")]
@@ -279,14 +251,14 @@ def test_ascend_rank_table_from_hccn_conf_read_on_each_node(tmp_path, train_list
     ips = [d["device_ip"] for d in table["server_list"][1]["device"]]
     assert ips == ["192.168.100.101", "192.168.101.101"]
     conf.unlink()
-    out = cli(env, tmp_path, *args, nodes=2)
+    out = cli(*args, env=env, cwd=tmp_path, wrap=salloc(2))
     assert out.returncode == 2 and "slurm.hccn_conf: cannot read" in out.stderr, out.stderr
 
 
 def test_dry_run_in_an_allocation_prints_the_srun_lines(tmp_path, train_list, slurm_cluster, env):
-    cluster = cluster_file(tmp_path, train_list, epochs=1, srun_options=["--mem=0"])
-    out = cli(env, tmp_path, "--cluster", str(cluster), "--stage", "r1", "--dry-run", "--runs-dir",
-              str(tmp_path / "runs"), nodes=2)
+    cluster = slurm_cluster_file(tmp_path, train_list, epochs=1, srun_options=["--mem=0"])
+    out = cli("--cluster", str(cluster), "--stage", "r1", "--dry-run", "--runs-dir",
+              str(tmp_path / "runs"), env=env, cwd=tmp_path, wrap=salloc(2))
     assert out.returncode == 0, out.stderr
     for node in ("n1", "n2"):
         assert f"[{node}] {slurm_cluster.node_addr(node)} (Slurm node)" in out.stdout

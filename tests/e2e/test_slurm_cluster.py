@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,11 @@ from launcher.slurm.text import (
     parse_sbatch_job_id,
     parse_task_failures,
 )
-from tests.e2e import slurm
-from tests.e2e.slurm import SlurmCluster, SlurmMissing
+from tests.harness.hosts import SlurmCluster, SlurmMissing
+from tests.harness.procs import alive, cmdline
+from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not reached within {timeout} s")
 
 
 def test_two_nodes_with_their_own_hostnames_and_addresses(slurm_cluster):
@@ -60,7 +50,7 @@ def test_sbatch_job_completes_and_is_kept_for_scontrol(slurm_cluster, tmp_path):
         state = parse_job_state(slurm_cluster.run("scontrol", "show", "job", "-o", str(job_id)).stdout)
         return state if state["JobState"] not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING") else None
 
-    state = wait_for(finished)
+    state = wait_until(finished, 15)
     assert (state["JobState"], state["ExitCode"], state["NodeList"], state["BatchHost"]) == (
         "COMPLETED", "0:0", "n[1-2]", "n1")
     assert sorted((tmp_path / f"out-{job_id}.txt").read_text().split()) == ["n1", "n2"]
@@ -70,12 +60,12 @@ def test_scancel_ends_a_running_step_on_every_node(slurm_cluster):
     srun = subprocess.Popen(["srun", "-N2", "-n4", "-J", "scancel-me", "sleep", "60"], env=slurm_cluster.env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        job_id = wait_for(lambda: slurm_cluster.run("squeue", "-h", "-n", "scancel-me", "-t", "R",
-                                                    "-o", "%i").stdout.strip())
-        wait_for(lambda: len([p for p in slurm_cluster.pids() if "sleep" in slurm._cmdline(p)]) == 4)
+        job_id = wait_until(lambda: slurm_cluster.run("squeue", "-h", "-n", "scancel-me", "-t", "R",
+                                                      "-o", "%i").stdout.strip(), 15)
+        wait_until(lambda: len([p for p in slurm_cluster.pids() if "sleep" in cmdline(p)]) == 4, 15)
         slurm_cluster.run("scancel", job_id, check=True)
         srun.wait(10)
-        wait_for(lambda: not [p for p in slurm_cluster.pids() if "sleep" in slurm._cmdline(p)], timeout=10)
+        wait_until(lambda: not [p for p in slurm_cluster.pids() if "sleep" in cmdline(p)], 10)
     finally:
         if srun.poll() is None:
             srun.kill()
@@ -91,11 +81,11 @@ def test_stop_leaves_no_process_namespace_or_bridge(tmp_path):
         cluster.run("srun", "-N2", "true", check=True)
         busy = subprocess.Popen(["srun", "-N2", "-n2", "sleep", "60"], env=cluster.env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: len([p for p in cluster.pids() if "sleep" in slurm._cmdline(p)]) == 2)
+        wait_until(lambda: len([p for p in cluster.pids() if "sleep" in cmdline(p)]) == 2, 15)
         pids = cluster.pids()
         assert len(pids) >= 6
     busy.wait(10)
-    assert [p for p in pids if slurm._alive(p)] == []
+    assert [p for p in pids if alive(p)] == []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "rnslstop" not in netns
     assert subprocess.run(["ip", "link", "show", "rnbrstop"], capture_output=True).returncode != 0

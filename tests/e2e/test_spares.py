@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.e2e.sshd import SshServer, start_servers, stop_servers
-from tests.e2e.test_resilience_faults import tagged
+from tests.harness.cli import cli
+from tests.harness.clusters import TINY_R1, cluster_file, ssh_host
+from tests.harness.hosts import SshServer, start_servers, stop_servers
+from tests.harness.procs import tagged
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-EPOCHS = 3
-R1 = {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": EPOCHS, "save-epochs": 1, "seed": 1,
-      "workers": 1, "base-lr": 0.002, "mode": "pynative"}
+EPOCHS = TINY_R1["epochs"]
 
 #: b's python: training is killed (exit 137) once this attempt wrote a checkpoint manifest on b.
 DIES_AFTER_CHECKPOINT = """#!/bin/bash
@@ -55,20 +54,16 @@ def three_hosts(tmp_path_factory, ssh_client_key):
 
 
 def cluster(path: Path, hosts, spares, out: str, data: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "spares", "backend": "dynamic", "device": "cpu",
-        "hosts": hosts, "spares": spares,
-        "job": {"data": str(data), "output_dir": out, "stage_overrides": {"r1": dict(R1)}},
-        "restart": {"max_restarts": 3, "backoff_s": 0.5, "backoff_max_s": 0.5, "exclude_after": 2},
-        "health": {"interval_s": 10, "check_devices": False, "min_free_disk_gb": 0.1},
-        "timeouts": {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}}))
-    return path
+    return cluster_file(path, hosts, spares=spares, name="spares",
+                        job={"data": str(data), "output_dir": out, "stage_overrides": {"r1": dict(TINY_R1)}},
+                        restart={"max_restarts": 3, "backoff_s": 0.5, "backoff_max_s": 0.5,
+                                 "exclude_after": 2},
+                        health={"interval_s": 10})
 
 
-def launch(cluster_path: Path, runs: Path, job_id: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launcher.cli", "--cluster", str(cluster_path), "--stage",
-                           "r1", "--runs-dir", str(runs), "--job-id", job_id], env=env, capture_output=True,
-                          text=True, timeout=900)
+def launch(cluster_path: Path, runs: Path, job_id: str, env: dict):
+    return cli("--cluster", cluster_path, "--stage", "r1", "--runs-dir", runs, "--job-id", job_id, env=env,
+               timeout=900)
 
 
 def final_ckpt(server: SshServer, out: str) -> Path:
@@ -82,7 +77,7 @@ def sha256(path: Path) -> str:
 def test_a_failing_host_is_replaced_by_a_spare_with_its_checkpoint(tmp_path, three_hosts, train_list,
                                                                    child_env):
     a, b, c = three_hosts
-    hosts = [dict(s.host().spec_dict(), ranks=1) for s in three_hosts]
+    hosts = [ssh_host(s.host()) for s in three_hosts]
     runs = tmp_path / "runs"
 
     reference = cluster(tmp_path / "reference.yaml", hosts[:2], [], "out-reference", train_list)
@@ -92,8 +87,8 @@ def test_a_failing_host_is_replaced_by_a_spare_with_its_checkpoint(tmp_path, thr
 
     out = "out-spares"
     wrapper = tmp_path / "b-python"
-    wrapper.write_text(DIES_AFTER_CHECKPOINT.format(py=sys.executable,
-                                                    ckpt=Path(b.workdir) / out / "r1" / "ckpt"))
+    wrapper.write_text(DIES_AFTER_CHECKPOINT.format(
+        py=shlex.quote(sys.executable), ckpt=shlex.quote(str(Path(b.workdir) / out / "r1" / "ckpt"))))
     wrapper.chmod(0o755)
     hosts[1]["python"] = str(wrapper)
     path = cluster(tmp_path / "spares.yaml", hosts[:2], hosts[2:], out, train_list)
@@ -122,7 +117,6 @@ def test_a_failing_host_is_replaced_by_a_spare_with_its_checkpoint(tmp_path, thr
     assert sha256(copied) == sha256(Path(a.workdir) / out / "r1" / "ckpt" / resumed)
     assert sha256(final_ckpt(c, out)) == expected
 
-    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", "with-spare", "--runs-dir",
-                             str(runs)], env=child_env, capture_output=True, text=True, timeout=60)
+    status = cli("status", "with-spare", "--runs-dir", runs, env=child_env)
     assert "host-2 excluded: root cause of 2 failed attempts in a row" in status.stdout
     assert "(ranks moved to host-3)" in status.stdout

@@ -5,18 +5,26 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_report_browser import standin_cluster, standin_python  # noqa: F401
-from tests.e2e.test_resilience_faults import Launch, cli, gone_within
+from tests.harness.cli import cli, launcher_argv
+from tests.harness.clusters import two_rank_cluster
+from tests.harness.environment import REPO
+from tests.harness.launched import LaunchedJob
+from tests.harness.procs import gone_within
+from tests.harness.standin import steps_env
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
+
+def standin_job(folder: Path, python: str, env: dict, job_id: str, *, steps: int,
+                step_s: float) -> LaunchedJob:
+    """Two stand-in ranks stepping every `step_s` s, `steps` times."""
+    cluster = two_rank_cluster(folder / "c", python, steps_env(step_s, steps), restart={"max_restarts": 1})
+    return LaunchedJob(cluster, folder / "runs", job_id, env)
 
 
 def _tmux(socket: str, *args: str) -> subprocess.CompletedProcess:
@@ -45,16 +53,15 @@ def _wait_for(socket: str, check, timeout: float = 30.0) -> str:
     raise AssertionError(f"the screen never showed what was expected:\n{screen}")
 
 
-def test_top_shows_every_rank_updating_and_q_quits(tmp_path, standin_python, child_env):  # noqa: F811
+def test_top_shows_every_rank_updating_and_q_quits(tmp_path, standin_python, child_env):
     runs = tmp_path / "runs"
-    cluster = standin_cluster(tmp_path / "c", standin_python, steps=200, step_s=0.2, slow_factor=1.0)
-    job = Launch(cluster, runs, "watched", child_env)
+    job = standin_job(tmp_path, standin_python, child_env, "watched", steps=200, step_s=0.2)
     socket = f"top-test-{id(tmp_path)}"
     try:
         job.running_ranks(1, 2)
         env = " ".join(f"{k}={shlex.quote(child_env[k])}" for k in ("PYTHONPATH", "PATH"))
-        command = (f"env {env} TERM=xterm-256color {shlex.quote(sys.executable)} -m launcher.cli top watched "
-                   f"--runs-dir {shlex.quote(str(runs))} --interval 0.3")
+        top = launcher_argv("top", "watched", "--runs-dir", runs, "--interval", "0.3")
+        command = f"env {env} TERM=xterm-256color {shlex.join(top)}"
         made = _tmux(socket, "new-session", "-d", "-s", "top", "-x", "200", "-y", "40", "-c", str(REPO),
                      command)
         assert made.returncode == 0, made.stderr
@@ -74,34 +81,28 @@ def test_top_shows_every_rank_updating_and_q_quits(tmp_path, standin_python, chi
         assert job.proc.poll() is None
     finally:
         _tmux(socket, "kill-server")
-        cli(child_env, "stop", "watched", "--runs-dir", str(runs))
+        cli("stop", "watched", "--runs-dir", runs, env=child_env)
         try:
             job.wait(30)
         finally:
-            if job.proc.poll() is None:
-                job.kill()
+            job.kill()
     assert gone_within("watched", 10) == []
 
 
-def test_top_off_a_terminal_prints_lines_and_stops(tmp_path, standin_python, child_env):  # noqa: F811
+def test_top_off_a_terminal_prints_lines_and_stops(tmp_path, standin_python, child_env):
     runs = tmp_path / "runs"
-    cluster = standin_cluster(tmp_path / "c", standin_python, steps=10, step_s=0.1, slow_factor=1.0)
-    job = Launch(cluster, runs, "short", child_env)
+    job = standin_job(tmp_path, standin_python, child_env, "short", steps=10, step_s=0.1)
     try:
         job.running_ranks(1, 2)
-        out = subprocess.run([sys.executable, "-m", "launcher.cli", "top", "short", "--runs-dir", str(runs),
-                              "--interval", "0.2"], env=child_env, capture_output=True, text=True,
-                             timeout=90, stdin=subprocess.DEVNULL)
+        out = cli("top", "short", "--runs-dir", runs, "--interval", "0.2", env=child_env, timeout=90)
         assert out.returncode == 0, out.stderr
         assert job.wait(60) == 0
     finally:
-        if job.proc.poll() is None:
-            job.kill()
+        job.kill()
     assert "\x1b[" not in out.stdout and out.stdout.count("job short") >= 1
     final = out.stdout.rsplit("job short", 1)[1]
     assert final.startswith("  SUCCEEDED")
     last = _rows(final)
     assert set(last) == {0, 1} and last[0][1] == "10" and last[1][1] == "10"
-    limited = subprocess.run([sys.executable, "-m", "launcher.cli", "top", "short", "--runs-dir", str(runs),
-                              "--iterations", "1"], env=child_env, capture_output=True, text=True, timeout=60)
+    limited = cli("top", "short", "--runs-dir", runs, "--iterations", "1", env=child_env)
     assert limited.returncode == 0 and limited.stdout.count("job short") == 1

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from refinenet import manifest as mf
-from tests.conftest import free_port
+from tests.harness.environment import free_port
+from tests.harness.procs import wait_all
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +36,7 @@ def run_two_ranks(folder, child_env, train_list, *extra, rank_env=None):
         procs.append(_start(["-m", "refinenet.train", "--stage", "r1", "--data", str(train_list),
                              "--output-dir", str(folder / f"host{rank}"), *TRAIN_ARGS, *extra],
                             env, folder / f"rank{rank}.log"))
-    try:
-        codes = [p.wait(timeout=420) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = wait_all(procs, 420)
     logs = {f.name: f.read_text() for f in sorted(folder.glob("*.log"))}
     assert codes == [0, 0, 0], "\n".join(f"== {n}\n{t[-3000:]}" for n, t in logs.items())
     return logs

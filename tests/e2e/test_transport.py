@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-import psutil
 import pytest
 
-from launcher.agent.session import start_session
 from launcher.health.preflight import launch_check
 from launcher.spec.load import parse_cluster
 from launcher.transport.base import HostError, Transport
 from launcher.transport.factory import open_transport
 from launcher.transport.local import LocalTransport
+from tests.harness.agents import start_attempt
+from tests.harness.procs import alive, group_members
 
 pytestmark = pytest.mark.e2e
 
@@ -45,32 +45,14 @@ def host(request, tmp_path):
         yield Host(transport, workdir, sys.executable)
 
 
-def group_members(pgid):
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc.pid)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    return found
-
-
-def is_alive(pid):
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def wait_gone(pids, timeout=5.0):
     """Pids among `pids` still alive (not zombies) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if is_alive(p)]
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if alive(p)]
         time.sleep(0.05)
-    return alive
+    return left
 
 
 def wait_members(pgid, count, timeout=5.0):
@@ -95,7 +77,7 @@ class Agent:
         sinks = [lambda line, n=p["name"]: self.lines.setdefault(n, []).append(line) for p in procs]
         tail_sinks = [lambda line, j=j: self.lines.setdefault(f"t{j}", []).append(line)
                       for j in range(len(tails))]
-        self.session = start_session(host.transport, host.python, doc, sinks, tail_sinks, self.events)
+        self.session = start_attempt(host.transport, host.python, doc, sinks, tail_sinks, self.events)
 
     def until(self, predicate, timeout=30.0):
         deadline = time.monotonic() + timeout

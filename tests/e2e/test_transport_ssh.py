@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher.agent.session import start_session
 from launcher.transport.base import HostError
 from launcher.transport.factory import open_transport
-from tests.e2e.sshd import ClientKey, free_port
+from tests.harness.agents import start_attempt
+from tests.harness.hosts import ClientKey, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def run_agent(transport, python, argv, timeout=30.0):
     events, lines = queue.Queue(), []
     doc = {"job_id": "t", "attempt": 1, "host": transport.host, "grace": 1.0, "hang_s": None, "files": [],
            "tails": [], "processes": [{"name": "p", "argv": list(argv), "cwd": "/", "env": {}}]}
-    start_session(transport, python, doc, [lines.append], [], events)
+    start_attempt(transport, python, doc, [lines.append], [], events)
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:

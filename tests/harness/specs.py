@@ -11,24 +11,33 @@ from launcher.spec.model import ClusterSpec
 from launcher.workload import Workload, workload_for
 
 
-def cluster_data(backend: str = "dynamic", device: str = "cpu", hosts: Sequence[str] = ("a", "b"),
-                 ranks: int = 1, spares: Sequence[str] = (), port: Union[int, str] = 9000,
+def cluster_data(backend: str = "dynamic", device: str = "cpu",
+                 hosts: Sequence[Union[str, Mapping[str, Any]]] = ("a", "b"), ranks: int = 1,
+                 spares: Sequence[Union[str, Mapping[str, Any]]] = (), port: Optional[Union[int, str]] = 9000,
                  workdir: str = "/w", **top: Any) -> Dict[str, Any]:
-    """A cluster file's data: SSH hosts `hosts` on 10.0.0.1.. (spares on 10.0.1.1..), each with `ranks`
-    ranks (cpu) or devices 0..ranks-1; other top-level fields from `top`."""
-    def host(name: str, address: str) -> Dict[str, Any]:
-        entry: Dict[str, Any] = {"name": name, "address": address, "ssh": {}, "workdir": workdir}
+    """A cluster file's data. Hosts named in `hosts` are SSH hosts on 10.0.0.1.., spares named in `spares`
+    on the addresses after them, each with `ranks` ranks (cpu) or devices 0..ranks-1 and the workdir
+    `workdir` (`{name}` in it is the host's name); a mapping is a host entry taken as it is. `port` is the
+    master's (None: no `master`); other top-level fields from `top` (a section given as None counts as
+    absent)."""
+    def host(entry: Union[str, Mapping[str, Any]], address: str) -> Dict[str, Any]:
+        if not isinstance(entry, str):
+            return dict(entry)
+        made: Dict[str, Any] = {"name": entry, "address": address, "ssh": {},
+                                "workdir": workdir.format(name=entry)}
         if device == "cpu":
-            entry["ranks"] = ranks
+            made["ranks"] = ranks
         else:
-            entry["devices"] = list(range(ranks))
-        return entry
+            made["devices"] = list(range(ranks))
+        return made
 
-    data: Dict[str, Any] = {"name": "t", "backend": backend, "device": device, "master": {"port": port},
+    data: Dict[str, Any] = {"name": "t", "backend": backend, "device": device,
                             "hosts": [host(h, f"10.0.0.{i + 1}") for i, h in enumerate(hosts)],
                             "job": {"data": "d.txt"}}
+    if port is not None:
+        data["master"] = {"port": port}
     if spares:
-        data["spares"] = [host(s, f"10.0.1.{i + 1}") for i, s in enumerate(spares)]
+        data["spares"] = [host(s, f"10.0.0.{len(hosts) + i + 1}") for i, s in enumerate(spares)]
     data.update(top)
     return data
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from refinenet.evaluate import main
+from tests.harness.data import make_dataset
 
 TRAIN = ["--depth", "18", "--crop-size", "33", "--batch-size", "4", "--epochs", "30", "--save-epochs", "30",
          "--base-lr", "0.01", "--workers", "1"]
@@ -14,11 +15,7 @@ TRAIN = ["--depth", "18", "--crop-size", "33", "--batch-size", "4", "--epochs", 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, child_env):
-    root = tmp_path_factory.mktemp("synth")
-    for cmd in (["synth", "--out", str(root), "--images", "24", "--seed", "0"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       env=child_env, timeout=120)
+    root = make_dataset(tmp_path_factory.mktemp("synth"), images=24, seed=0, max_size=96)
     out = root / "run"
     proc = subprocess.run([sys.executable, "-m", "refinenet.train", "--stage", "r1", "--data",
                            str(root / "sbd_train_lst.txt"), "--output-dir", str(out), *TRAIN],

@@ -3,8 +3,6 @@
 One depth-18 checkpoint and one 49 px, batch-2 ONNX export are shared by the module.
 """
 import json
-import subprocess
-import sys
 
 import cv2
 import mindspore as ms
@@ -14,40 +12,17 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from refinenet import checkpoints as ck
 from refinenet import export, infer_onnx, predict
 from refinenet.evaluation import evaluate, load_image_list
 from refinenet.model import build_refinenet
 from refinenet.palette import palette_bytes
 from refinenet.weights import load_into
-
-DEPTH, CLASSES, CROP, BATCH = 18, 21, 49, 2
+from tests.harness.model import BATCH, CLASSES, CROP, DEPTH, exported_model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, child_env):
-    root = tmp_path_factory.mktemp("export")
-    for cmd in (["synth", "--out", str(root / "data"), "--images", "6", "--min-size", "40",
-                 "--max-size", "64"],
-                ["lists", "--data-root", str(root / "data")]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       env=child_env, timeout=120)
-    data_list = root / "five.txt"
-    data_list.write_text((root / "data" / "sbd_train_lst.txt").read_text()
-                         + (root / "data" / "voc_train_lst.txt").read_text())
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_seed(5)
-    net = build_refinenet(num_classes=CLASSES, depth=DEPTH)
-    entries = [{"name": p.name, "data": p} for p in net.get_parameters()]
-    entries.append({"name": "global_step", "data": ms.Tensor(np.array([10], np.int32))})
-    ref = ck.save_atomic(entries, root / "run" / "ckpt", stage="r1", epoch=1, step=10, steps_per_epoch=10,
-                         global_step=10, rank=0)
-    onnx_path = root / "m49.onnx"
-    rc = export.main(["--ckpt", str(ref.path), "--format", "ONNX", "--depth", str(DEPTH), "--crop-size",
-                      str(CROP), "--batch-size", str(BATCH), "--output", str(root / "m49")])
-    assert rc == 0 and onnx_path.is_file()
-    net.set_train(False)
-    return {"root": root, "ckpt": ref.path, "onnx": onnx_path, "net": net, "list": data_list}
+def setup(tmp_path_factory):
+    return exported_model(tmp_path_factory.mktemp("export"), data_seed=0, net_seed=5, formats=("ONNX",))
 
 
 def _run_ort(path, x):

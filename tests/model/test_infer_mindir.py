@@ -4,8 +4,6 @@ against `refinenet-eval`, and `refinenet-predict --mindir`.
 One depth-18 checkpoint with 49 px, batch-2 MINDIR and ONNX exports is shared by the module.
 """
 import json
-import subprocess
-import sys
 
 import mindspore as ms
 import numpy as np
@@ -13,38 +11,15 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from refinenet import checkpoints as ck
-from refinenet import evaluate, export, infer_mindir, predict
-from refinenet.data.synth import generate
+from refinenet import evaluate, infer_mindir, predict
 from refinenet.evaluation import load_image_list
-from refinenet.model import build_refinenet
-
-DEPTH, CLASSES, CROP, BATCH = 18, 21, 49, 2
+from tests.harness.model import BATCH, CLASSES, CROP, DEPTH, exported_model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, child_env):
-    root = tmp_path_factory.mktemp("mindir")
-    generate(root / "data", num_images=6, seed=3, min_size=40, max_size=64)
-    subprocess.run([sys.executable, "-m", "refinenet.data", "lists", "--data-root", str(root / "data")],
-                   check=True, capture_output=True, env=child_env, timeout=120)
-    data_list = root / "five.txt"
-    data_list.write_text((root / "data" / "sbd_train_lst.txt").read_text()
-                         + (root / "data" / "voc_train_lst.txt").read_text())
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_seed(11)
-    net = build_refinenet(num_classes=CLASSES, depth=DEPTH)
-    entries = [{"name": p.name, "data": p} for p in net.get_parameters()]
-    entries.append({"name": "global_step", "data": ms.Tensor(np.array([10], np.int32))})
-    ref = ck.save_atomic(entries, root / "run" / "ckpt", stage="r1", epoch=1, step=10, steps_per_epoch=10,
-                         global_step=10, rank=0)
-    common = ["--ckpt", str(ref.path), "--depth", str(DEPTH), "--crop-size", str(CROP), "--batch-size",
-              str(BATCH), "--output", str(root / "m49")]
-    for file_format in ("MINDIR", "ONNX"):
-        assert export.main([*common, "--format", file_format]) == 0
-    net.set_train(False)
-    return {"root": root, "ckpt": ref.path, "mindir": root / "m49.mindir", "onnx": root / "m49.onnx",
-            "net": net, "list": data_list}
+def setup(tmp_path_factory):
+    return exported_model(tmp_path_factory.mktemp("mindir"), data_seed=3, net_seed=11,
+                          formats=("MINDIR", "ONNX"))
 
 
 def test_mindir_matches_the_network_and_onnx_runtime(setup):

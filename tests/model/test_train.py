@@ -15,6 +15,7 @@ import pytest
 from refinenet import lr as lr_mod
 from refinenet import manifest as mf
 from refinenet.train import main
+from tests.harness.data import make_dataset
 
 EPOCHS = 3
 TINY = ["--depth", "18", "--crop-size", "33", "--batch-size", "2", "--save-epochs", "1", "--base-lr", "0.002",
@@ -44,13 +45,8 @@ def _signal_state_restored():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, child_env):
-    root = tmp_path_factory.mktemp("synth")
-    for cmd in (["synth", "--out", str(root), "--images", "12", "--seed", "3", "--max-size", "64"],
-                ["lists", "--data-root", str(root)]):
-        subprocess.run([sys.executable, "-m", "refinenet.data", *cmd], check=True, capture_output=True,
-                       env=child_env, timeout=120)
-    return root
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="module")

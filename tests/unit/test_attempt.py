@@ -7,15 +7,11 @@ from launcher.attempt import Attempt
 from launcher.backends.registry import backend_for
 from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
-from tests.harness.specs import factory_of, failure, plan_of
+from tests.harness.specs import factory_of, failure, plan_of, spec_of
 
 
 def attempt(backend: str = "dynamic", ranks: int = 1) -> Attempt:
-    spec = parse_cluster({"name": "t", "backend": backend, "device": "cpu", "master": {"port": 8118},
-                          "hosts": [{"name": h, "address": f"10.0.0.{i + 1}", "ranks": ranks, "ssh": {},
-                                     "workdir": "/w"} for i, h in enumerate("ab")],
-                          "job": {"data": "d.txt"}}, "t.yaml")
-    plan = plan_of(spec, "r1", attempt=1)
+    plan = plan_of(spec_of(backend=backend, ranks=ranks, port=8118), "r1", attempt=1)
     a = Attempt(1, plan, backend_for(backend))
     for i, name in enumerate(a.members):
         a.started(name, 100 + i, 100 + i, 0.0)
@@ -106,7 +102,8 @@ def scripted_supervisor(tmp_path, results, max_restarts=2, spares=()):
     waits = []
     logs = mock.Mock()
     pool = HostPool(spec, list(spec.spares)) if spares else None
-    sup = Supervisor(factory, job, mock.Mock(), logs, out=mock.Mock(), wait=lambda s: waits.append(s), pool=pool)
+    sup = Supervisor(factory, job, mock.Mock(), logs, out=mock.Mock(), wait=lambda s: waits.append(s),
+                     pool=pool)
 
     def run_attempt(number):
         state, failure = results[number - 1]

@@ -8,8 +8,7 @@ from launcher.backends.mpirun import TaggedOutput
 from launcher.backends.msrun import msrun_log_dir
 from launcher.backends.registry import backend_for
 from launcher.errors import ClusterFileError
-from launcher.spec.load import parse_cluster
-from tests.harness.specs import plan_of
+from tests.harness.specs import plan_of, spec_of
 
 
 def demux(*lines):
@@ -40,13 +39,8 @@ def test_untagged_text_is_mpiruns_own():
         [(0, "y")], ["mpirun noticed that process rank 1 exited", "junk"])
 
 
-def spec(backend, hosts):
-    return parse_cluster({"name": "t", "backend": backend, "device": "cpu", "hosts": hosts,
-                          "master": {"port": 8118}, "job": {"data": "d.txt"}}, "t.yaml")
-
-
 def msrun_plan(hosts):
-    s = spec("msrun", hosts)
+    s = spec_of(backend="msrun", hosts=hosts, port=8118)
     return plan_of(s, "r1", attempt=2, job_dir="/jobs/j1", job_id="j1")
 
 

@@ -1,6 +1,8 @@
 """Which failures count against a host, when it is excluded, and which spare takes its ranks. No processes."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from launcher.errors import BadInput, ClusterFileError
@@ -8,16 +10,10 @@ from launcher.exclusion import HostPool, HostTracker, NoSpareLeft, replace_host
 from launcher.failures import FailureKind
 from launcher.placement import place
 from launcher.spec.load import parse_cluster
-from tests.harness.specs import failure
+from tests.harness.specs import failure, spec_of
 
-
-def spec(spares=("c",), ranks=1, **extra):
-    return parse_cluster({"name": "t", "backend": "dynamic", "device": "cpu",
-                          "hosts": [{"name": h, "address": f"10.0.0.{i + 1}", "ranks": ranks, "ssh": {},
-                                     "workdir": f"/w/{h}"} for i, h in enumerate("ab")],
-                          "spares": [{"name": s, "address": f"10.0.0.{i + 3}", "ranks": ranks, "ssh": {},
-                                      "workdir": f"/w/{s}"} for i, s in enumerate(spares)],
-                          "master": {"host": "b", "port": 9000}, **extra}, "t.yaml")
+#: SSH hosts a and b (10.0.0.1, .2) and spare c (10.0.0.3), each in /w/<name>, the master on b.
+spec = partial(spec_of, spares=("c",), workdir="/w/{name}", master={"host": "b", "port": 9000}, job=None)
 
 
 def fail(host, code=1, kind=FailureKind.EXIT, rank=1):

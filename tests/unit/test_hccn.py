@@ -1,9 +1,11 @@
 """hccn.conf parsing and device IP discovery through a caller-supplied reader."""
+from functools import partial
+
 import pytest
 
 from launcher.errors import ClusterFileError
 from launcher.hccn import discover_device_ips, needs_discovery, parse_hccn_conf
-from launcher.spec.load import parse_cluster
+from tests.harness.specs import spec_of
 
 # An Atlas 800 /etc/hccn.conf as shipped (8 devices, address_N and netmask_N lines).
 REFERENCE = "".join(f"address_{d}=192.168.{10 * (d % 4 + 1)}.{21 + d // 4}\nnetmask_{d}=255.255.255.0\n"
@@ -23,9 +25,8 @@ bogus line without equals
 address_x=1.2.3.4
 """
 
-
-def spec(hosts, backend="rank_table"):
-    return parse_cluster({"name": "t", "backend": backend, "device": "ascend", "hosts": hosts}, "c.yaml")
+#: Ascend hosts given by each test, rank tables, no master or job section.
+spec = partial(spec_of, backend="rank_table", device="ascend", port=None, job=None, source="c.yaml")
 
 
 def test_reference_file():
@@ -44,7 +45,7 @@ def test_bad_lines_name_file_and_line():
 
 
 def test_discovery_reads_each_host_through_the_reader():
-    s = spec([{"name": "a", "address": "10.0.0.1", "devices": [0, 1]},
+    s = spec(hosts=[{"name": "a", "address": "10.0.0.1", "devices": [0, 1]},
               {"name": "b", "address": "10.0.0.2", "devices": [1], "hccn_conf": "/opt/hccn.conf"},
               {"name": "c", "address": "10.0.0.3", "devices": [0], "device_ips": ["9.9.9.9"]}])
     calls = []
@@ -59,7 +60,7 @@ def test_discovery_reads_each_host_through_the_reader():
 
 
 def test_a_device_without_an_address_names_host_device_and_file():
-    s = spec([{"name": "a", "address": "10.0.0.1", "devices": [0, 5]}])
+    s = spec(hosts=[{"name": "a", "address": "10.0.0.1", "devices": [0, 5]}])
     with pytest.raises(ClusterFileError) as info:
         discover_device_ips(s, lambda h, p: "address_0=1.1.1.1\n")
     assert info.value.field == "hosts[0].hccn_conf"
@@ -68,7 +69,7 @@ def test_a_device_without_an_address_names_host_device_and_file():
 
 
 def test_unreadable_file():
-    s = spec([{"name": "a", "address": "10.0.0.1", "devices": [0]}])
+    s = spec(hosts=[{"name": "a", "address": "10.0.0.1", "devices": [0]}])
 
     def read(host, path):
         raise FileNotFoundError(2, "No such file or directory", path)
@@ -78,6 +79,6 @@ def test_unreadable_file():
 
 
 def test_no_discovery_without_a_rank_table():
-    s = spec([{"name": "a", "address": "10.0.0.1", "devices": [0]}], backend="mpirun")
+    s = spec(hosts=[{"name": "a", "address": "10.0.0.1", "devices": [0]}], backend="mpirun")
     assert not needs_discovery(s)
     assert discover_device_ips(s, lambda h, p: pytest.fail("must not read")) == {}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.hostside import agent, files, program
+from launcher.hostside import files, program
+from launcher.hostside import procset as agent
 from launcher.transport import hostprog
 from launcher.transport.modes import write_args
 

@@ -1,6 +1,7 @@
 """Rendering: rank tables, msrun/mpirun commands, per-rank environment, stage commands, plan.json."""
 import json
 import shlex
+from functools import partial
 from pathlib import Path
 
 import jinja2
@@ -12,25 +13,20 @@ from launcher.errors import BadInput, ClusterFileError
 from launcher.placement import place
 from launcher.render.artifacts import render_hostfile, render_rank_table
 from launcher.render.orchestrate import render_plan
-from launcher.spec.load import parse_cluster, with_stage_options
+from launcher.spec.load import with_stage_options
+from tests.harness import specs
 from tests.harness.specs import factory_of
-from tests.harness.specs import plan_of as harness_plan
 
 REFERENCE_TABLE = Path(__file__).resolve().parents[1] / "fixtures" / "modelzoo" / "hccl_tools_8p_example.json"
 ATLAS_IPS = ["192.168.100.101", "192.168.101.101", "192.168.102.101", "192.168.103.101",
              "192.168.100.100", "192.168.101.100", "192.168.102.100", "192.168.103.100"]
 
 
-def spec_of(backend="dynamic", device="cpu", hosts=None, **top):
-    data = {"name": "t", "backend": backend, "device": device, "master": {"port": 8118},
-            "hosts": hosts or [{"name": "local", "ranks": 2, "workdir": "/w", "python": "/venv/bin/python"}],
-            "job": {"data": "d.lst", "val_data": "v.lst", "output_dir": "out"}}
-    data.update(top)
-    return parse_cluster(data, "c.yaml")
-
-
-def plan_of(spec, stage="r1", **kw):
-    return harness_plan(spec, stage, job_id="j1", **kw)
+LOCAL = {"name": "local", "ranks": 2, "workdir": "/w", "python": "/venv/bin/python"}
+#: One local host with two ranks, master port 8118, train and val lists: overridden where a test says.
+spec_of = partial(specs.spec_of, hosts=[LOCAL], port=8118, source="c.yaml",
+                  job={"data": "d.lst", "val_data": "v.lst", "output_dir": "out"})
+plan_of = partial(specs.plan_of, job_id="j1")
 
 
 def hccl_tools_layout(servers):
@@ -47,8 +43,8 @@ def hccl_tools_layout(servers):
 
 
 def test_rank_table_8p_equals_hccl_tools_output():
-    spec = spec_of("rank_table", "ascend", [{"address": "127.0.0.1", "devices": list(range(8)),
-                                             "device_ips": ATLAS_IPS}])
+    spec = spec_of(backend="rank_table", device="ascend",
+                   hosts=[{"address": "127.0.0.1", "devices": list(range(8)), "device_ips": ATLAS_IPS}])
     table = render_rank_table(spec, place(spec))
     assert table == hccl_tools_layout([("127.0.0.1", ATLAS_IPS)])
     if REFERENCE_TABLE.exists():
@@ -58,7 +54,7 @@ def test_rank_table_8p_equals_hccl_tools_output():
 def test_rank_table_of_two_servers_is_merged_with_global_rank_ids():
     ips_a = [f"10.1.{d}.1" for d in range(8)]
     ips_b = [f"10.1.{d}.2" for d in range(8)]
-    spec = spec_of("rank_table", "ascend", [
+    spec = spec_of(backend="rank_table", device="ascend", hosts=[
         {"name": "b", "address": "192.168.1.12", "devices": list(range(8)), "device_ips": ips_b},
         {"name": "a", "address": "192.168.1.11", "devices": list(range(8)), "device_ips": ips_a}])
     table = render_rank_table(spec, place(spec))
@@ -67,7 +63,7 @@ def test_rank_table_of_two_servers_is_merged_with_global_rank_ids():
 
 
 def test_rank_table_backend_processes_and_env():
-    spec = spec_of("rank_table", "ascend", [
+    spec = spec_of(backend="rank_table", device="ascend", hosts=[
         {"name": "a", "address": "10.0.0.1", "devices": [4, 5], "device_ips": ["1.1.1.4", "1.1.1.5"],
          "workdir": "/wa", "ssh": {"user": "u"}},
         {"name": "b", "address": "10.0.0.2", "devices": [0], "device_ips": ["1.1.2.0"], "workdir": "/wb",
@@ -109,7 +105,7 @@ def test_msrun_command_per_host():
     hosts = [{"name": n, "address": a, "devices": list(range(8)), "ssh": {"user": "u"}, "workdir": "/w",
               "python": "/opt/venv/bin/python", "device_ips": [f"9.{i}.{d}.1" for d in range(8)]}
              for i, (n, a) in enumerate([("a", "10.0.0.1"), ("b", "10.0.0.2")])]
-    plan = plan_of(spec_of("msrun", "ascend", hosts, timeouts={"cluster_s": 300}))
+    plan = plan_of(spec_of(backend="msrun", device="ascend", hosts=hosts, timeouts={"cluster_s": 300}))
     assert [(p.name, p.role, p.ranks) for p in plan.processes] == [
         ("scheduler", "scheduler", ()), ("msrun-a", "msrun", tuple(range(8))),
         ("msrun-b", "msrun", tuple(range(8, 16)))]
@@ -128,7 +124,7 @@ def test_msrun_command_per_host():
     gpu_hosts = [dict(h, device_ips=None) for h in hosts]
     for h in gpu_hosts:
         del h["device_ips"]
-    gpu = plan_of(spec_of("msrun", "gpu", gpu_hosts))
+    gpu = plan_of(spec_of(backend="msrun", device="gpu", hosts=gpu_hosts))
     assert "--rank_table_file" not in gpu.processes[1].command
     assert [f.local_name for f in gpu.files] == ["msrun_entry.py", "msrun_entry.py"]
     assert gpu.processes[1].env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
@@ -140,7 +136,7 @@ def test_mpirun_command_hostfile_and_scheduler(monkeypatch, euid, flag):
     hosts = [{"name": "n1", "address": "10.0.0.1", "ranks": 3, "workdir": "/w", "python": "/v/python"},
              {"name": "n2", "address": "10.0.0.2", "ranks": 1, "workdir": "/w", "python": "/v/python",
               "ssh": {"user": "u"}}]
-    spec = spec_of("mpirun", "cpu", hosts)
+    spec = spec_of(backend="mpirun", device="cpu", hosts=hosts)
     plan = plan_of(spec)
     assert render_hostfile(spec, place(spec)) == "10.0.0.1 slots=3\n10.0.0.2 slots=1\n"
     sched, mpi = plan.processes
@@ -205,7 +201,7 @@ def test_required_inputs_and_bad_arguments():
     with pytest.raises(BadInput, match="not an absolute"):
         plan_of(spec_of(), resume="ckpt/x.ckpt")
     with pytest.raises(BadInput, match="job id"):
-        harness_plan(spec_of(), "r1", job_id="a;b")
+        specs.plan_of(spec_of(), "r1", job_id="a;b")
     with pytest.raises(BadInput, match="auto"):
         auto = spec_of(master={"port": "auto"})
         f = factory_of(auto, "r1")

@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 from refinenet import save_request
-from tests.conftest import REPO_ROOT
+from tests.harness.environment import REPO as REPO_ROOT
 
 
 def _python(code, env=None, block_usr1=False):

@@ -3,32 +3,37 @@ framing, the agent stream's frames, the factory's choices."""
 import json
 import queue
 import signal
+import threading
 from types import SimpleNamespace
 
 import pytest
 
-from launcher.agent.session import AgentSession, agent_argv, agent_stdin
-from launcher.hostside import agent as host_agent
+from launcher.agent.session import HostAgent, agent_argv, agent_stdin
 from launcher.hostside import guard
+from launcher.hostside import procset as host_agent
 from launcher.transport.factory import open_transport
 from launcher.transport.hostprog import BOOTSTRAP, bundle, host_argv, host_stdin
 from launcher.transport.local import LocalTransport
 from launcher.transport.modes import exec_header, split_exec_trailer, status_from_exit_code
 from launcher.transport.ssh import SshTransport
-from tests.e2e.sshd import OpenSshMissing, require
+from tests.harness.hosts import OpenSshMissing, require
 
 
 class Stream:
-    """An agent stream over bytes given in chunks (as a transport might deliver them)."""
+    """An agent stream over bytes given in chunks (as a transport might deliver them), once the
+    launcher has written its first request."""
 
     def __init__(self, chunks, code=None):
         self.chunks, self.code, self.written = list(chunks), code, []
+        self.ready = threading.Event()
 
     def read(self, n):
+        self.ready.wait(5)
         return self.chunks.pop(0) if self.chunks else b""
 
     def write(self, data):
         self.written.append(data)
+        self.ready.set()
 
     def close(self):
         pass
@@ -42,7 +47,8 @@ def play(chunks, code=None, processes=2, tails=1):
     events = queue.Queue()
     sinks = [lambda line, i=i: lines.setdefault(f"p{i}", []).append(line) for i in range(processes)]
     tail_sinks = [lambda line, j=j: lines.setdefault(f"t{j}", []).append(line) for j in range(tails)]
-    session = AgentSession("node-1", Stream(chunks, code), sinks, tail_sinks, events)
+    session = HostAgent("node-1", Stream(chunks, code))
+    session.begin_attempt(1, {}, sinks, tail_sinks, events)
     assert session.wait(5)
     got = []
     while not events.empty():
@@ -58,7 +64,8 @@ def frame(kind, index, text):
 def test_frames_keep_each_line_with_its_process_however_the_bytes_arrive():
     data = (frame("o", 0, "α first line\n") + frame("e", 0, "to stderr\n") + frame("o", 1, "other\n")
             + frame("t", 0, "from a file\nand more\n") + frame("o", 0, "\n")
-            + b'! {"event": "exit", "i": 0, "status": -9, "t": 1.5}\n! {"event": "done", "t": 2}\n')
+            + b'! {"event": "exit", "i": 0, "status": -9, "t": 1.5, "a": 1}\n'
+            + b'! {"event": "done", "t": 2, "a": 1}\n! {"event": "bye"}\n')
     for size in (1, 2, 3, 7, len(data)):
         _, lines, events = play([data[i:i + size] for i in range(0, len(data), size)])
         assert lines == {"p0": ["α first line", "to stderr", ""], "p1": ["other"],
@@ -85,18 +92,20 @@ def test_a_stream_that_ends_without_done_is_a_lost_agent_with_the_shells_words()
     assert events[0].kind == "lost" and "closed" in events[0].data["detail"]
 
 
-def test_stop_and_signal_are_control_lines():
-    session, _, _ = play([b'! {"event": "done"}\n'])
+def test_requests_are_json_lines():
+    session, _, _ = play([b'! {"event": "done", "a": 1}\n'])
+    session.stream.written.clear()
     session.stop(signal.SIGINT)
     session.signal(signal.SIGUSR1)
-    assert session.stream.written == [b"stop 2\n", b"signal 10\n"]
+    assert [json.loads(w) for w in session.stream.written] == [{"op": "stop", "sig": 2},
+                                                                 {"op": "signal", "sig": 10}]
 
 
 def test_the_agent_travels_on_stdin_after_the_host_program():
     argv = agent_argv("/usr/bin/python3")
     assert argv == ["/usr/bin/python3", "-S", "-c", BOOTSTRAP, "agent", str(len(bundle()))]
-    data = agent_stdin({"processes": []})
-    assert data == bundle() + b'{"processes":[]}\n'
+    data = agent_stdin({"job_id": "j"})
+    assert data == bundle() + b'{"job_id":"j"}\n'
 
 
 def test_exec_trailer_is_split_off_exactly():

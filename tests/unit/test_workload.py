@@ -9,13 +9,13 @@ from launcher.errors import BadInput
 from launcher.spec.load import parse_cluster
 from launcher.workload import CommandWorkload, RefineNetWorkload, workload_for
 from launcher.workload.base import parse_progress
-from tests.harness.specs import plan_of
+from tests.harness.specs import plan_of, spec_of
 
 
 def spec(**job):
-    return parse_cluster({"name": "t", "backend": "dynamic", "device": "cpu", "master": {"port": 8118},
-                          "hosts": [{"name": "a", "ranks": 2, "workdir": "/w", "python": "/v/python"}],
-                          "job": {"data": "d.txt", "val_data": "v.txt", **job}}, "t.yaml")
+    """One host `a` (two ranks in /w), master port 8118, train and val lists and `job`'s other fields."""
+    return spec_of(hosts=[{"name": "a", "ranks": 2, "workdir": "/w", "python": "/v/python"}], port=8118,
+                   job={"data": "d.txt", "val_data": "v.txt", **job})
 
 
 def test_a_command_runs_as_every_rank_with_the_resume_point_by_env_and_placeholder():
