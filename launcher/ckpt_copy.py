@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from launcher.errors import HostError
+from launcher.hostside import files
 from launcher.hostside.procs import write_all
 from launcher.transport.hostprog import host_stdin
 from launcher.transport.modes import read_failure, write_args, write_outcome
@@ -135,10 +136,11 @@ def copy_file_piped(source, source_path: str, target, target_path: str, size: in
     out, write_err = (b.decode("utf-8", "replace") for b in write_proc.communicate())
     if fallback and SSH_FAILED in (read_code, write_proc.returncode):
         return None
+    # Blame the reader only for a failure of its own: one that follows the writer's exit is the writer's.
     failure = read_failure(source.host, source_path, read_code, read_err)
-    if isinstance(failure, HostError):
+    if failure is not None and (read_code in (files.NOT_FOUND, files.FAILED) or write_proc.returncode == 0):
+        if isinstance(failure, FileNotFoundError):
+            raise HostError(source.host, f"cannot read {source_path}: it does not exist")
         raise failure
-    if failure is not None:
-        raise HostError(source.host, f"cannot read {source_path}: it does not exist")
     write_outcome(target.host, target_path, write_proc.returncode, out, write_err, size)
     return PIPE
