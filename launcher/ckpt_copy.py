@@ -91,7 +91,10 @@ def copy_checkpoint(source, source_path: str, target, target_dir: str, *,
     if used is None:
         if route not in (None, LAUNCHER):
             raise ValueError(f"route must be {PIPE!r} or {LAUNCHER!r}, got {route!r}")
-        target.write_chunks(target_path, source.read_chunks(source_path, CHUNK), size=size, sha256=digest)
+        try:
+            target.write_chunks(target_path, source.read_chunks(source_path, CHUNK), size=size, sha256=digest)
+        except FileNotFoundError:
+            raise HostError(source.host, f"cannot read {source_path}: it does not exist") from None
         used = LAUNCHER
     target.write_file(manifest_of(target_path), manifest)
     return CopyResult(source.host, target.host, target_path, size, time.monotonic() - started, used)
