@@ -115,8 +115,12 @@ def test_a_checkpoint_copy_is_verified_at_the_target_while_it_is_written(ssh_ser
         with pytest.raises(HostError, match=f"{target.name}: .*not written: sha256"):
             copy_checkpoint(src, str(ckpt), dst, str(broken), route=route)
         assert not (broken / ckpt.name).exists() and not (broken / ckpt.with_suffix(".json").name).exists()
-        with pytest.raises(HostError, match=source.name):
+        with pytest.raises(HostError, match=f"^{source.name}: .*refinenet-9_9.json does not exist"):
             copy_checkpoint(src, str(ckpt.parent / "refinenet-9_9.ckpt"), dst, str(broken), route=route)
+        lost = ckpt.with_name(mf.ckpt_name(8, 8))
+        lost.with_suffix(".json").write_bytes(manifest.read_bytes())
+        with pytest.raises(HostError, match=f"^{source.name}: cannot read {lost}: it does not exist"):
+            copy_checkpoint(src, str(lost), dst, str(broken), route=route)
 
 
 TREE = "sleep 300 & setsid sleep 301 & env -u REFINENET_JOB_ID sleep 302 & exec sleep 303"
