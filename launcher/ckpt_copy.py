@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from launcher.errors import HostError
+from launcher.hostside import files
 from launcher.hostside.procs import write_all
 from launcher.transport.hostprog import host_stdin
 from launcher.transport.modes import read_failure, write_args, write_outcome
@@ -90,7 +91,10 @@ def copy_checkpoint(source, source_path: str, target, target_dir: str, *,
     if used is None:
         if route not in (None, LAUNCHER):
             raise ValueError(f"route must be {PIPE!r} or {LAUNCHER!r}, got {route!r}")
-        target.write_chunks(target_path, source.read_chunks(source_path, CHUNK), size=size, sha256=digest)
+        try:
+            target.write_chunks(target_path, source.read_chunks(source_path, CHUNK), size=size, sha256=digest)
+        except FileNotFoundError:
+            raise HostError(source.host, f"cannot read {source_path}: it does not exist") from None
         used = LAUNCHER
     target.write_file(manifest_of(target_path), manifest)
     return CopyResult(source.host, target.host, target_path, size, time.monotonic() - started, used)
@@ -135,10 +139,11 @@ def copy_file_piped(source, source_path: str, target, target_path: str, size: in
     out, write_err = (b.decode("utf-8", "replace") for b in write_proc.communicate())
     if fallback and SSH_FAILED in (read_code, write_proc.returncode):
         return None
+    # Blame the reader only for a failure of its own: one that follows the writer's exit is the writer's.
     failure = read_failure(source.host, source_path, read_code, read_err)
-    if isinstance(failure, HostError):
+    if failure is not None and (read_code in (files.NOT_FOUND, files.FAILED) or write_proc.returncode == 0):
+        if isinstance(failure, FileNotFoundError):
+            raise HostError(source.host, f"cannot read {source_path}: it does not exist")
         raise failure
-    if failure is not None:
-        raise HostError(source.host, f"cannot read {source_path}: it does not exist")
     write_outcome(target.host, target_path, write_proc.returncode, out, write_err, size)
     return PIPE

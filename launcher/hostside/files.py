@@ -2,7 +2,7 @@
 
 Mode `read PATH`: the file's bytes on stdout (sendfile where the kernel allows), then wait until the
 pipe holds nothing unread (`procs.drain`). Exit 1 and `No such file: PATH` on stderr when it does not
-exist, 3 for any other error it cannot be read for.
+exist, 3 for any other error it cannot be read for, 6 when its reader went away before the end.
 
 Mode `write PATH MODE SIZE CHECK`: stdin (to its end) into PATH, atomically: the bytes go into a
 temporary file next to PATH (parent folders are created), are hashed (sha256) while they are written,
@@ -25,6 +25,7 @@ NOT_FOUND = 1
 USAGE = 2
 FAILED = 3
 MISMATCH = 5
+READER_GONE = 6
 CHUNK = 1 << 20
 END = b"\nrefinenet-write-end "
 END_SIZE = len(END) + 20
@@ -193,6 +194,9 @@ def read_mode(args):
         return FAILED
     try:
         _copy_out(fd)
+    except BrokenPipeError:
+        sys.stderr.write(f"{args[0]}: the reader of stdout went away before the end\n")
+        return READER_GONE
     except OSError as exc:
         sys.stderr.write(f"cannot read {args[0]}: {exc.strerror or exc}\n")
         return FAILED

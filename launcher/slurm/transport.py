@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from typing import Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from launcher.hostside.files import end_marker
 from launcher.slurm.text import parse_task_failures
@@ -99,26 +99,22 @@ class SlurmTransport(LocalTransport):
         except BrokenPipeError:
             pass  # the node stopped reading: its exit code and message say why
         except BaseException:
-            proc.stdin.close()  # `chunks` failed: the node gets no end marker and keeps nothing
-            try:
-                proc.communicate(timeout=FILE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            self._finish(proc, path)  # `chunks` failed: no end marker, so the node keeps nothing
             raise
-        finally:
-            try:
-                proc.stdin.close()
-            except (BrokenPipeError, ValueError):
-                pass
+        out, err = self._finish(proc, path)
+        return write_outcome(self.host, path, proc.returncode, out.decode("utf-8", "replace"),
+                             _without_srun_lines(err.decode("utf-8", "replace")), written).size
+
+
+    def _finish(self, proc: subprocess.Popen, path: str) -> Tuple[bytes, bytes]:
+        """Close the step's stdin and collect its output (`HostError` if it does not end in time)."""
         try:
-            out, err = proc.communicate(timeout=FILE_TIMEOUT_S)
+            return proc.communicate(timeout=FILE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
             raise HostError(self.host, f"writing {path}: srun did not finish within {FILE_TIMEOUT_S:g} s"
                             ) from None
-        return write_outcome(self.host, path, proc.returncode, out.decode("utf-8", "replace"),
-                             _without_srun_lines(err.decode("utf-8", "replace")), written).size
 
 
 def _without_srun_lines(stderr: str) -> str:

@@ -2,8 +2,8 @@
 
 `host` is duck-typed: `name`, `address`, `ssh` (None, or an object with `user`, `port`, `key_file`,
 `known_hosts`, `host_key_policy`, `connect_timeout_s`, `use_agent`), and optionally `python`, the
-interpreter that runs the command guard there, and `srun` (the options that reach a Slurm node). Unset
-(None) SSH settings take the defaults below.
+interpreter that runs the host program (`launcher.hostside`) there, and `srun` (the options that reach
+a Slurm node). Unset (None) SSH settings take the defaults below.
 """
 from __future__ import annotations
 

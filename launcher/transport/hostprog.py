@@ -11,7 +11,7 @@ the short BOOTSTRAP, not the sources.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import List
 
 from launcher.hostside import program
 
@@ -67,8 +67,3 @@ def host_argv(python: str, mode: str, *args: str) -> List[str]:
 def host_stdin(payload: bytes = b"") -> bytes:
     """What a command of `host_argv` reads first: the bundle, then the mode's own input."""
     return _BUNDLE + payload
-
-
-def mode_of(argv: Sequence[str]) -> str:
-    """The mode of a `host_argv` command line."""
-    return argv[4]

@@ -59,10 +59,10 @@ ACCEPT_NEW = "accept-new"
 HOST_KEY_POLICIES = (STRICT, ACCEPT_NEW)
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
-#: Channel window and packet size of file channels. On loopback, 256 KiB to 64 MiB windows and 32 or 256
-#: KiB packets moved a checkpoint at the same rate within the noise (docs/performance.md, "Carrying a
-#: checkpoint to a spare"); a 16 MiB window keeps a link with 10 ms round trips above 1 GB/s.
-FILE_WINDOW = 1 << 24
+#: Channel window and packet size of file channels: paramiko's own 2 MiB / 32 KiB. Wider windows (16-64
+#: MiB) and 256 KiB packets made the copy through the launcher slower, 0.8x (data piles up in paramiko's
+#: buffers); 256 KiB windows about the same (docs/performance.md, "Carrying a checkpoint to a spare").
+FILE_WINDOW = 1 << 21
 FILE_PACKET = 1 << 15
 #: A file channel that moves no byte for this long counts as a lost connection.
 FILE_IDLE_S = 120.0

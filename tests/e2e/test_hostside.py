@@ -114,8 +114,12 @@ def test_a_checkpoint_copy_is_verified_at_the_target_while_it_is_written(ssh_ser
         with pytest.raises(HostError, match=f"{target.name}: .*not written: sha256"):
             copy_checkpoint(src, str(ckpt), dst, str(broken), route=route)
         assert not (broken / ckpt.name).exists() and not (broken / ckpt.with_suffix(".json").name).exists()
-        with pytest.raises(HostError, match=source.name):
+        with pytest.raises(HostError, match=f"^{source.name}: .*refinenet-9_9.json does not exist"):
             copy_checkpoint(src, str(ckpt.parent / "refinenet-9_9.ckpt"), dst, str(broken), route=route)
+        lost = ckpt.with_name(mf.ckpt_name(8, 8))
+        lost.with_suffix(".json").write_bytes(manifest.read_bytes())
+        with pytest.raises(HostError, match=f"^{source.name}: cannot read {lost}: it does not exist"):
+            copy_checkpoint(src, str(lost), dst, str(broken), route=route)
 
 
 TREE = "sleep 300 & setsid sleep 301 & env -u REFINENET_JOB_ID sleep 302 & exec sleep 303"
@@ -198,3 +202,71 @@ def test_ranks_read_no_startup_file_the_agents_login_read_once(tmp_path, ssh_cli
                 proc.kill()
                 proc.wait()
         assert gone_within("no-rc", 5) == []
+
+
+def test_slurm_files_kills_and_sweeps_go_through_the_step_command(tmp_path):
+    """SlurmTransport with `env` as its step prefix (srun's place: it runs the command here)."""
+    from launcher.transport.slurm import SlurmTransport
+
+    transport = SlurmTransport("n1", ["env"], sys.executable)
+    target = tmp_path / "a" / "b.bin"
+    data = os.urandom(3_000_000)
+    transport.write_file(str(target), data, 0o600)
+    assert transport.read_file(str(target)) == data and target.stat().st_mode & 0o777 == 0o600
+    assert transport.write_chunks(str(target), [b"a" * 70000, b"b"]) == 70001
+    with pytest.raises(HostError, match="not written: sha256"):
+        transport.write_chunks(str(target), [b"x"], sha256="0" * 64)
+
+    def failing():
+        yield b"zz"
+        raise OSError("the source went away")
+
+    with pytest.raises(OSError, match="went away"):
+        transport.write_chunks(str(target), failing())
+    assert target.read_bytes() == b"a" * 70000 + b"b" and leftovers(target.parent) == []
+    with pytest.raises(FileNotFoundError):
+        transport.read_file(str(tmp_path / "absent"))
+    job = f"slurm-{os.getpid()}"
+    tree = start_tree(job)
+    try:
+        assert transport.kill_group(tree.pid, 0, verify_env=("REFINENET_JOB_ID", job))
+        assert not transport.kill_group(tree.pid, 0, verify_env=("REFINENET_JOB_ID", "other"))
+        result = transport.sweep_job(job, 5)
+        assert result.clean and len(result.killed) == 4
+    finally:
+        end_tree(tree, job)
+
+
+class NoLogin(LocalTransport):
+    """A host whose program command cannot log in (an OpenSSH client's exit 255)."""
+
+    def program_command(self, mode, *args):
+        return ["sh", "-c", "echo 'Permission denied (publickey).' >&2; exit 255"]
+
+
+def test_a_copy_whose_pipe_cannot_log_in_goes_through_the_launcher(tmp_path):
+    ckpt = checkpoint(tmp_path / "src" / "ckpt", 1)
+    result = copy_checkpoint(LocalTransport("a"), str(ckpt), NoLogin("b"), str(tmp_path / "dst"))
+    assert result.route == LAUNCHER
+    assert (tmp_path / "dst" / ckpt.name).read_bytes() == ckpt.read_bytes()
+    with pytest.raises(HostError, match="Permission denied"):
+        copy_checkpoint(LocalTransport("a"), str(ckpt), NoLogin("b"), str(tmp_path / "other"), route=PIPE)
+    piped = copy_checkpoint(LocalTransport("a"), str(ckpt), LocalTransport("b"), str(tmp_path / "p"))
+    assert piped.route == PIPE
+
+
+class DiskFull(LocalTransport):
+    """A host whose writer fails half-way."""
+
+    def program_command(self, mode, *args):
+        return ["sh", "-c", "head -c 100000 >/dev/null; echo 'No space left on device' >&2; exit 3"]
+
+
+def test_a_piped_copy_names_the_writer_when_it_failed_first(tmp_path):
+    ckpt = checkpoint(tmp_path / "src" / "ckpt", 8)
+    with pytest.raises(HostError, match="^b: .*No space left on device"):
+        copy_checkpoint(LocalTransport("a"), str(ckpt), DiskFull("b"), str(tmp_path / "dst"))
+    lost = ckpt.with_name(mf.ckpt_name(9, 9))
+    lost.with_suffix(".json").write_bytes(ckpt.with_suffix(".json").read_bytes())
+    with pytest.raises(HostError, match=f"^a: cannot read {lost}: it does not exist"):
+        copy_checkpoint(LocalTransport("a"), str(lost), DiskFull("b"), str(tmp_path / "dst"))
