@@ -45,8 +45,18 @@ class JobHosts:
     states: Dict[str, Mapping] = field(default_factory=dict)
 
     @property
-    def transports(self) -> _Transports:
+    def transports(self) -> Mapping[str, Transport]:
         return _Transports(self.pool)
+
+    def agent(self, name: str):
+        """`name`'s agent, started again (after a sweep, with the lease taken again) if it was lost."""
+        return self.pool.agent(name)
+
+    def transport(self, name: str) -> Transport:
+        return self.pool.transport(name)
+
+    def sweep(self, name: str):
+        return self.pool.sweep(name)
 
     def take(self, host: HostSpec) -> None:
         """A host joins the job (a spare taking over): its lease first; `HostError` when it cannot."""

@@ -243,7 +243,7 @@ class HostAgent:
             except Exception as exc:
                 raise HostError(self.host, f"the agent does not take requests any more: {exc}") from None
 
-    def request(self, op: str, timeout: float, on_event: Optional[Callable[[Dict[str, Any]], bool]] = None,
+    def request(self, op: str, wait_s: float, on_event: Optional[Callable[[Dict[str, Any]], bool]] = None,
                 **fields: Any) -> Dict[str, Any]:
         """Send operation `op` and wait for its answer (`on_event` sees every answer with its id and says
         when the request is complete); `HostError` when the agent is gone or does not answer in time."""
@@ -255,8 +255,8 @@ class HostAgent:
             self._answers[number] = answer
         try:
             self._send(dict(fields, op=op, id=number))
-            if not answer.done.wait(timeout):
-                raise HostError(self.host, f"the agent did not answer {op} within {timeout:g} s")
+            if not answer.done.wait(wait_s):
+                raise HostError(self.host, f"the agent did not answer {op} within {wait_s:g} s")
         finally:
             with self._lock:
                 self._answers.pop(number, None)

@@ -146,7 +146,8 @@ class Agent:
     def flush(self):
         if not self.out:
             return
-        data, self.out = b"".join(self.out), []
+        data = b"".join(self.out)
+        del self.out[:]  # the attempt's process set appends to this same list
         try:
             procs.write_all(1, data)
         except OSError:
