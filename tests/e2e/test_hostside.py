@@ -206,7 +206,7 @@ def test_ranks_read_no_startup_file_the_agents_login_read_once(tmp_path, ssh_cli
 
 def test_slurm_files_kills_and_sweeps_go_through_the_step_command(tmp_path):
     """SlurmTransport with `env` as its step prefix (srun's place: it runs the command here)."""
-    from launcher.transport.slurm import SlurmTransport
+    from launcher.slurm.transport import SlurmTransport
 
     transport = SlurmTransport("n1", ["env"], sys.executable)
     target = tmp_path / "a" / "b.bin"

@@ -57,7 +57,7 @@ def writes_checkpoints(rank):
 
 def arguments(argv):
     p = argparse.ArgumentParser()
-    for name in ("--stage", "--output-dir", "--resume", "--pretrained", "--ckpt"):
+    for name in ("--stage", "--output-dir", "--resume", "--pretrained", "--ckpt", "--check-inputs"):
         p.add_argument(name)
     args, _ = p.parse_known_args(argv)
     args.output_dir = args.output_dir or os.environ.get("REFINENET_OUTPUT_DIR") or "."
@@ -181,6 +181,9 @@ def main():
         while True:
             time.sleep(60)
     args = arguments(argv)
+    if args.check_inputs is not None:  # the launcher's preflight: inputs fit, nothing runs
+        print(json.dumps({"steps_per_epoch": 1, "ranks": args.check_inputs}))
+        return
     if role == "eval":
         print(f"evaluating {args.ckpt}", flush=True)
         print("mean IoU 0.7311", flush=True)
