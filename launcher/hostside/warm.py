@@ -4,7 +4,8 @@ A restarted attempt's ranks otherwise spend their first seconds importing MindSp
 workload again. The host's agent keeps one of these per rank slot, started while the job runs;
 at a restart it hands each the rank's command instead of starting a new interpreter.
 
-Zygote side (`python -c SOURCE [--main MODULE] MODULE...`, Python 3.6+, site-packages enabled).
+Zygote side (`python -c SOURCE [--main MODULE] MODULE...`, or `command()`'s short form that reads
+SOURCE from stdin first; Python 3.6+, site-packages enabled).
 Stdin is the control channel, one end of a Unix socketpair whose other end the agent holds; stdout
 and stderr are the pipes the rank's output will go through. It imports each MODULE, reports
 `ready`, waits for ONE request, checks it, makes its environment, working directory and `sys.argv`
@@ -35,7 +36,8 @@ is refused, naming them. Variables the imports set or removed themselves are app
 of the request's environment, as the same imports would have done in a fresh process.
 
 Agent side: `command()` builds the zygote's command line, `Zygote` starts one and talks to it
-(the agent may run this file's source to get them without the launcher installed).
+(an agent without the launcher installed runs this file's source, which it got as `program`, to
+get them).
 """
 import importlib
 import importlib.util
@@ -291,18 +293,32 @@ def zygote(args):
 # -- the agent's side
 
 
+#: A `python -c` program that reads the zygote's source from stdin (its length is the last argument)
+#: and runs it as `__main__`: the host needs no copy of the launcher and `ps` shows a short line.
+BOOTSTRAP = ("import os, sys\n"
+             "n, s = int(sys.argv.pop()), b''\n"
+             "while len(s) < n:\n"
+             "    c = os.read(0, n - len(s))\n"
+             "    if not c:\n"
+             "        sys.exit(127)\n"
+             "    s += c\n"
+             "exec(compile(s, 'refinenet-warm', 'exec'))\n")
+
+
 def source():
-    """This file's source: what `python -c` runs on the host."""
+    """This file's source, as the zygote runs it."""
     with open(os.path.abspath(__file__), encoding="utf-8") as f:
         return f.read()
 
 
-def command(python, modules, main=None, flags=(), program=None):
-    """The zygote's command line: `python [FLAGS] -c SOURCE [--main MAIN] MODULE...`."""
-    argv = [python] + list(flags) + ["-c", program if program is not None else source()]
+def command(python, modules, main=None, flags=(), size=0):
+    """The zygote's command line, `python [FLAGS] -c BOOTSTRAP [--main MAIN] MODULE... SIZE`: its
+    stdin must first carry the SIZE bytes of source (`python -c SOURCE [--main MAIN] MODULE...`
+    without BOOTSTRAP and SIZE runs the same zygote)."""
+    argv = [python] + list(flags) + ["-c", BOOTSTRAP]
     if main:
         argv += ["--main", main]
-    return argv + list(modules)
+    return argv + list(modules) + [str(size)]
 
 
 class Zygote:
@@ -323,9 +339,11 @@ class Zygote:
     @classmethod
     def start(cls, name, python, modules, main=None, env=None, cwd=None, stdout=None, stderr=None, flags=(),
               program=None):
+        """Start a zygote; `program` is this file's source (read from it when None)."""
+        code = (program if program is not None else source()).encode("utf-8")
         ours, theirs = socket.socketpair()
         try:
-            popen = subprocess.Popen(command(python, modules, main, flags, program), stdin=theirs.fileno(),
+            popen = subprocess.Popen(command(python, modules, main, flags, len(code)), stdin=theirs.fileno(),
                                      stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True,
                                      close_fds=True)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -333,7 +351,12 @@ class Zygote:
             raise ZygoteError(name, f"cannot start {python}: {exc}") from None
         finally:
             theirs.close()
-        return cls(name, popen, ours)
+        zygote = cls(name, popen, ours)
+        try:
+            ours.sendall(code)
+        except OSError as exc:
+            raise ZygoteError(name, f"cannot send the program: {exc}", popen.pid) from None
+        return zygote
 
     @property
     def pid(self):

@@ -163,3 +163,31 @@ def test_import_time_rule():
     assert warm.changed_import_env(start, dict(start, PATH="/usr/bin"), traced={"PATH"}) == ["PATH"]
     assert warm.environment_for({"A": "1", "B": "2"}, {"B": "2", "C": "3"}, {"B": "2", "D": "4"}) == \
         {"A": "1", "B": "2", "D": "4"}
+
+
+def test_the_agent_side_works_from_the_source_alone(modules, start_env, tmp_path):
+    """An agent holds warm.py's text, not the launcher: executing it gives `Zygote`, fed the same text."""
+    text = warm.source()
+    namespace = {"__name__": "refinenet_warm"}
+    exec(compile(text, "refinenet-warm", "exec"), namespace)  # noqa: S102
+    z = namespace["Zygote"].start("r7", sys.executable, ["preloaded"], env=start_env, cwd=str(tmp_path),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, program=text)
+    assert z.wait_ready(60)["modules"] == {"preloaded": pytest.approx(0, abs=5)}
+    z.hand(["-m", "show"], dict(start_env, PER_RANK="7"), cwd=str(tmp_path), timeout=30)
+    code, out, _ = finish(z)
+    assert code == 0 and json.loads(out)["per_rank"] == "7"
+    assert len(" ".join(warm.command(sys.executable, ["preloaded"], "show", size=len(text)))) < 600
+
+
+def test_host_side_code_is_standard_library_only():
+    import ast
+
+    folder = Path(warm.__file__).parent
+    assert (folder / "__init__.py").read_text() == \
+        '"""Programs that run on the hosts: standard library only, sent to them as source."""\n'
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
