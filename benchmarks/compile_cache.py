@@ -20,7 +20,13 @@ and whether the cache was used: the graph files per rank in the cache folder, ea
 "Use the compilation cache" on a hit, "Check the consistency of dependency files hash failed" on
 a miss).
 
-    python benchmarks/compile_cache.py [--rounds 2]
+Then why the cache needs a key of its own (`--probe` runs only this): a small network (its
+parameters do not depend on the image size) is trained for 3 steps in one process with MindSpore's
+cache folder set directly (no key), and the same folder is reused by a process that feeds it larger
+images and by one with other learning rates; each is compared with the same process without a
+cache.
+
+    python benchmarks/compile_cache.py [--rounds 2] [--probe]
 """
 from __future__ import annotations
 
@@ -82,6 +88,55 @@ def run_job(work: Path, data: Path, out: Path, cache: Path = None) -> Dict[str, 
             "cache bytes": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache else 0}
 
 
+PROBE = """
+import os, sys
+import numpy as np
+import mindspore as ms
+from mindspore import nn
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+size, lr = int(sys.argv[1]), float(sys.argv[2])
+
+
+class Net(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.dense = nn.Conv2d(3, 8, 3), nn.Dense(8, 2)
+
+    def construct(self, x):
+        return self.dense(self.conv(x).mean(axis=(2, 3)))
+
+
+ms.set_seed(1)
+net = Net()
+opt = nn.Momentum(net.trainable_params(), [lr, lr / 2, lr / 4], 0.9)
+cell = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), opt)
+x = ms.Tensor(np.linspace(0, 1, 2 * 3 * size * size, dtype=np.float32).reshape(2, 3, size, size))
+y = ms.Tensor(np.zeros((2, 2), np.float32))
+print(" ".join("%.7f" % float(cell(x, y).asnumpy()) for _ in range(3)))
+"""
+
+
+def probe(work: Path) -> None:
+    """Losses of the probe network with and without a shared, unkeyed MindSpore cache folder."""
+    def losses(size: int, lr: float, cache: Path = None) -> str:
+        env = warm_job.job_env({"GLOG_v": "2"})
+        if cache:
+            env.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=str(cache))
+        done = subprocess.run([sys.executable, "-c", PROBE, str(size), str(lr)], env=env, cwd=str(work),
+                              capture_output=True, text=True, check=True)
+        hit = " (loaded from the cache)" if HIT in done.stdout + done.stderr else ""
+        return done.stdout.strip() + hit
+
+    cache = work / "unkeyed"
+    print("\nunkeyed cache (MindSpore's own check only), losses of 3 steps:", flush=True)
+    print(f"  16x16 images, lr 0.1, fills the cache:      {losses(16, 0.1, cache)}", flush=True)
+    print(f"  24x24 images, no cache:                     {losses(24, 0.1)}", flush=True)
+    print(f"  24x24 images, the 16x16 cache folder:       {losses(24, 0.1, cache)}", flush=True)
+    print(f"  16x16 images, lr 0.3, no cache:             {losses(16, 0.3)}", flush=True)
+    print(f"  16x16 images, lr 0.3, the lr 0.1 cache:     {losses(16, 0.3, cache)}", flush=True)
+
+
 def summary(run: Dict[str, object]) -> Dict[str, float]:
     ranks: List[dict] = run["ranks"]
     row = {k: max(r[k] for r in ranks) for k in ("imported", "network", "cluster", "prepared", "step 1",
@@ -94,7 +149,12 @@ def summary(run: Dict[str, object]) -> Dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--probe", action="store_true", help="only the unkeyed-cache probe")
     args = p.parse_args()
+    if args.probe:
+        with tempfile.TemporaryDirectory(prefix="compile-cache-") as tmp:
+            probe(Path(tmp))
+        return 0
     results: Dict[str, List[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="compile-cache-") as tmp:
         work = Path(tmp)
@@ -126,6 +186,8 @@ def main() -> int:
     for k in keys:
         cells = " | ".join(f"{statistics.median(r[k] for r in rows[n]):.2f}" for n in names)
         print(f"| {k} | {cells} |")
+    with tempfile.TemporaryDirectory(prefix="compile-cache-") as tmp:
+        probe(Path(tmp))
     return 0
 
 

@@ -5,7 +5,8 @@ Per round: a 2-rank CPU r1 job (dynamic cluster: scheduler + 2 workers on this m
 crop 33, batch 1, graph mode, 2 epochs of 3 steps on 12 synthetic images, a checkpoint per epoch)
 runs uninterrupted as its first attempt, cold, filling a fresh compile cache
 (`REFINENET_COMPILE_CACHE`). Then four restarts, each resuming from the first attempt's epoch-1
-checkpoint to the end, in this order:
+checkpoint to the end (the order rotates by one each round, so load that drifts during a round
+falls on every variant alike):
 
   cold            new interpreters, no cache (the launcher's restart today)
   cold + cache    new interpreters, the compile cache the first attempt filled
@@ -17,15 +18,17 @@ A warm variant's interpreters are started and ready before its attempt starts, a
 keeps them during the job; the attempt starts when the first of them is handed its command (cold:
 when the first process is started). Lines are timestamped on arrival. Reported: start -> the later
 rank's "training starts from" line (imports, network, cluster, restore: "configured") and -> its
-first step line; the ratio to the first attempt's start -> first step (the goal for the launcher is
-at most 0.6x); and whether each restart's final checkpoint equals the uninterrupted first attempt's,
-tensor for tensor, bit for bit.
+first step line, the first step's own duration (compile + run, from the metrics record), the
+1-minute load average as the attempt ended (the machine is shared); the ratio to the first
+attempt's start -> first step (the goal for the launcher is at most 0.6x); and whether each
+restart's final checkpoint equals the uninterrupted first attempt's, tensor for tensor, bit for bit.
 
     python benchmarks/warm_start.py [--rounds 2]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import statistics
@@ -76,7 +79,11 @@ def attempt(work: Path, data: Path, out: Path, cache: Optional[Path], warm: bool
     warm_job.wait_all(procs, timeout=900)
     start = min(p.started for p in procs)
     workers = procs[1:]
-    return {"first step": warm_job.first_step(procs),
+    step1 = [json.loads((out / "metrics" / f"rank_{r}.jsonl").read_text().splitlines()[0])["seconds"]
+             for r in range(len(workers))]
+    return {"first step": warm_job.first_step(procs), "step 1": max(step1),
+            "cpu": max(p.cpu_to_first_step for p in workers),
+            "load": float(Path("/proc/loadavg").read_text().split()[0]),
             "configured": max(p.first(CONFIGURED, p.started) for p in workers) - start,
             "imports in the warm interpreters": max((r["seconds"] for r in ready), default=None),
             "cache lines": [re.search(r"compile cache: .*", p.text()).group(0) for p in workers if cache]}
@@ -88,11 +95,16 @@ def same_checkpoint(a: Path, b: Path) -> bool:
                                         for n in x)
 
 
+def describe(run: dict) -> str:
+    return (f"start -> configured {run['configured']:.2f} s, -> first step {run['first step']:.2f} s (step 1 "
+            f"{run['step 1']:.2f} s; CPU to the first step {run['cpu']:.2f} s); load {run['load']:.1f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    first: List[float] = []
+    firsts: List[dict] = []
     restarts: Dict[str, List[dict]] = {name: [] for name, _, _ in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="warm-start-") as tmp:
         work = Path(tmp)
@@ -100,35 +112,42 @@ def main() -> int:
         for rnd in range(args.rounds):
             cache = work / f"cache-{rnd}"
             base = work / f"first-{rnd}"
-            run = attempt(work, data, base, cache, warm=False)
-            first.append(run["first step"])
-            print(f"round {rnd + 1} first attempt (cold, fills the cache): start -> configured "
-                  f"{run['configured']:.2f} s, -> first step {run['first step']:.2f} s", flush=True)
+            first = attempt(work, data, base, cache, warm=False)
+            firsts.append(first)
+            print(f"round {rnd + 1} first attempt (cold, fills the cache): {describe(first)}", flush=True)
             resume = base / "ckpt" / "refinenet-1_3.ckpt"
             final = base / "ckpt" / "refinenet-2_3.ckpt"
-            for name, warm, use_cache in VARIANTS:
+            for name, warm, use_cache in VARIANTS[rnd % len(VARIANTS):] + VARIANTS[:rnd % len(VARIANTS)]:
                 out = work / f"restart-{rnd}-{name.replace(' + ', '-')}"
                 run = attempt(work, data, out, cache if use_cache else None, warm, resume)
                 run["identical"] = same_checkpoint(out / "ckpt" / "refinenet-2_3.ckpt", final)
+                run["ratio"] = run["first step"] / first["first step"]
                 restarts[name].append(run)
                 imports = run["imports in the warm interpreters"]
                 ahead = f"; imports done ahead in {imports:.2f} s" if imports is not None else ""
-                print(f"round {rnd + 1} restart {name}: start -> configured {run['configured']:.2f} s, "
-                      f"-> first step {run['first step']:.2f} s ({run['first step'] / first[-1]:.2f}x the "
-                      f"first attempt); final checkpoint identical: {run['identical']}{ahead}", flush=True)
+                print(f"round {rnd + 1} restart {name}: {describe(run)}; {run['ratio']:.2f}x the first "
+                      f"attempt; final checkpoint identical: {run['identical']}{ahead}", flush=True)
                 for line in run["cache lines"]:
                     print(f"    {line}", flush=True)
                 shutil.rmtree(out)
             shutil.rmtree(base)
-    base = statistics.median(first)
-    print(f"\nmedians over {args.rounds} rounds; first attempt (cold) start -> first step: {base:.2f} s")
-    print("| restart | start -> configured (s) | start -> first step (s) | / first attempt | identical |")
-    print("|---|---|---|---|---|")
+
+    def med(runs: List[dict], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    print(f"\nmedians over {args.rounds} rounds (s; CPU: the later rank's CPU seconds from its start to its "
+          "first step)")
+    print("| attempt | start -> configured | step 1 | CPU to the first step | start -> first step "
+          "| / first attempt (median, per round) | final checkpoint identical |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| first attempt, cold | {med(firsts, 'configured'):.2f} | {med(firsts, 'step 1'):.2f} | "
+          f"{med(firsts, 'cpu'):.2f} | {med(firsts, 'first step'):.2f} | 1 | - |")
     for name, runs in restarts.items():
-        step = statistics.median(r["first step"] for r in runs)
-        conf = statistics.median(r["configured"] for r in runs)
-        same = all(r["identical"] for r in runs)
-        print(f"| {name} | {conf:.2f} | {step:.2f} | {step / base:.2f}x | {'yes' if same else 'NO'} |")
+        ratios = ", ".join(f"{r['ratio']:.2f}" for r in runs)
+        same = "yes" if all(r["identical"] for r in runs) else "NO"
+        print(f"| restart, {name} | {med(runs, 'configured'):.2f} | {med(runs, 'step 1'):.2f} | "
+              f"{med(runs, 'cpu'):.2f} | {med(runs, 'first step'):.2f} | {med(runs, 'ratio'):.2f} ({ratios}) "
+              f"| {same} |")
     return 0
 
 

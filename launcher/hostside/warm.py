@@ -51,13 +51,14 @@ import sys
 import time
 import traceback
 
-#: Variables read when the interpreter starts or native libraries load (measured with a getenv
-#: trace while importing mindspore and refinenet; docs/performance.md "Failure recovery").
-IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "GLOG_", "GOOGLE_", "VLOG_", "OMP_", "GOMP_", "KMP_", "MKL_",
-                        "OPENBLAS_", "GOTO", "ONEDNN_", "DNNL_", "OPENCV_", "NPY_", "NUMPY_", "OPENSSL_",
-                        "ACC_DEVICE_", "GRPC_")
-IMPORT_TIME_NAMES = ("MS_SUBMODULE_LOG_v", "DEVICE_ID", "MS_DEV_LAUNCH_BLOCKING", "MS_DEV_DISABLE_AUTO_H2D",
-                     "MS_SIMULATION_LEVEL", "MS_CACHE_HOST", "MS_CACHE_PORT", "CUDA_HOME")
+#: Variables read when the interpreter starts or native libraries load (a getenv trace while importing
+#: mindspore and refinenet: benchmarks/import_env.py, docs/performance.md "Failure recovery").
+IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "LC_", "GLOG_", "GOOGLE_", "VLOG_", "OMP_", "GOMP_", "KMP_", "MKL_",
+                        "OPENBLAS_", "GOTO", "GFORTRAN_", "ONEDNN_", "DNNL_", "INTEL_", "OPENCV_", "NPY_",
+                        "NUMPY_", "OPENSSL_", "ACC_", "GRPC_")
+IMPORT_TIME_NAMES = ("LANG", "LANGUAGE", "MS_SUBMODULE_LOG_v", "DEVICE_ID", "MS_DEV_LAUNCH_BLOCKING",
+                     "MS_DEV_DISABLE_AUTO_H2D", "MS_SIMULATION_LEVEL", "MS_CACHE_HOST", "MS_CACHE_PORT",
+                     "CUDA_HOME")
 EXIT_REFUSED = 2
 MAX_REQUEST = 16 << 20
 

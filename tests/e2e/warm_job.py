@@ -62,21 +62,43 @@ def attempt_processes(port: int, ranks: int, train_args: Sequence[str], env: Map
     return procs
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used so far (its threads included, its children not)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Running:
-    """A started process and its output lines, each with its arrival time (time.monotonic())."""
+    """A started process and its output lines, each with its arrival time (time.monotonic()); the CPU
+    seconds it had used when it started its command and when its first training step line came."""
 
     name: str
     popen: subprocess.Popen
     started: float = 0.0
     lines: List[Tuple[float, str]] = field(default_factory=list)
+    cpu_at_start: float = 0.0
+    cpu_at_first_step: Optional[float] = None
 
     def follow(self) -> None:
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         for raw in iter(self.popen.stdout.readline, b""):
-            self.lines.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\n")))
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self.cpu_at_first_step is None and self.started and FIRST_STEP.search(line):
+                try:
+                    self.cpu_at_first_step = cpu_seconds(self.popen.pid)
+                except OSError:
+                    pass
+            self.lines.append((time.monotonic(), line))
+
+    @property
+    def cpu_to_first_step(self) -> Optional[float]:
+        """CPU seconds from the start of its command to its first training step."""
+        if self.cpu_at_first_step is None:
+            return None
+        return self.cpu_at_first_step - self.cpu_at_start
 
     def first(self, pattern: re.Pattern, after: float = 0.0) -> Optional[float]:
         return next((t for t, line in list(self.lines) if t >= after and pattern.search(line)), None)
@@ -130,6 +152,7 @@ def start_warm(slots: Sequence[WarmSlot], specs: Sequence[ProcessSpec], cwd: Pat
     for slot, spec in zip(slots, specs):
         assert slot.name == spec.name, (slot.name, spec.name)
         t0 = time.monotonic()
+        slot.running.cpu_at_start = cpu_seconds(slot.zygote.pid)
         slot.zygote.hand(list(spec.argv), dict(spec.env), cwd=str(cwd), timeout=60)
         slot.running.started = t0
         started.append(slot.running)
