@@ -123,11 +123,15 @@ def probe(work: Path) -> None:
         env = warm_job.job_env({"GLOG_v": "2"})
         if cache:
             env.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=str(cache))
-        done = subprocess.run([sys.executable, "-c", PROBE, str(size), str(lr)], env=env, cwd=str(work),
+        done = subprocess.run([sys.executable, str(script), str(size), str(lr)], env=env, cwd=str(work),
                               capture_output=True, text=True, check=True)
         hit = " (loaded from the cache)" if HIT in done.stdout + done.stderr else ""
         return done.stdout.strip() + hit
 
+    # A file, not `python -c`: MindSpore hashes the entry script (sys.argv[0] when it was imported) for
+    # its cache and fails on "-c".
+    script = work / "probe.py"
+    script.write_text(PROBE)
     cache = work / "unkeyed"
     print("\nunkeyed cache (MindSpore's own check only), losses of 3 steps:", flush=True)
     print(f"  16x16 images, lr 0.1, fills the cache:      {losses(16, 0.1, cache)}", flush=True)
