@@ -13,7 +13,9 @@ what `python ARGV...` started with that environment would have, and runs the com
 `__main__` (runpy): its exit status is the command's, its stdin /dev/null, as the agent's ranks.
 `--main MODULE`: the imports run as they would under `python -m MODULE` (`sys.argv[0]` the
 module's file, `sys.path[0]` the working directory; MindSpore records `sys.argv[0]` at import as
-the entry script its compile cache hashes), and only `-m MODULE` is accepted.
+the entry script its compile cache hashes, so a warm rank hits the graphs a cold one cached), and
+only `-m MODULE` is accepted. Without it the imports see `sys.argv[0] == ""` (under `-c` MindSpore's
+cache would fail on the missing file "-c").
 
 Control channel, JSON lines::
 
@@ -198,6 +200,8 @@ def preload(modules, main, path_prepended):
             sys.argv[:] = [main_spec(main).origin]
             if path_prepended:
                 sys.path[0] = os.getcwd() if sys.version_info >= (3, 7) else ""
+        else:
+            sys.argv[:] = [""]  # the command is not known yet: no script, as in an interactive interpreter
         for name in modules:
             t0 = time.monotonic()
             importlib.import_module(name)

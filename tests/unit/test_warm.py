@@ -88,8 +88,9 @@ def test_runs_the_module_with_the_requested_argv_env_and_cwd(modules, start_env,
     # The environment is the request's, in Python, for C's getenv and for children (putenv).
     assert seen["per_rank"] == seen["c_getenv"] == seen["child"] == "rank-7"
     assert seen["job_only"] is None
-    # What the imports set themselves is there, as in a fresh interpreter.
+    # What the imports set themselves is there, as in a fresh interpreter; the imports saw no script.
     assert seen["set_by_import"] == "from-import"
+    assert seen["imported_as"] == ""
     assert seen["stdin"] == ""
     assert err == "to stderr\n"
 
