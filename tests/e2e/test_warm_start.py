@@ -24,7 +24,7 @@ def _params(path):
 
 @pytest.mark.slow
 def test_warm_restart_with_compile_cache_gives_the_checkpoints_of_a_cold_restart(tmp_path, train_list):
-    env = warm_job.job_env()
+    env = warm_job.job_env({"GLOG_v": "2"})  # MindSpore's warnings say whether its cache was used
     cache = {"REFINENET_COMPILE_CACHE": str(tmp_path / "compile-cache")}
     first = warm_job.attempt_processes(free_port(), 2, _train_args(train_list, tmp_path / "first"), env,
                                        cache)
@@ -48,10 +48,13 @@ def test_warm_restart_with_compile_cache_gives_the_checkpoints_of_a_cold_restart
             if slot.zygote.popen.poll() is None:
                 slot.zygote.popen.kill()
                 slot.zygote.popen.wait()
-    # Each warm rank found the graphs the first attempt compiled (the train step and the state check).
+    # Each warm rank found the graphs the cold first attempt compiled (the train step and the state
+    # check) and MindSpore loaded them: its entry-script hash matched the cold processes'.
     for proc in running[1:]:
         found = re.search(r"compile cache: \S+ \((\d+) graphs of rank (\d) cached\)", proc.text())
         assert found and int(found.group(1)) >= 1, proc.text()[-2000:]
+        assert "Use the compilation cache" in proc.text()
+        assert "dependency files hash failed" not in proc.text()
         assert f"resume point {resume}" in proc.text()
     finals = [tmp_path / run / "ckpt" / "refinenet-2_3.ckpt" for run in ("first", "cold", "warm")]
     params = [_params(path) for path in finals]
