@@ -135,14 +135,15 @@ class Channel:
         return True
 
     def receive(self, timeout=None):
-        """The next message, or None at EOF; `TimeoutError` when none comes within `timeout` s."""
+        """The next message, or None at EOF; `TimeoutError` when none comes within `timeout` s (0: only
+        what has arrived, for a caller whose own select found the descriptor readable)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self.buffer:
             if len(self.buffer) > MAX_REQUEST:
                 raise Refused(f"request longer than {MAX_REQUEST} bytes")
             if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([self.fd], [], [], left)[0]:
                     raise TimeoutError()
             try:
                 chunk = os.read(self.fd, 1 << 16)
@@ -356,12 +357,12 @@ class Zygote:
             raise ZygoteError(name, f"cannot start {python}: {exc}") from None
         finally:
             theirs.close()
-        zygote = cls(name, popen, ours)
         try:
             ours.sendall(code)
         except OSError as exc:
+            ours.close()
             raise ZygoteError(name, f"cannot send the program: {exc}", popen.pid) from None
-        return zygote
+        return cls(name, popen, ours)
 
     @property
     def pid(self):
@@ -398,12 +399,14 @@ class Zygote:
             self.control.sendall(data.encode("utf-8") + b"\n")
         except OSError as exc:
             raise ZygoteError(self.name, f"cannot hand the request: {exc}", self.pid) from None
-        message = self._receive(timeout, "running")
+        try:
+            message = self._receive(timeout, "running")
+        finally:
+            self.control.close()
         if message.get("event") == "refused":
             raise ZygoteRefused(self.name, message.get("message", ""), self.pid, message.get("variables", ()))
         if message.get("event") != "running":
             raise ZygoteError(self.name, f"unexpected report {message}", self.pid)
-        self.control.close()
         return message
 
     def close(self):

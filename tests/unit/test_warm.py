@@ -192,3 +192,15 @@ def test_host_side_code_is_standard_library_only():
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             for name in names:
                 assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
+
+
+def test_an_agent_can_wait_for_ready_in_its_own_select_loop(modules, start_env, tmp_path):
+    import select
+
+    z = start("r8", ["preloaded"], start_env, tmp_path)
+    with pytest.raises(warm.ZygoteError, match="no ready within 0 s"):
+        z.wait_ready(timeout=0)  # nothing yet: it is still starting
+    assert select.select([z], [], [], 60)[0] == [z]
+    assert z.wait_ready(timeout=0)["event"] == "ready"
+    z.close()
+    assert z.popen.wait(30) == 0
