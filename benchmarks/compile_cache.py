@@ -4,7 +4,7 @@ A 2-rank CPU r1 job (dynamic cluster: scheduler + 2 workers on this machine; dep
 batch 1, graph mode, one epoch of 3 steps on 12 synthetic images) runs four times per round,
 interleaved: without the cache a first and a second process, then with `REFINENET_COMPILE_CACHE` (a
 fresh folder each round) a first process, which fills the cache, and a second, which should load
-it. Each worker runs benchmarks/rank_phases.py (refinenet.train with a line per start-up phase),
+it. Each worker runs tests/e2e/rank_phases.py (refinenet.train with a line per start-up phase),
 and every line is timestamped on arrival. Reported per run (the later rank of the two):
 
   imports      process start -> mindspore and refinenet imported
@@ -65,7 +65,7 @@ def run_job(work: Path, data: Path, out: Path, cache: Path = None) -> Dict[str, 
     rank_env = {"REFINENET_COMPILE_CACHE": str(cache)} if cache else {}
     args = (*TRAIN, "--data", str(data), "--output-dir", str(out))
     specs = warm_job.attempt_processes(free_port(), 2, args, env, rank_env)
-    phases = str(REPO / "benchmarks" / "rank_phases.py")
+    phases = str(REPO / "tests" / "e2e" / "rank_phases.py")
     specs = [s if s.name == "scheduler" else
              warm_job.ProcessSpec(s.name, (phases, *s.argv[2:]), s.env, s.main, s.preload) for s in specs]
     procs = warm_job.start_cold(specs, work)

@@ -1,7 +1,7 @@
 """MindSpore's graph compile cache for a training rank, under a key that names the compiled graph.
 
-A restarted attempt builds the same network on the same shapes and compiles the same graph again
-(on CPU ~7 s of a depth-18 first step, docs/performance.md "Failure recovery"). With
+A restarted attempt builds the same network on the same shapes and compiles the same graphs again
+(8-16 s of a depth-18 first step on CPU here, docs/performance.md "Failure recovery"). With
 `REFINENET_COMPILE_CACHE=DIR` (the launcher points it at a folder inside the job's folder on the
 host) a rank hands MindSpore the folder `DIR/<key>/` (`MS_COMPILER_CACHE_ENABLE=1`,
 `MS_COMPILER_CACHE_PATH`, the 2.x successors of `set_context(enable_compile_cache=...)`);
@@ -14,7 +14,7 @@ loads a graph cached for other input shapes and runs it without a word (measured
 So the key is a digest of everything that decides the compiled graph (`graph_key_fields`), and a
 different network, shape, precision, rank count, MindSpore or refinenet source gets a folder of its
 own. Values that only reach the graph as parameter data (learning rates, seeds) or never reach it
-(data augmentation, checkpointing) are left out, so a restart with a new seed still hits.
+(data augmentation, checkpointing) are left out: runs that differ only in those share the graphs.
 """
 from __future__ import annotations
 

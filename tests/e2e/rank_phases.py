@@ -1,4 +1,4 @@
-"""`python benchmarks/rank_phases.py TRAIN-ARGS...`: refinenet.train with a line at each start-up phase.
+"""`python tests/e2e/rank_phases.py TRAIN-ARGS...`: refinenet.train with a line at each start-up phase.
 
 Prints `phase imported`, `phase network` (context set, network built and initialised), `phase cluster`
 (`init()` returned) and `phase prepared` (train cell, restore and state check done; the data pipeline
