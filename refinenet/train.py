@@ -229,7 +229,7 @@ def _say(line: str, stream: TextIO = sys.stdout) -> None:
     print(line, file=stream, flush=True)
 
 
-def _set_context(config: TrainConfig, launch: LaunchEnv) -> None:
+def _set_context(config: TrainConfig, launch: LaunchEnv, lr_steps: int) -> None:
     import mindspore as ms
 
     from refinenet.dist import device_id
@@ -240,6 +240,31 @@ def _set_context(config: TrainConfig, launch: LaunchEnv) -> None:
         ms.set_device(target)
     else:
         ms.set_device(target, device_id(launch))
+    _use_compile_cache(config, launch, lr_steps, ms.__version__)
+
+
+def _use_compile_cache(config: TrainConfig, launch: LaunchEnv, lr_steps: int, ms_version: str) -> None:
+    """Graph mode with $REFINENET_COMPILE_CACHE set: compiled graphs are kept and reused under a key of
+    everything that decides them (refinenet/compile_cache.py). A cache that cannot be used is reported
+    and training goes on without it."""
+    from refinenet import compile_cache as cc
+
+    if not os.environ.get(cc.ENV_VAR):
+        return
+    if config.mode != "graph":
+        _say(f"compile cache: not used in {config.mode} mode (MindSpore caches graph-mode graphs only)")
+        return
+    fields = cc.graph_key_fields(config.hp, mode=config.mode, device=config.device,
+                                 amp_dtype=config.amp_dtype, ranks=launch.size, lr_steps=lr_steps,
+                                 mindspore_version=ms_version, source=cc.source_digest(), environ=os.environ)
+    try:
+        folder = cc.enable(fields)
+    except OSError as exc:
+        _say(f"compile cache: cannot use {os.environ[cc.ENV_VAR]}: {exc.strerror or exc}; "
+             "compiling without it")
+        return
+    cached = cc.cached_graphs(folder, launch.rank)
+    _say(f"compile cache: {folder} ({cached} graphs of rank {launch.rank} cached)")
 
 
 def build_train_cell(net, hp: TrainPreset, lrs: List[float]):
@@ -370,7 +395,7 @@ def train(config: TrainConfig, launch: LaunchEnv, pretrained: Optional[Path],
     lrs = lr_mod.learning_rates(hp.lr_type, hp.base_lr, steps_per_epoch, hp.epochs,
                                 warmup_epochs=hp.warmup_epochs, decay_rate=hp.lr_decay_rate,
                                 decay_steps=hp.lr_decay_step)
-    _set_context(config, launch)
+    _set_context(config, launch, len(lrs))
     ms.set_seed(hp.seed)
     net = build_refinenet(num_classes=hp.num_classes, depth=hp.depth, bn_mode=hp.bn_mode)
     origin = initial_weights(config, net, pretrained, resume)
