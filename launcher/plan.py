@@ -39,10 +39,14 @@ class ProcessSpec:
     env: Mapping[str, str]
     cwd: str
     log_name: str
+    #: The program `command` execs, when the command is exactly that (a workload's own argv): what a
+    #: warm interpreter of the host's agent can run instead.
+    argv: Tuple[str, ...] = ()
 
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "host": self.host, "role": self.role, "ranks": list(self.ranks),
-                "command": self.command, "env": dict(self.env), "cwd": self.cwd, "log_name": self.log_name}
+                "command": self.command, "env": dict(self.env), "cwd": self.cwd, "log_name": self.log_name,
+                "argv": list(self.argv)}
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,13 @@ class JobHosts:
     def sweep(self, name: str):
         return self.pool.sweep(name)
 
+    def warm(self, names: Sequence[str]) -> None:
+        """Ask the agents of `names` for warm interpreters of their last attempt's processes (a restart
+        comes)."""
+        for name in names:
+            if self.pool.live(name):
+                self.pool.agents[name].send("warm")
+
     def take(self, host: HostSpec) -> None:
         """A host joins the job (a spare taking over): its lease first; `HostError` when it cannot."""
         if self.leases is not None:

@@ -48,6 +48,11 @@ from launcher.spec.model import ClusterSpec, HostSpec
 from launcher.states import JobState, RankState
 from launcher.transport.base import HostError, SweepResult, Transport
 
+#: A process's variables that change between attempts or ranks: a warm interpreter gets them with its
+#: command, never at its start (none of them is read while the workload's modules are imported).
+PER_ATTEMPT_ENV = frozenset({"MS_ROLE", "MS_NODE_ID", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM",
+                             "LOCAL_RANK", "RANK_ID", "RANK_SIZE", "RANK_TABLE_FILE", "REFINENET_RESUME",
+                             "REFINENET_SAVE_REQUEST", "REFINENET_COMPILE_CACHE"})
 #: Output that marks the rank where a multi-rank process (msrun, mpirun) went wrong.
 ERROR_MARKS = ("Traceback (most recent call last)", "error:", "Error:", "Error]")
 #: Lines of the failing rank's log kept in the failure report.
@@ -100,6 +105,8 @@ class HostAccess(Protocol):
     def leave(self, name: str) -> None: ...
 
     def record_exclusion(self, name: str, reason: str, job_id: str, out: IO[str]) -> None: ...
+
+    def warm(self, names: Sequence[str]) -> None: ...
 
 
 class Supervisor:
@@ -181,6 +188,8 @@ class Supervisor:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
                 return JobState.FAILED
+            if self._plan is not None:
+                self.hosts.warm(self._plan.hosts)
             self.restarts_used += 1
             self.say(f"attempt {number} failed: {failure}; {decision.reason} of the job, "
                      f"in {decision.delay_s:g} s")
@@ -334,6 +343,9 @@ class Supervisor:
             metrics = p.role == "rank" and self.workload.metrics_file(self.spec, spec_host, p.ranks[0])
             if metrics:
                 entry["metrics"] = metrics
+            warm = self._warm_spec(p)
+            if warm:
+                entry["warm"] = warm
             processes.append(entry)
             sinks.append(self.backend.sink(p, plan, self.logs))
             for t in self.backend.tails(p, plan):
@@ -344,6 +356,18 @@ class Supervisor:
                     "grace": self.spec.timeouts.stop_grace_s, "hang_s": self.spec.health.hang_timeout_s,
                     "files": files, "processes": processes, "tails": tails}
         return document, sinks, tail_sinks
+
+    def _warm_spec(self, proc) -> Optional[Dict[str, Any]]:
+        """How the host's agent may start `proc` from a warm interpreter (launcher/hostside/warm.py): the
+        modules it imports ahead, the environment it starts with (job-wide variables: what is read while
+        importing), and the `python -m MODULE ARGS` it runs then; None when it always starts cold."""
+        modules = self.workload.warm_modules(proc.role)
+        argv = list(proc.argv)
+        if not (modules and self.backend.warm_starts and len(argv) > 2 and argv[1] == "-m"):
+            return None
+        start_env = {k: v for k, v in proc.env.items() if k not in PER_ATTEMPT_ENV}
+        return {"python": argv[0], "argv": argv[1:], "main": argv[2], "modules": list(modules),
+                "start_env": start_env}
 
     # -- resume
 

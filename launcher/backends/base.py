@@ -31,6 +31,9 @@ class Backend:
     """Default behaviour: one process per rank, its output is that rank's log, SIGTERM stops it."""
 
     name = "base"
+    #: Each rank is a process of its own that execs the workload's program: a warm interpreter kept by the
+    #: host's agent can be it at a restart.
+    warm_starts = False
     #: First signal sent to a process of this backend at teardown (then SIGTERM/SIGKILL to the group).
     stop_signal: int = signal.SIGTERM
 

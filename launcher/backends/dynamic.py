@@ -5,6 +5,7 @@ from launcher.backends.base import MasterFirst
 
 
 class DynamicBackend(MasterFirst):
+    warm_starts = True
     name = "dynamic"
 
     def render(self, r) -> None:
@@ -15,7 +16,6 @@ class DynamicBackend(MasterFirst):
                    "MS_NODE_ID": str(slot.rank), "LOCAL_RANK": str(slot.local_rank)}
             if r.spec.device != "cpu":
                 env["DEVICE_ID"] = str(slot.device_id)
-            proc = r.add(f"r{slot.rank}", host, "rank", (slot.rank,), r.workload_command(host), env,
-                            f"rank_{slot.rank}.log")
+            proc = r.add_rank(slot, env)
             r.rank_env_file(slot, proc.env)
 

@@ -6,6 +6,7 @@ from launcher.render.artifacts import RANK_TABLE, render_rank_table
 
 
 class RankTableBackend(Backend):
+    warm_starts = True
     name = "rank_table"
 
     def render(self, r) -> None:
@@ -17,7 +18,6 @@ class RankTableBackend(Backend):
             env.update(RANK_TABLE_FILE=paths[host.name], RANK_ID=str(slot.rank),
                        DEVICE_ID=str(slot.device_id), RANK_SIZE=str(r.world),
                        LOCAL_RANK=str(slot.local_rank))
-            proc = r.add(f"r{slot.rank}", host, "rank", (slot.rank,), r.workload_command(host), env,
-                            f"rank_{slot.rank}.log")
+            proc = r.add_rank(slot, env)
             r.rank_env_file(slot, proc.env)
 

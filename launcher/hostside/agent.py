@@ -27,6 +27,8 @@ each an operation ``{"op": ..., "id": ...}``:
     attempt {doc}                          -> the attempt's frames and events (procset.py), done {a}
     stop {sig}, signal {sig}               the current attempt's processes
     save {path}                            -> saving {path, error}
+    warm                                   -> warming {names}: warm interpreters for the last attempt's
+                                              processes (launcher/hostside/warm.py), taken by the next one
     stacks {id, pids, timeout}             -> stacks {id, records}
     exit                                   tear down and exit 0
 
@@ -47,6 +49,8 @@ from launcher.hostside import files, procs
 from launcher.hostside.procset import ProcSet, process_environment
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+#: How long a process of an attempt may wait for its warm interpreter to finish importing.
+WARM_READY_S = 120.0
 READ_CHUNK = 1 << 16
 #: What a short command may print before the rest is dropped (it is said so in its result).
 MAX_OUTPUT = 64 << 20
@@ -137,6 +141,9 @@ class Agent:
         self.lease_args = None
         self.waiting = None
         self.next_wait = 0.0
+        #: Warm interpreters by process name (launcher/hostside/warm.py), each with its warm spec.
+        self.zygotes = {}
+        self.last_doc = None
 
     # -- output
 
@@ -294,11 +301,76 @@ class Agent:
 
     def start_attempt(self, doc):
         keep = [self.lease.fd] if self.lease is not None and self.lease.fd is not None else []
-        self.attempt = ProcSet(doc, self.out, keep_fds=keep, others=self.other_children)
+        self.last_doc = doc
+        self.attempt = ProcSet(doc, self.out, keep_fds=keep, others=self.other_children, warm=self.take_warm)
         self.attempt.start_all()
+        self.drop_zygotes()
 
     def other_children(self):
-        return list(self.commands)
+        return list(self.commands) + [z.pid for z, _ in self.zygotes.values()]
+
+    # -- warm interpreters
+
+    def op_warm(self, op):
+        """Start a warm interpreter for every process of the last attempt that can have one, so that the
+        next attempt's processes skip their imports (their output pipes are made now)."""
+        from launcher.hostside import warm
+
+        started = []
+        for spec in (self.last_doc or {}).get("processes", ()):
+            plan = spec.get("warm")
+            if not plan or spec["name"] in self.zygotes:
+                continue
+            try:
+                zygote = warm.Zygote.start(
+                    spec["name"], plan["python"], plan["modules"], main=plan.get("main"),
+                    env=process_environment(os.environ, plan.get("start_env")), cwd=spec.get("cwd") or None,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    preexec_fn=procs.dies_with_parent(self.me))
+            except warm.ZygoteError as exc:
+                self.emit("note", message="no warm interpreter for {}: {}".format(spec["name"], exc))
+                continue
+            self.zygotes[spec["name"]] = (zygote, plan)
+            started.append(spec["name"])
+        self.emit("warming", names=started)
+
+    def take_warm(self, name, spec):
+        """The running process of `name`'s warm interpreter given `spec`'s command, or None (start cold)."""
+        from launcher.hostside import warm
+
+        held = self.zygotes.pop(name, None)
+        if held is None:
+            return None
+        zygote, plan = held
+        wanted = spec.get("warm") or {}
+        if plan.get("start_env") != wanted.get("start_env") or plan.get("modules") != wanted.get("modules"):
+            self.end_zygote(zygote)
+            return None
+        env = process_environment(os.environ, spec.get("env"))
+        try:
+            zygote.wait_ready(WARM_READY_S)
+            zygote.hand(wanted["argv"], env, spec.get("cwd") or None, timeout=WARM_READY_S)
+        except warm.ZygoteError as exc:
+            self.emit("note", message=f"{name} starts cold: {exc}")
+            self.end_zygote(zygote)
+            return None
+        return zygote.popen
+
+    def end_zygote(self, zygote):
+        zygote.close()
+        try:
+            os.killpg(zygote.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        for stream in (zygote.popen.stdout, zygote.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+    def drop_zygotes(self):
+        """Warm interpreters of processes the attempt did not take are not kept."""
+        for zygote, _ in self.zygotes.values():
+            self.end_zygote(zygote)
+        self.zygotes = {}
 
     def op_stop(self, op):
         if self.attempt is not None and not self.attempt.ended:
@@ -360,6 +432,7 @@ class Agent:
         self.exit_deadline = time.monotonic() + EXIT_WAIT_S
         self.pending_attempts = []
         self.waiting = None
+        self.drop_zygotes()
         if self.attempt is not None and not self.attempt.ended:
             self.attempt.begin_stop(signal.SIGTERM)
         for command in self.commands.values():

@@ -185,7 +185,7 @@ class ProcSet:
     process inherits (the job's lease on this host: it is free only when the last of them is gone).
     """
 
-    def __init__(self, doc, out, keep_fds=(), others=lambda: ()):
+    def __init__(self, doc, out, keep_fds=(), others=lambda: (), warm=lambda name, spec: None):
         self.doc = doc
         self.attempt = doc.get("attempt")
         self.grace = float(doc.get("grace", 5.0))
@@ -201,6 +201,9 @@ class ProcSet:
         self.keep_fds = tuple(keep_fds)
         #: Pids of the agent's other children (short commands, warm interpreters): not this set's.
         self.others = others
+        #: warm(name, spec): a started process (a Popen with stdout/stderr pipes) of a warm interpreter
+        #: that took the process's command, or None to start it cold.
+        self.warm = warm
         self.stopping = None
         self.stop_phase, self.phase_end = None, 0.0
         self.me = os.getpid()
@@ -227,6 +230,11 @@ class ProcSet:
     def start(self, p):
         spec = p.spec
         env = process_environment(os.environ, spec.get("env"))
+        popen = self.warm(spec["name"], spec) if spec.get("warm") else None
+        if popen is not None:
+            p.popen = popen
+            self.adopt(p, warm=True)
+            return
         try:
             p.popen = subprocess.Popen(
                 spec["argv"], cwd=spec.get("cwd") or None, env=env, stdin=subprocess.DEVNULL,
@@ -239,6 +247,10 @@ class ProcSet:
             self.emit("error", i=p.index, message="cannot start {}: {}".format(spec["argv"][0], exc))
             self.emit("exit", i=p.index, status=127, t=now())
             return
+        self.adopt(p)
+
+    def adopt(self, p, warm=False):
+        """Watch the started process `p.popen`: its pipes, its hang rule; report it started."""
         p.pid = p.popen.pid
         for kind, stream in ((b"o", p.popen.stdout), (b"e", p.popen.stderr)):
             fd = stream.fileno()
@@ -246,9 +258,9 @@ class ProcSet:
             self.by_fd[fd] = (p, kind)
             self.buffers[fd] = b""
             p.open_fds[fd] = stream
-        if spec.get("watch"):
+        if p.spec.get("watch"):
             self.hangs.watch(("p", p.index), self.metrics_mtime(p))
-        self.emit("started", i=p.index, pid=p.pid, pgid=p.pid, t=now())
+        self.emit("started", i=p.index, pid=p.pid, pgid=p.pid, t=now(), warm=warm)
 
     @staticmethod
     def metrics_mtime(p):

@@ -312,7 +312,10 @@ BOOTSTRAP = ("import os, sys\n"
 
 
 def source():
-    """This file's source, as the zygote runs it."""
+    """This file's source, as the zygote runs it (the host program's bundle gave it, else the file)."""
+    given = globals().get("__source__")
+    if given:
+        return given
     with open(os.path.abspath(__file__), encoding="utf-8") as f:
         return f.read()
 
@@ -344,14 +347,15 @@ class Zygote:
 
     @classmethod
     def start(cls, name, python, modules, main=None, env=None, cwd=None, stdout=None, stderr=None, flags=(),
-              program=None):
-        """Start a zygote; `program` is this file's source (read from it when None)."""
+              program=None, preexec_fn=None):
+        """Start a zygote; `program` is this file's source (read from it when None); `preexec_fn` runs in
+        the child before it execs (e.g. the host agent's parent-death signal)."""
         code = (program if program is not None else source()).encode("utf-8")
         ours, theirs = socket.socketpair()
         try:
             popen = subprocess.Popen(command(python, modules, main, flags, len(code)), stdin=theirs.fileno(),
                                      stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True,
-                                     close_fds=True)
+                                     close_fds=True, preexec_fn=preexec_fn)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             ours.close()
             raise ZygoteError(name, f"cannot start {python}: {exc}") from None

@@ -66,6 +66,9 @@ class Renderer:
         env["REFINENET_STORAGE"] = self.spec.storage
         env["MS_TOPO_TIMEOUT"] = str(self.spec.timeouts.cluster_s)
         env["MS_NODE_TIMEOUT"] = str(self.spec.timeouts.heartbeat_s)
+        env["REFINENET_SAVE_REQUEST"] = posixpath.join(self.attempt_dir(host), "save_request")
+        if self.workload.resumable:
+            env["REFINENET_COMPILE_CACHE"] = posixpath.join(self.host_dir(host), "compile_cache")
         return env
 
     def sched_env(self) -> Dict[str, str]:
@@ -90,11 +93,18 @@ class Renderer:
         return self._commands[host.name]
 
     def add(self, name: str, host: HostSpec, role: str, ranks: Sequence[int], command: str,
-            env: Mapping[str, str], log_name: str) -> ProcessSpec:
+            env: Mapping[str, str], log_name: str, argv: Sequence[str] = ()) -> ProcessSpec:
         proc = ProcessSpec(name=name, host=host.name, role=role, ranks=tuple(ranks), command=command,
-                           env=MappingProxyType(dict(env)), cwd=host.workdir, log_name=log_name)
+                           env=MappingProxyType(dict(env)), cwd=host.workdir, log_name=log_name,
+                           argv=tuple(argv))
         self.processes.append(proc)
         return proc
+
+    def add_rank(self, slot: RankSlot, env: Mapping[str, str]) -> ProcessSpec:
+        """Rank `slot`'s own process: the workload's command on its host, `exec`ed."""
+        host = self.hosts[slot.host]
+        return self.add(f"r{slot.rank}", host, "rank", (slot.rank,), self.workload_command(host), env,
+                        f"rank_{slot.rank}.log", argv=self.workload_argv(host))
 
     def env_file(self, file_name: str, what: str, host: str, env: Mapping[str, str],
                  notes: Sequence[str] = ()) -> None:
@@ -108,8 +118,9 @@ class Renderer:
     def scheduler(self) -> None:
         host = self.master
         env = {**self.base_env(host), "MS_ROLE": "MS_SCHED", **self.sched_env()}
-        command = template("worker.sh.j2").render(argv=self.workload.scheduler_argv(host))
-        proc = self.add("scheduler", host, "scheduler", (), command, env, "scheduler.log")
+        argv = self.workload.scheduler_argv(host)
+        command = template("worker.sh.j2").render(argv=argv)
+        proc = self.add("scheduler", host, "scheduler", (), command, env, "scheduler.log", argv=argv)
         self.env_file("scheduler.env", "environment of the scheduler", host.name, proc.env)
 
     def copy_to_hosts(self, local_name: str, content: str, hosts: Sequence[HostSpec]) -> Dict[str, str]:
@@ -131,8 +142,7 @@ class Renderer:
         env["LOCAL_RANK"] = "0"
         if self.spec.device != "cpu":
             env["DEVICE_ID"] = str(slot.device_id)
-        self.add(f"r{slot.rank}", host, "rank", (slot.rank,), self.workload_command(host), env,
-                 f"rank_{slot.rank}.log")
+        self.add_rank(slot, env)
         self.rank_env_file(slot, env)
 
     # -- scripts

@@ -54,6 +54,11 @@ class Workload:
     def check_spec(self, spec) -> None:
         """Refuse (`ClusterFileError` naming the field) what the cluster file asks of it wrongly."""
 
+    def warm_modules(self, role: str) -> Tuple[str, ...]:
+        """What a warm interpreter of a process of `role` (rank, scheduler) imports ahead of a restart
+        (launcher/hostside/warm.py); () when its processes always start cold."""
+        return ()
+
     def argv(self, spec, host, resume: Optional[str] = None) -> List[str]:
         """The command of every rank on `host`; `resume` is a checkpoint path there (or None)."""
         raise NotImplementedError

@@ -28,6 +28,13 @@ def parse_stages(text: str) -> Tuple[str, ...]:
     return tuple(names)
 
 
+#: What a warm interpreter imports ahead of a restart, per role (see launcher/hostside/warm.py).
+WARM_MODULES = {
+    "rank": ("mindspore", "mindspore.communication", "mindspore.dataset", "refinenet.train",
+             "refinenet.model", "refinenet.data.pipeline", "refinenet.loss"),
+    "scheduler": ("mindspore", "mindspore.communication", "refinenet.scheduler"),
+}
+
 STAGE_MODULES = {"r1": "refinenet.train", "r2": "refinenet.train", "eval": "refinenet.evaluate",
                  "export": "refinenet.export"}
 _REQUIRED = {"r1": ("data", "job.data"), "r2": ("data", "job.data"), "eval": ("data-lst", "job.val_data")}
@@ -44,6 +51,9 @@ class RefineNetWorkload(Workload):
     @property
     def resumable(self) -> bool:
         return self.stage in TRAIN_STAGES
+
+    def warm_modules(self, role: str) -> Tuple[str, ...]:
+        return WARM_MODULES.get(role, ()) if self.resumable else ()
 
     def check_spec(self, spec) -> None:
         for name in spec.job.stage_overrides:

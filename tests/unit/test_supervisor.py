@@ -308,6 +308,9 @@ class FakeHosts:
     def record_exclusion(self, name, reason, job_id, out) -> None:
         self.events.append(("excluded", name))
 
+    def warm(self, names) -> None:
+        self.events.append(("warm", tuple(names)))
+
 
 def ckpt(host: str, epoch: int, steps: int = 4) -> dict:
     return {"checkpoint": f"/w/{host}/out/r1/ckpt/refinenet-{epoch}_{steps}.ckpt", "epoch": epoch,

@@ -180,20 +180,6 @@ def test_the_agent_side_works_from_the_source_alone(modules, start_env, tmp_path
     assert len(" ".join(warm.command(sys.executable, ["preloaded"], "show", size=len(text)))) < 600
 
 
-def test_host_side_code_is_standard_library_only():
-    import ast
-
-    folder = Path(warm.__file__).parent
-    assert (folder / "__init__.py").read_text() == \
-        '"""Programs that run on the hosts: standard library only, sent to them as source."""\n'
-    for path in folder.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            for name in names:
-                assert name.split(".")[0] in sys.stdlib_module_names, f"{path.name} imports {name}"
-
-
 def test_an_agent_can_wait_for_ready_in_its_own_select_loop(modules, start_env, tmp_path):
     import select
 
