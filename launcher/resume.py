@@ -21,6 +21,7 @@ class CheckpointInfo:
     epoch: int
     step: int
     global_step: int
+    steps_per_epoch: Optional[int] = None
 
     @property
     def name(self) -> str:
@@ -40,6 +41,7 @@ class ResumePoint:
     step: int
     global_step: int
     paths: Mapping[str, str]
+    steps_per_epoch: Optional[int] = None
 
     def describe(self) -> str:
         return f"{self.name} (epoch {self.epoch}, global step {self.global_step})"
@@ -61,6 +63,10 @@ class Skipped:
         return f"{self.name} on {self.host}: {self.why}"
 
 
+def _opt_int(value) -> Optional[int]:
+    return None if value is None else int(value)
+
+
 class ScanError(ValueError):
     """A host's scan output could not be read."""
 
@@ -70,7 +76,9 @@ def parse_scan(output: str) -> Tuple[CheckpointInfo, ...]:
     try:
         records = json.loads(output)
         return tuple(CheckpointInfo(path=str(r["checkpoint"]), epoch=int(r["epoch"]), step=int(r["step"]),
-                                    global_step=int(r["global_step"])) for r in records)
+                                    global_step=int(r["global_step"]),
+                                    steps_per_epoch=_opt_int(r.get("steps_per_epoch")))
+                     for r in records)
     except (ValueError, TypeError, KeyError) as exc:
         raise ScanError(f"unreadable checkpoint scan: {exc}: {output[:200]!r}") from exc
 
@@ -142,4 +150,5 @@ def choose_resume(scans: Mapping[str, Sequence[CheckpointInfo]]) -> Optional[Res
     key = max(common)
     first = next(iter(by_host.values()))[key]
     return ResumePoint(name=first.name, epoch=first.epoch, step=first.step, global_step=first.global_step,
-                       paths={host: d[key].path for host, d in by_host.items()})
+                       paths={host: d[key].path for host, d in by_host.items()},
+                       steps_per_epoch=first.steps_per_epoch)

@@ -398,8 +398,18 @@ class Supervisor:
         found = fan_out(scan, scanned, key=str, width=self.fanout, catch=(HostError,))
         if found.failed:
             raise found.failed[sorted(found.failed)[0]]
-        results = {n: found.succeeded[n if n in found.succeeded else names[0]] for n in names}
-        choice = decide_resume({n: results[n][0] for n in names}, [s for n in scanned for s in results[n][1]])
+        scans = {n: list(found.succeeded[n if n in found.succeeded else names[0]][0]) for n in names}
+        skipped = [s for n in scanned for s in found.succeeded[n][1]]
+        while True:
+            choice = decide_resume(scans, skipped)
+            refused = self._verify(choice.point, scanned) if choice.point is not None else []
+            if not refused:
+                break
+            for item in refused:
+                skipped.append(item)
+                gone = {n for n in names if self.spec.storage == "shared" or n == item.host}
+                for n in gone:
+                    scans[n] = [c for c in scans[n] if c.name != item.name]
         for reason in choice.passed_over:
             self.say(f"checkpoint not used: {reason}")
         if choice.point is None:
@@ -410,6 +420,24 @@ class Supervisor:
             if fresh:
                 choice = self._carry_to(choice, names[0], fresh)
         return choice
+
+    def _verify(self, point, hosts: Sequence[str]) -> List[Skipped]:
+        """The resume checkpoint's bytes checked against its recorded digest on each of `hosts`, all at
+        once: the hosts whose copy is not whole."""
+        def verify(name: str) -> Optional[Skipped]:
+            host = self.spec.host(name)
+            argv = self.workload.verify_argv(host, point.paths[name])
+            result = self.hosts.transport(name).exec(argv, cwd=host.workdir, timeout=SCAN_TIMEOUT_S)
+            if result.ok:
+                return None
+            lines = (result.stdout.strip() + "\n" + result.stderr.strip()).strip().splitlines()
+            why = lines[-1].split(": ", 2)[-1] if lines else f"exit code {result.returncode}"
+            return Skipped(name, point.paths[name], f"does not match its manifest ({why})")
+
+        checked = fan_out(verify, list(hosts), key=str, width=self.fanout, catch=(HostError,))
+        if checked.failed:
+            raise checked.failed[sorted(checked.failed)[0]]
+        return [s for s in checked.succeeded.values() if s is not None]
 
     def _carry_to(self, choice: ResumeChoice, source: str, hosts: Sequence[str]) -> ResumeChoice:
         """Copy the resume checkpoint from `source` to each of `hosts` (spares that hold none) and verify

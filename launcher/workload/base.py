@@ -91,8 +91,13 @@ class Workload:
         return posixpath.join(self.output_dir(spec, host), "metrics", f"rank_{rank}.jsonl")
 
     def scan_argv(self, host, directory: str) -> List[str]:
-        """The command that lists the complete checkpoints of `directory` on `host` (JSON)."""
-        return [host.python, "-m", MANIFEST_MODULE, "scan", directory, "--verify"]
+        """The command that lists the complete checkpoints of `directory` on `host` (JSON): manifests and
+        sizes only; the digest recorded at write time is checked for the chosen one (`verify_argv`)."""
+        return [host.python, "-m", MANIFEST_MODULE, "scan", directory]
+
+    def verify_argv(self, host, checkpoint: str) -> List[str]:
+        """The command that checks one checkpoint's bytes against its manifest's sha256 (exit 0: whole)."""
+        return [host.python, "-m", MANIFEST_MODULE, "verify", checkpoint]
 
     def scheduler_argv(self, host) -> List[str]:
         return [host.python, "-m", SCHEDULER_MODULE]

@@ -229,6 +229,8 @@ class Cluster:
     attempt: int = 0
     started: List[Tuple[int, str, FakeProcess, Sequence[str]]] = field(default_factory=list)
     scan_calls: List[Tuple[int, str]] = field(default_factory=list)
+    verify_calls: List[Tuple[int, str, str]] = field(default_factory=list)
+    corrupt: set = field(default_factory=set)
     sweeps: List[Tuple[int, str, str]] = field(default_factory=list)
     lose: Dict[int, str] = field(default_factory=dict)
     next_pid: int = 1000
@@ -258,6 +260,11 @@ class FakeTransport(Transport):
                 raise HostError(self.host, "connection refused")
             records, stderr = c.scans.get((c.attempt, self.host), ([], ""))
             return CommandResult(0, json.dumps(records), stderr)
+        if list(argv[1:4]) == ["-m", "refinenet.manifest", "verify"]:
+            c.verify_calls.append((c.attempt, self.host, argv[4]))
+            if argv[4] in c.corrupt:
+                return CommandResult(1, f"not complete: {argv[4]}: sha256 differs from the manifest", "")
+            return CommandResult(0, f"complete: {argv[4]}", "")
         raise AssertionError(f"unexpected command {argv}")
 
     def read_file(self, path):
@@ -656,3 +663,18 @@ def test_a_stop_asked_inside_a_slurm_allocation_stays_a_stop(tmp_path):
     run.supervisor.allocation_ended = lambda: "Slurm job 7 is ending (CANCELLED, reason None)"
     threading.Timer(0.3, run.supervisor.request_stop).start()
     assert run_to_end(run) == JobState.STOPPED
+
+
+def test_only_the_chosen_checkpoint_is_verified_and_a_corrupt_one_is_passed_over(tmp_path):
+    cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    for host in HOSTS:
+        cluster.scans[(1, host)] = ([ckpt(host, 3), ckpt(host, 2), ckpt(host, 1)], "")
+    cluster.corrupt.add("/w/b/out/r1/ckpt/refinenet-3_4.ckpt")
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    verified = sorted(path.rsplit("/", 1)[-1] + "@" + host for _, host, path in cluster.verify_calls)
+    assert verified == ["refinenet-2_4.ckpt@a", "refinenet-2_4.ckpt@b", "refinenet-3_4.ckpt@a",
+                        "refinenet-3_4.ckpt@b"]
+    assert "--resume /w/b/out/r1/ckpt/refinenet-2_4.ckpt" in cluster.commands(2)["r1"]
+    assert "refinenet-3_4.ckpt on b: does not match its manifest" in run.said
