@@ -152,6 +152,9 @@ class AttemptRecord:
     processes: Tuple[ProcessRecord, ...] = ()
     #: The stage it ran (a multi-stage job runs its stages as attempts in order).
     stage: str = ""
+    #: What its failure cost (launcher.recovery.Recovery.to_dict): the phases up to the next attempt's
+    #: first step.
+    recovery: Optional[Mapping[str, Any]] = None
 
     @property
     def ranks(self) -> List[ProcessRecord]:
@@ -164,7 +167,8 @@ class AttemptRecord:
         return {"number": self.number, "stage": self.stage, "state": self.state.value,
                 "started": self.started, "ended": self.ended, "resume": self.resume,
                 "failure": self.failure.to_dict() if self.failure else None,
-                "processes": [p.to_dict() for p in self.processes]}
+                "processes": [p.to_dict() for p in self.processes],
+                "recovery": dict(self.recovery) if self.recovery else None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AttemptRecord:
@@ -173,7 +177,7 @@ class AttemptRecord:
                    started=_opt_float(d.get("started")), ended=_opt_float(d.get("ended")),
                    resume=d.get("resume"), failure=Failure.from_dict(failure) if failure else None,
                    processes=tuple(ProcessRecord.from_dict(p) for p in d.get("processes") or ()),
-                   stage=str(d.get("stage") or ""))
+                   stage=str(d.get("stage") or ""), recovery=d.get("recovery") or None)
 
 
 @dataclass(frozen=True)
@@ -522,6 +526,16 @@ class JobDir:
     def end_attempt(self, outcome: Union[JobState, str], failure: Optional[Failure] = None,
                     job_state: Union[JobState, str, None] = None, message: Optional[str] = None) -> JobRecord:
         return self.update(lambda r: r.with_attempt_end(outcome, failure, job_state, message))
+
+    def set_recovery(self, number: int, recovery: Mapping[str, Any]) -> JobRecord:
+        """Record what attempt `number`'s failure cost (see launcher.recovery)."""
+        recovery = _plain_json(recovery, "recovery")
+
+        def change(record: JobRecord) -> JobRecord:
+            attempts = tuple(dataclasses.replace(a, recovery=recovery) if a.number == number else a
+                             for a in record.attempts)
+            return dataclasses.replace(record, attempts=attempts)
+        return self.update(change)
 
     def request_stop(self) -> JobRecord:
         """Mark that a stop was asked for: the supervisor must not start another attempt."""

@@ -20,6 +20,7 @@ from launcher.jobs import JobDir, format_time
 from launcher.logs.format import parse_ranks
 from launcher.planning.prepare import PreparedLaunch
 from launcher.planning.request import LaunchRequest
+from launcher.recovery import Recovery
 from launcher.slurm.allocation import ending, time_is_up, time_limit_reason
 from launcher.spec.load import apply_overrides, load_yaml, parse_override
 from launcher.spec.model import ClusterSpec
@@ -142,6 +143,9 @@ def _spec_data(spec: ClusterSpec, request: LaunchRequest) -> dict:
 
 def _report(job: JobDir, state: JobState, supervisor: Supervisor, err: IO[str]) -> int:
     record = job.read()
+    for a in record.attempts:
+        if a.recovery:
+            say(err, f"failure of attempt {a.number} cost {Recovery.from_dict(a.recovery).describe()}")
     if state == JobState.SUCCEEDED:
         stages = list(dict.fromkeys(a.stage for a in record.attempts if a.stage))
         over = f" over {len(stages)} stages ({', '.join(stages)})" if len(stages) > 1 else ""

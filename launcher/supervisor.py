@@ -32,9 +32,11 @@ from launcher.fanout import DEFAULT_WIDTH, fan_out
 from launcher.jobs import JobDir, ProcessRecord
 from launcher.logs.aggregator import LogAggregator
 from launcher.logs.format import rank_source
+from launcher.logs.progress import ProgressRecorder
 from launcher.plan import LaunchPlan, write_plan
 from launcher.planning.factory import PlanFactory
 from launcher.policy import Action, Decision, decide
+from launcher.recovery import Recovery, rolled_back
 from launcher.resume import (
     CheckpointInfo,
     ResumeChoice,
@@ -72,6 +74,9 @@ class AttemptResult:
     resume: Optional[ResumeChoice] = None
     teardown_s: float = 0.0
     timeline: Dict[str, float] = field(default_factory=dict)
+    #: Wall-clock moments: the failure reached the launcher, every process was gone.
+    detected_at: Optional[float] = None
+    gone_at: Optional[float] = None
 
 
 class HealthWatch:
@@ -152,6 +157,8 @@ class Supervisor:
         self.decisions: List[Decision] = []
         self._plan: Optional[LaunchPlan] = None
         self._lines_at_start: Dict[str, int] = {}
+        #: What the last failure is costing, until the next attempt's first step (launcher.recovery).
+        self.recovery: Optional[Recovery] = None
 
     # -- public
 
@@ -180,6 +187,10 @@ class Supervisor:
             self.decisions.append(decision)
             outcome = JobState.STOPPED if decision.job_state == JobState.STOPPED else result.state
             failure = result.failure
+            self._close_recovery()
+            if failure is not None:
+                self.recovery = Recovery(number, failed_at=failure.time or result.detected_at,
+                                         detected_at=result.detected_at, gone_at=result.gone_at)
             job_state = decision.job_state
             if job_state == JobState.SUCCEEDED and not self.last_stage:
                 job_state = JobState.RUNNING
@@ -256,6 +267,8 @@ class Supervisor:
     def run_attempt(self, number: int) -> AttemptResult:
         """Start, watch and tear down attempt `number`; later attempts of a training stage resume."""
         timeline = {"start": time.monotonic()}
+        if self.recovery is not None:
+            self.recovery = self.recovery.with_moments(next_at=time.time())
         choice: Optional[ResumeChoice] = None
         if number > self.first_attempt and self.workload.resumable:
             try:
@@ -265,8 +278,12 @@ class Supervisor:
                 failure = Failure(FailureKind.SCAN, exc.host, f"cannot read or carry the checkpoints there: "
                                                               f"{exc.cause}", time=self.clock())
                 timeline["failed"] = timeline["gone"] = time.monotonic()
-                return AttemptResult(number, JobState.FAILED, failure, None, 0.0, timeline)
+                return AttemptResult(number, JobState.FAILED, failure, None, 0.0, timeline,
+                                     detected_at=time.time(), gone_at=time.time())
         point = choice.point if choice else None
+        if self.recovery is not None:
+            self.recovery = self.recovery.with_moments(resume_at=time.time(),
+                                                       steps_rolled_back=self._rolled_back(point))
         plan = self.plan_factory(number, dict(point.paths) if point else None)
         self._plan = plan
         self.job.set_plan(plan.to_dict())
@@ -300,7 +317,44 @@ class Supervisor:
             failure = self._complete(failure, attempt)
             self.say(f"attempt {number}: every process stopped {teardown_s:.2f} s after the failure")
         state = attempt.outcome or JobState.STOPPED
-        return AttemptResult(number, state, failure, choice, teardown_s, timeline)
+        return AttemptResult(number, state, failure, choice, teardown_s, timeline,
+                             detected_at=run.detected_at, gone_at=time.time())
+
+    # -- what a failure cost
+
+    def _rolled_back(self, point) -> Optional[int]:
+        """Steps the next attempt computes again: the failed attempt's furthest step past `point`."""
+        progress = self._progress()
+        furthest = progress.furthest.get(self.recovery.attempt) if progress else None
+        if point is not None:
+            return rolled_back(furthest, point.steps_per_epoch, point.global_step)
+        if furthest is not None and furthest[0] == 1:
+            return furthest[1]
+        return None
+
+    def _progress(self) -> Optional[ProgressRecorder]:
+        return next((o for o in getattr(self.logs, "observers", ()) if isinstance(o, ProgressRecorder)), None)
+
+    def note_recovery(self, run: _AttemptRun) -> None:
+        """Called by the watch loop: the next attempt's moments as they come; recorded at its first step."""
+        if self.recovery is None or self.recovery.first_step_at is not None:
+            return
+        moments = run.recovery_moments()
+        if moments:
+            self.recovery = self.recovery.with_moments(**moments)
+        if self.recovery.first_step_at is not None:
+            self._close_recovery()
+
+    def _close_recovery(self) -> None:
+        """Record the pending recovery with what is known of it (all of it once the first step came)."""
+        recovery, self.recovery = self.recovery, None
+        if recovery is None or recovery.next_at is None:
+            self.recovery = recovery
+            return
+        self.job.set_recovery(recovery.attempt, recovery.to_dict())
+        text = f"recovery from attempt {recovery.attempt}'s failure: {recovery.describe()}"
+        self.say(text)
+        self.logs.note(text)
 
     def _complete(self, failure: Failure, attempt: Attempt) -> Failure:
         """The root cause completed: the rank of a multi-rank process named from its output, the log tail."""
@@ -488,6 +542,13 @@ class _AttemptRun:
         self.lost_hosts: set = set()
         #: Lost hosts where nothing could make sure that no process of the job is left (host -> why).
         self.unsweepable: Dict[str, str] = {}
+        #: When the attempt's outcome became known to the launcher (wall clock).
+        self.detected_at: Optional[float] = None
+        #: Process name -> when it started (its host's clock), whether from a warm interpreter.
+        self.started_at: Dict[str, float] = {}
+        self.warm: Dict[str, bool] = {}
+        #: Process name -> the workload's event name -> its time (its host's clock).
+        self.workload_events: Dict[str, Dict[str, float]] = {}
 
     # -- start
 
@@ -538,6 +599,9 @@ class _AttemptRun:
                 self._drain()
             if sup.stop_event.is_set():
                 self.attempt.stop()
+            if self.attempt.finished and self.detected_at is None:
+                self.detected_at = time.time()
+            sup.note_recovery(self)
             mono = time.monotonic()
             if self.health is None and sup.health_factory is not None and self.attempt.all_started():
                 self.health = sup.health_factory(sup.spec, self.plan, *self._pids_and_ranks())
@@ -567,6 +631,8 @@ class _AttemptRun:
         at = float(data.get("t") or self.sup.clock())
         if kind == "started":
             m = self.attempt.started(names[event.index], int(data["pid"]), int(data["pgid"]), at)
+            self.started_at[m.spec.name] = at
+            self.warm[m.spec.name] = bool(data.get("warm"))
             self.pending_records.append(ProcessRecord(
                 name=m.spec.name, host=host, pid=m.pid, pgid=m.pgid, state=RankState.RUNNING,
                 rank=m.spec.ranks[0] if m.spec.role == "rank" else None, started=at))
@@ -586,6 +652,14 @@ class _AttemptRun:
                 self.attempt.hung(names[event.index], float(data["silent_s"]), hang_s, at)
         elif kind == "note":
             self.sup.say(f"{host}: {data.get('message')}")
+        elif kind == "workload":
+            record = data.get("record") or {}
+            if isinstance(record.get("time"), (int, float)):
+                events = self.workload_events.setdefault(names[event.index], {})
+                events.setdefault(str(record.get("event")), float(record["time"]))
+                for field_name in ("main_s", "init_s", "load_s"):
+                    if isinstance(record.get(field_name), (int, float)):
+                        events.setdefault(field_name, float(record[field_name]))
         elif kind == "done":
             self.done_hosts.add(host)
         elif kind == "lost":
@@ -593,6 +667,38 @@ class _AttemptRun:
             self.lost_hosts.add(host)
             if any(not m.state.is_final for m in self.attempt.on_host(host)):
                 self.attempt.host_lost(host, str(data.get("detail")), self.sup.clock())
+
+    def recovery_moments(self) -> Dict[str, Any]:
+        """What this attempt tells of the recovery before it: when every process had started, every rank
+        was configured (its cluster formed, its checkpoint loaded) and every rank's first step was done,
+        from the workload's events (else from its first progress line); how the processes started."""
+        ranks = [m for m in self.attempt.members.values() if m.carries_ranks]
+        moments: Dict[str, Any] = {}
+        if ranks and all(m.spec.name in self.started_at for m in self.attempt.members.values()):
+            moments["started_at"] = max(self.started_at.values())
+            flags = {self.warm.get(m.spec.name, False) for m in ranks}
+            moments["start"] = "warm" if flags == {True} else "cold" if flags == {False} else "mixed"
+        events = [self.workload_events.get(m.spec.name, {}) for m in ranks]
+        configured = [max((e[k] for k in ("cluster", "checkpoint_loaded") if k in e), default=None)
+                      for e in events]
+        if ranks and all(c is not None for c in configured):
+            moments["configured_at"] = max(configured)
+        firsts = [e.get("first_step") for e in events]
+        if ranks and all(f is not None for f in firsts):
+            moments["first_step_at"] = max(firsts)
+        else:
+            progress = self.sup._progress()
+            seen = [progress.first_seen.get((self.attempt.number, m.rank)) for m in ranks] if progress else []
+            if ranks and seen and all(t is not None for t in seen):
+                moments["first_step_at"] = max(seen)
+        details = {}
+        for key, label in (("main_s", "imports"), ("init_s", "cluster"), ("load_s", "checkpoint load")):
+            values = [e[key] for e in events if key in e]
+            if values:
+                details[label] = max(values)
+        if details:
+            moments["details"] = details
+        return moments
 
     def _pids_and_ranks(self) -> Tuple[Dict[str, List[int]], Dict[str, List[int]]]:
         pids: Dict[str, List[int]] = {}

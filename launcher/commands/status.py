@@ -16,6 +16,7 @@ from launcher.commands.list_jobs import format_table
 from launcher.failures import Failure
 from launcher.jobs import RUNS_DIR_ENV, JobDir, JobRecord, ProcessRecord, format_time
 from launcher.logs.format import is_framework_log, parse_attempt_header, rank_log_name, tail_lines
+from launcher.recovery import Recovery
 from launcher.states import JobState
 
 
@@ -153,6 +154,8 @@ def render(status: Dict[str, Any], now: Optional[float] = None) -> List[str]:
         what = f" {a['stage']}" if "," in status["stage"] and a.get("stage") else ""
         notes = "  " + "; ".join(extra) if extra else ""
         out.append(f"{label}{a['number']}{what} {a['state']} {span}{notes}")
+        if a.get("recovery"):
+            out.append(f"            recovery: {Recovery.from_dict(a['recovery']).describe()}")
     if status["processes"]:
         rows = [("PROCESS", "HOST", "PID", "PGID", "STATE", "EXIT", "OUTPUT", "LAST LINE")]
         for p in status["processes"]:

@@ -178,6 +178,46 @@ class Tail:
             self.rest = b""
 
 
+class MetricsTail:
+    """A process's metrics JSONL followed from where it ended when the attempt began: its `event`
+    records (the workload's phases: imports, cluster formed, checkpoint loaded, first step...) are
+    handed on as `workload` events."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.offset = os.stat(path).st_size
+        except OSError:
+            self.offset = 0
+        self.rest = b""
+
+    def poll(self):
+        """The new event records (dicts)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(READ_CHUNK * 4)
+        except OSError:
+            return []
+        if not data:
+            return []
+        self.offset += len(data)
+        data = self.rest + data
+        cut = data.rfind(b"\n") + 1
+        self.rest = data[cut:]
+        found = []
+        for line in data[:cut].splitlines():
+            if b'"event"' not in line:
+                continue
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "event" in record:
+                found.append(record)
+        return found
+
+
 class ProcSet:
     """The processes and followed files of one attempt's host document (see the module docstring).
 
@@ -209,6 +249,7 @@ class ProcSet:
         self.me = os.getpid()
         self.next_tail = self.next_hang = time.monotonic()
         self.ended = False
+        self.metrics = {p.index: MetricsTail(p.spec["metrics"]) for p in self.procs if p.spec.get("metrics")}
 
     # -- output
 
@@ -318,6 +359,7 @@ class ProcSet:
                 continue
             for fd in list(p.open_fds):
                 self.read_fd(fd)
+            self.forward_metrics(p.index)
             p.reported = True
             self.emit("exit", i=p.index, status=p.status, t=now())
 
@@ -334,6 +376,13 @@ class ProcSet:
                 self.emit("hang", i=index, silent_s=silent, t=now())
             else:
                 self.emit("hang", tail=index, silent_s=silent, t=now())
+
+    def forward_metrics(self, index=None):
+        """The workload's new event records, as `workload` events (of process `index`, or all)."""
+        for i, tail in self.metrics.items():
+            if index is None or i == index:
+                for record in tail.poll():
+                    self.emit("workload", i=i, record=record)
 
     # -- stopping
 
@@ -427,6 +476,7 @@ class ProcSet:
         if mono >= self.next_hang:
             self.next_hang = mono + HANG_POLL_S
             self.check_hangs()
+            self.forward_metrics()
         self.advance_stop()
         self.report_exits()
         if not self.finished():

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, List, Optional, Union
+from typing import IO, Callable, Dict, List, Optional, Tuple, Union
 
 from launcher.stragglers import DEFAULT_FACTOR, DEFAULT_WINDOW, Straggler, StragglerDetector
 from launcher.workload.base import PROGRESS_MARK, parse_progress
@@ -30,6 +30,10 @@ class ProgressRecorder:
         self._on_straggler = on_straggler
         self._lock = threading.Lock()
         self.stragglers: List[Straggler] = []
+        #: (attempt, rank) -> when its first progress line arrived (epoch seconds, launcher clock).
+        self.first_seen: Dict[Tuple[int, int], float] = {}
+        #: attempt -> the furthest (epoch, step in epoch) any rank reported.
+        self.furthest: Dict[int, Tuple[int, int]] = {}
 
     def observe(self, source: str, host: str, rank: Optional[int], attempt: int, line: str
                 ) -> Optional[str]:
@@ -38,6 +42,11 @@ class ProgressRecorder:
             return None
         record = {"rank": rank, "source": source, "host": host, "attempt": attempt, **record,
                   "time": round(time.time(), 3)}
+        if rank is not None:
+            with self._lock:
+                self.first_seen.setdefault((attempt, rank), record["time"])
+                where = (int(record["epoch"]), int(record["epoch_step"]))
+                self.furthest[attempt] = max(self.furthest.get(attempt, where), where)
         if self._metrics_path is not None:
             if self._metrics is None or self._metrics.closed:
                 self._metrics = open(self._metrics_path, "ab", buffering=1 << 16)

@@ -138,6 +138,15 @@ def _attempts_section(data: JobData, figs: _Figures, t0: float, now: float) -> S
                      format_time(a.get("ended")), a.get("resume") or "-", cause or "-"))
     sec.add(table(("attempt", "state", "started", "ended", "resumed from", "root cause"), rows))
     for a in attempts:
+        recovery = a.get("recovery")
+        if recovery:
+            sec.add(figs.add(f"recovery_{a.get('number')}", figures.recovery_timeline(recovery),
+                             f"what attempt {a.get('number')}'s failure cost"))
+            phases = (recovery.get("phases") or {}).items()
+            rows = [(name, "-" if s is None else f"{s:.2f}") for name, s in phases]
+            rows += [(f"workload: {k}", f"{v:.2f}") for k, v in (recovery.get("details") or {}).items()]
+            sec.add(table(("phase", "seconds"), rows, (1,)))
+    for a in attempts:
         tail = (a.get("failure") or {}).get("log_tail") or []
         if tail:
             sec.add(f"<p>attempt {esc(a.get('number'))}, last lines of the failing rank:</p>"

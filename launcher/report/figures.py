@@ -102,6 +102,35 @@ def throughput_lines(series: Sequence[Series], unit: str, batch_size: Optional[i
     return fig
 
 
+#: Colours of the recovery phases (launcher.recovery.BOUNDS order).
+PHASE_COLORS = ("#e57373", "#ffb74d", "#bdbdbd", "#64b5f6", "#4db6ac", "#9575cd", "#81c784")
+
+
+def recovery_timeline(recovery: Mapping[str, Any]) -> Figure:
+    """One failure's recovery as a bar of its phases, from the failure to the first resumed step."""
+    phases = [(name, seconds) for name, seconds in (recovery.get("phases") or {}).items()]
+    fig = Figure(figsize=(10, 1.6))
+    ax = fig.subplots()
+    left = 0.0
+    for (name, seconds), color in zip(phases, PHASE_COLORS):
+        if seconds is None:
+            continue
+        ax.barh(0, seconds, left=left, color=color, height=0.5, label=f"{name} {seconds:.1f} s")
+        left += seconds
+    ax.set_yticks([])
+    ax.set_xlabel("seconds after the failure")
+    total = recovery.get("total_s")
+    rolled = recovery.get("steps_rolled_back")
+    title = f"attempt {recovery.get('attempt')}'s failure: " + (
+        f"{total:.1f} s to the first resumed step" if isinstance(total, (int, float)) else "not recovered")
+    if rolled is not None:
+        title += f", {rolled} step(s) computed again"
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=4, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.55, top=0.8)
+    return fig
+
+
 def attempt_timeline(attempts: Sequence[Mapping[str, Any]], t0: float, now: float) -> Figure:
     fig = Figure(figsize=(10, 1.2 + 0.8 * max(1, len(attempts))))
     ax = fig.subplots()
