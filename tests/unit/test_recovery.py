@@ -9,7 +9,8 @@ def test_phases_add_up_to_the_time_from_the_failure_to_the_first_resumed_step():
                  started_at=101.7, configured_at=110.0, first_step_at=115.5, steps_rolled_back=3,
                  details={"imports": 2.0}, start="warm")
     phases = dict(r.phases())
-    assert list(phases) == ["detect", "teardown", "backoff", "resume point", "start", "configure", "first step"]
+    assert list(phases) == ["detect", "teardown", "backoff", "resume point", "start", "configure",
+                            "first step"]
     assert abs(sum(phases.values()) - r.total_s) < 1e-9 and abs(r.total_s - 15.5) < 1e-9
     assert abs(r.launcher_s - (0.1 + 0.3 + 0.2 + 0.1)) < 1e-9
     text = r.describe()
