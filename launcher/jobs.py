@@ -38,6 +38,7 @@ from launcher.states import (
     RankState,
     check_job_transition,
     check_rank_transition,
+    check_resume_transition,
 )
 from launcher.stragglers import DEFAULT_FACTOR, DEFAULT_WINDOW, Straggler
 
@@ -237,6 +238,8 @@ class JobRecord:
     launcher: Optional[LauncherInfo] = None
     attempts: Tuple[AttemptRecord, ...] = ()
     stop_requested: bool = False
+    #: `stop --save` (or SIGUSR1 to the launcher): the ranks finish their step, save and stop.
+    save_requested: bool = False
     message: str = ""
     stragglers: Tuple[Straggler, ...] = ()
     #: Host name -> {"state": active|spare|excluded, "reason", "replaced_by"}.
@@ -276,6 +279,13 @@ class JobRecord:
             attempts = attempts[:-1] + (last,)
         return dataclasses.replace(self, state=new, attempts=attempts,
                                    message=self.message if message is None else message)
+
+    def with_resumed(self, launcher: Optional[LauncherInfo] = None) -> JobRecord:
+        """A FAILED or STOPPED job continued by `refinenet-launch resume` (guarded): RESTARTING, its stop and
+        save requests cleared, owned by `launcher`."""
+        new = check_resume_transition(self.state, what=f"job {self.job_id}")
+        return dataclasses.replace(self, state=new, stop_requested=False, save_requested=False,
+                                   launcher=launcher or self.launcher, message="resumed")
 
     def with_straggler(self, straggler: Straggler) -> JobRecord:
         """Add a flagged rank (once per attempt and rank)."""
@@ -354,7 +364,8 @@ class JobRecord:
     def to_dict(self) -> Dict[str, Any]:
         return {"format": FORMAT, "job_id": self.job_id, "cluster": self.cluster, "stage": self.stage,
                 "state": self.state.value, "created": self.created, "updated": self.updated,
-                "stop_requested": self.stop_requested, "message": self.message,
+                "stop_requested": self.stop_requested, "save_requested": self.save_requested,
+                "message": self.message,
                 "launcher": self.launcher.to_dict() if self.launcher else None,
                 "cluster_file": self.cluster_file, "spec": dict(self.spec), "plan": dict(self.plan),
                 "attempts": [a.to_dict() for a in self.attempts],
@@ -373,7 +384,8 @@ class JobRecord:
                    cluster_file=str(d.get("cluster_file") or ""), plan=d.get("plan") or {},
                    launcher=LauncherInfo.from_dict(launcher) if launcher else None,
                    attempts=tuple(AttemptRecord.from_dict(a) for a in d.get("attempts") or ()),
-                   stop_requested=bool(d.get("stop_requested", False)), message=str(d.get("message") or ""),
+                   stop_requested=bool(d.get("stop_requested", False)),
+                   save_requested=bool(d.get("save_requested", False)), message=str(d.get("message") or ""),
                    stragglers=tuple(Straggler.from_dict(s) for s in d.get("stragglers") or ()),
                    hosts={str(k): dict(v) for k, v in (d.get("hosts") or {}).items()},
                    slurm=dict(d.get("slurm") or {}), request=dict(d.get("request") or {}))
@@ -506,6 +518,10 @@ class JobDir:
                                                   launcher=LauncherInfo.current(), request=request))
         return self
 
+    def resume(self) -> JobRecord:
+        """Continue this FAILED or STOPPED job as the launcher running it (`InvalidTransition` otherwise)."""
+        return self.update(lambda r: r.with_resumed(LauncherInfo.current()))
+
     def set_plan(self, plan: Mapping[str, Any]) -> JobRecord:
         plan = _plain_json(plan, "plan")
         return self.update(lambda r: dataclasses.replace(r, plan=plan))
@@ -540,6 +556,10 @@ class JobDir:
     def request_stop(self) -> JobRecord:
         """Mark that a stop was asked for: the supervisor must not start another attempt."""
         return self.update(lambda r: dataclasses.replace(r, stop_requested=True))
+
+    def request_save(self) -> JobRecord:
+        """Mark that the ranks are asked to save a checkpoint and stop (`stop --save`)."""
+        return self.update(lambda r: dataclasses.replace(r, save_requested=True))
 
     def record_straggler(self, straggler: Straggler) -> JobRecord:
         return self.update(lambda r: r.with_straggler(straggler))

@@ -16,7 +16,7 @@ from typing import IO, List, Optional
 
 from launcher.console import say
 from launcher.errors import JobFailed
-from launcher.jobs import JobDir, format_time
+from launcher.jobs import JobDir, JobRecord, format_time
 from launcher.logs.format import parse_ranks
 from launcher.planning.prepare import PreparedLaunch
 from launcher.planning.request import LaunchRequest
@@ -56,8 +56,15 @@ def _stop_on_signals(supervisor: Supervisor, allocation=None):
         supervisor.say(f"{why}: stopping the job on every host")
         supervisor.request_stop()
 
+    def save(signum, frame):
+        why = "SIGUSR1 received"
+        if allocation is not None:
+            why += " (the Slurm allocation's time limit is near)"
+        supervisor.request_save(why)
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         previous[sig] = signal.signal(sig, handler)
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, save)
     try:
         yield
     finally:
@@ -65,10 +72,13 @@ def _stop_on_signals(supervisor: Supervisor, allocation=None):
             signal.signal(sig, old)
 
 
-def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Optional[IO[str]] = None) -> int:
+def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Optional[IO[str]] = None,
+            resuming: Optional[JobRecord] = None) -> int:
     """Run a prepared launch (one stage, a command, or several stages in order, each taking the previous
     one's newest checkpoint) to a final state: 0 succeeded, 1 failed (or stopped), 2 bad input. A failure
-    restarts the failing stage only, from its own newest checkpoint."""
+    restarts the failing stage only, from its own newest checkpoint. `resuming` (a FAILED or STOPPED job's
+    record, `refinenet-launch resume`): its job folder is continued from the stage it stopped in, the
+    first attempt from the newest checkpoint every host holds complete."""
     out, err = out or sys.stdout, err or sys.stderr
     request = prepared.request
     ranks = parse_ranks(request.ranks) if request.ranks else None
@@ -81,8 +91,10 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
             master = spec.host(spec.master.host)
             factories = [f.with_port_picker(lambda: free_port_on(hosts.transport(master.name), master.python))
                          for f in factories]
+        if resuming is not None:
+            factories = factories[_stage_index(prepared, resuming):]
         first_plan = factories[0](0, None)
-        job = _job_dir(prepared, first_plan.to_dict())
+        job = _job_dir(prepared, first_plan.to_dict(), resuming)
         say(err, f"job {job.job_id} ({job.path})")
         allocation = prepared.allocation
         if allocation is not None:
@@ -104,6 +116,7 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
                                         out=err, fanout=spec.launch.fanout, pool=pool,
                                         last_stage=index == len(factories) - 1,
                                         first_attempt=len(job.read().attempts) + 1,
+                                        resume_first=resuming is not None and index == 0,
                                         allocation_ended=(lambda: ending(allocation)) if allocation else None)
                 with _stop_on_signals(supervisor, allocation):
                     state = supervisor.run()
@@ -114,9 +127,22 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
         hosts.close()
 
 
-def _job_dir(prepared: PreparedLaunch, plan: dict) -> JobDir:
-    """The job's directory: a new one, or the one `submit` created for this allocation to claim."""
+def _stage_index(prepared: PreparedLaunch, record: JobRecord) -> int:
+    """Where a resumed job goes on: the stage its last attempt ran (the first stage without attempts)."""
+    stages = [w.stage for w in prepared.workloads]
+    last = record.attempts[-1].stage if record.attempts else ""
+    return stages.index(last) if last in stages else 0
+
+
+def _job_dir(prepared: PreparedLaunch, plan: dict, resuming: Optional[JobRecord] = None) -> JobDir:
+    """The job's directory: a new one, the one `submit` created for this allocation to claim, or the one
+    of the job `resume` continues."""
     spec, request = prepared.spec, prepared.request
+    if resuming is not None:
+        job = JobDir(prepared.job_dir)
+        job.resume()
+        job.set_plan(plan)
+        return job
     spec_data = _spec_data(spec, request)
     cluster_file = str(request.cluster_path)
     if prepared.allocation is not None and request.job_dir and (Path(request.job_dir) / "job.json").exists():

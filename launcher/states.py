@@ -11,7 +11,9 @@ Job lifecycle::
 A job is PENDING until its first process starts, STARTING while the processes of an attempt
 come up, RUNNING once all of them run. When a rank fails and the restart policy allows another
 attempt the job is RESTARTING until the next attempt starts. SUCCEEDED, FAILED and STOPPED
-(ended by `refinenet-launch stop` or a signal) are final: nothing leaves them.
+(ended by `refinenet-launch stop` or a signal) are final: nothing leaves them, but
+`refinenet-launch resume JOB`, which takes a FAILED or STOPPED job back to RESTARTING
+(`check_resume_transition`).
 
 Each process of an attempt (a rank, or an auxiliary process such as the scheduler) has a
 `RankState`: PENDING ──► STARTING ──► RUNNING ──► {SUCCEEDED, FAILED, STOPPED}; a process that
@@ -93,6 +95,13 @@ RANK_TRANSITIONS: Mapping[RankState, FrozenSet[RankState]] = {
 }
 
 
+#: What `refinenet-launch resume` may do to a job that ended: continue it with a new attempt.
+RESUME_TRANSITIONS: Mapping[JobState, FrozenSet[JobState]] = {
+    JobState.FAILED: frozenset({JobState.RESTARTING}),
+    JobState.STOPPED: frozenset({JobState.RESTARTING}),
+}
+
+
 class InvalidTransition(ValueError):
     """A state change the lifecycle does not allow; says what was attempted and what is allowed."""
 
@@ -118,6 +127,15 @@ def check_job_transition(current: Union[JobState, str], target: Union[JobState, 
                          what: str = "job") -> JobState:
     """`target` as a JobState if the job may go there from `current`; raises `InvalidTransition`."""
     return _check(JOB_TRANSITIONS, JobState, current, target, what)
+
+
+def check_resume_transition(current: Union[JobState, str], what: str = "job") -> JobState:
+    """RESTARTING if a job in `current` may be resumed (FAILED or STOPPED); raises `InvalidTransition`."""
+    cur = JobState(current)
+    allowed = RESUME_TRANSITIONS.get(cur, frozenset())
+    if JobState.RESTARTING not in allowed:
+        raise InvalidTransition(what, cur, JobState.RESTARTING, allowed)
+    return JobState.RESTARTING
 
 
 def check_rank_transition(current: Union[RankState, str], target: Union[RankState, str],

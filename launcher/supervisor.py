@@ -128,7 +128,7 @@ class Supervisor:
                  wait: Optional[Callable[[float], bool]] = None,
                  fanout: int = DEFAULT_WIDTH, clock: Callable[[], float] = time.time,
                  pool: Optional[HostPool] = None, last_stage: bool = True, first_attempt: int = 1,
-                 allocation_ended: Optional[Callable[[], str]] = None):
+                 allocation_ended: Optional[Callable[[], str]] = None, resume_first: bool = False):
         self.plan_factory = plan_factory
         self.spec, self.stage, self.workload = plan_factory.spec, plan_factory.stage, plan_factory.workload
         #: Active, spare and excluded hosts; None when the cluster has no spares (nothing to exclude).
@@ -138,6 +138,8 @@ class Supervisor:
         #: False for a stage that other stages follow: its success leaves the job RUNNING.
         self.last_stage = last_stage
         self.first_attempt = first_attempt
+        #: The first attempt continues a job that ended (`resume`): it too starts from a checkpoint.
+        self.resume_first = resume_first
         self.job, self.hosts, self.logs = job, hosts, logs
         self.backend = plan_factory.backend
         self.health_factory = health_factory
@@ -146,6 +148,8 @@ class Supervisor:
         self.fanout = fanout
         self.clock = clock
         self.stop_event = threading.Event()
+        #: Why the ranks are asked to save a checkpoint and stop ("" while they are not).
+        self.save_reason = ""
         #: Set when a signal came because the Slurm allocation's time is up: the job then fails with it.
         self.stop_reason = ""
         #: Inside a Slurm allocation: why it is ending ("" while it is not); a failed attempt then ends
@@ -165,6 +169,13 @@ class Supervisor:
     def request_stop(self) -> None:
         """Thread- and signal-safe: end the current attempt and start no other."""
         self.stop_event.set()
+
+    def request_save(self, why: str) -> None:
+        """Thread- and signal-safe: the ranks finish their current step, save a checkpoint and stop; the
+        job then ends STOPPED (`refinenet-launch resume JOB` continues it). A job whose ranks do not
+        stop within `timeouts.save_s` is stopped without it."""
+        if not self.save_reason:
+            self.save_reason = why
 
     def say(self, text: str) -> None:
         """A launcher message for the user (stderr by default), written whole: one write per line, so it
@@ -204,7 +215,7 @@ class Supervisor:
             self.restarts_used += 1
             self.say(f"attempt {number} failed: {failure}; {decision.reason} of the job, "
                      f"in {decision.delay_s:g} s")
-            if self._wait(decision.delay_s) or self.stop_event.is_set():
+            if self._wait(decision.delay_s) or self.stop_event.is_set() or self._save_asked():
                 self.job.set_state(JobState.STOPPED, "stop requested during backoff")
                 self.say("stop requested during backoff: no further attempt")
                 return JobState.STOPPED
@@ -250,6 +261,12 @@ class Supervisor:
         """The restart policy's answer for how `result` ended."""
         stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
         failure = result.failure
+        if self.save_reason:
+            saved = "the ranks saved a checkpoint" if result.state == JobState.SUCCEEDED else \
+                "the ranks did not save (the newest checkpoint stands)"
+            return Decision(Action.FINISH, JobState.STOPPED,
+                            reason=f"stopped on request ({self.save_reason}): {saved}; continue it with "
+                                   f"`refinenet-launch resume {self.job.job_id}`")
         if result.state != JobState.SUCCEEDED and self.allocation_ended is not None:
             # the allocation ending (its time limit; cancelled by someone else) fails the job with that
             # reason; a stop asked of the launcher (stop, scancel of its allocation) stays a stop
@@ -270,7 +287,7 @@ class Supervisor:
         if self.recovery is not None:
             self.recovery = self.recovery.with_moments(next_at=time.time())
         choice: Optional[ResumeChoice] = None
-        if number > self.first_attempt and self.workload.resumable:
+        if (number > self.first_attempt or self.resume_first) and self.workload.resumable:
             try:
                 choice = self.find_resume()
             except HostError as exc:
@@ -428,9 +445,8 @@ class Supervisor:
     def find_resume(self) -> ResumeChoice:
         """The newest checkpoint complete on every host that saves them (the hosts of the ranks),
         read through the transports, all hosts at once; `HostError` when a host cannot be asked."""
-        assert self._plan is not None, "resume is looked up after a first attempt"
         active = {h.name for h in self.spec.hosts}
-        ran = {slot.host for slot in self._plan.slots}
+        ran = {slot.host for slot in (self._plan or self.plan_factory).slots}
         names = sorted(ran & active)
         fresh = sorted(h for h in (slot.host for slot in self.plan_factory.slots) if h not in ran)
 
@@ -523,6 +539,16 @@ class Supervisor:
         except (OSError, ValueError):
             return False
 
+    def _save_asked(self) -> bool:
+        """A save request came (a signal, or `stop --save` recorded in job.json)."""
+        if not self.save_reason:
+            try:
+                if self.job.read().save_requested:
+                    self.save_reason = "refinenet-launch stop --save"
+            except (OSError, ValueError):
+                pass
+        return bool(self.save_reason)
+
 
 class _AttemptRun:
     """The I/O of one attempt: agents, their events, the job record, health, teardown."""
@@ -544,6 +570,8 @@ class _AttemptRun:
         self.unsweepable: Dict[str, str] = {}
         #: When the attempt's outcome became known to the launcher (wall clock).
         self.detected_at: Optional[float] = None
+        #: When the ranks asked to save and stop must be done (monotonic), once asked.
+        self.save_deadline: Optional[float] = None
         #: Process name -> when it started (its host's clock), whether from a warm interpreter.
         self.started_at: Dict[str, float] = {}
         self.warm: Dict[str, bool] = {}
@@ -615,6 +643,13 @@ class _AttemptRun:
                 last_disk_check = mono
                 if sup._stop_requested_on_disk():
                     self.attempt.stop()
+                sup._save_asked()
+            if sup.save_reason and self.save_deadline is None and not self.attempt.finished:
+                self.ask_to_save()
+            if self.save_deadline is not None and mono > self.save_deadline and not self.attempt.finished:
+                sup.say(f"the ranks did not save and stop within {sup.spec.timeouts.save_s:g} s: "
+                        f"stopping them")
+                self.attempt.stop()
         self._drain()
         self.attempt.close_decision()
 
@@ -667,6 +702,16 @@ class _AttemptRun:
             self.lost_hosts.add(host)
             if any(not m.state.is_final for m in self.attempt.on_host(host)):
                 self.attempt.host_lost(host, str(data.get("detail")), self.sup.clock())
+
+    def ask_to_save(self) -> None:
+        """Every host's ranks get their save request (their REFINENET_SAVE_REQUEST file is created)."""
+        sup = self.sup
+        self.save_deadline = time.monotonic() + sup.spec.timeouts.save_s
+        sup.say(f"{sup.save_reason}: the ranks finish their step, save a checkpoint and stop")
+        for host, agent in self.agents.items():
+            paths = {p.env.get("REFINENET_SAVE_REQUEST") for p in self.plan.processes_on(host)} - {None}
+            for path in paths:
+                agent.save(path)
 
     def recovery_moments(self) -> Dict[str, Any]:
         """What this attempt tells of the recovery before it: when every process had started, every rank

@@ -3,6 +3,7 @@
 #: Subcommand name -> module (a launch, `refinenet-launch --cluster ...`, is `launcher.commands.launch`).
 SUBCOMMANDS = {
     "submit": "launcher.commands.submit",
+    "resume": "launcher.commands.resume",
     "stop": "launcher.commands.stop",
     "status": "launcher.commands.status",
     "list": "launcher.commands.list_jobs",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -33,6 +34,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="seconds to wait for a live launcher to stop the job itself (default 30)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL of a process group (default 10)")
+    parser.add_argument("--save", action="store_true",
+                        help="let every rank finish its current step and save a checkpoint first (the job "
+                             "ends STOPPED; `refinenet-launch resume JOB` continues it losing no step); "
+                             "waits up to the cluster file's timeouts.save_s for that")
     parser.add_argument("--runs-dir", help=f"where job directories live (default: ${RUNS_DIR_ENV} or ./runs)")
     return parser
 
@@ -144,12 +149,51 @@ def stop_slurm_job(job: JobDir, record: JobRecord, timeout: float) -> int:
     return 0
 
 
+def save_and_stop(job: JobDir, args: argparse.Namespace) -> int:
+    """`stop --save`: the request goes into job.json, which the launcher reads every second (and a launcher
+    on this machine, or a Slurm job's batch script, also gets SIGUSR1 at once); then wait for the end."""
+    from launcher.spec.load import parse_cluster
+
+    record = job.request_save()
+    launcher = record.launcher
+    save_s = parse_cluster(dict(record.spec), f"{job.job_file} (spec)").timeouts.save_s \
+        if record.spec else 300.0
+    if launcher is not None and launcher.is_alive_here():
+        print(f"asking the launcher of job {record.job_id} (pid {launcher.pid}) to have its ranks save "
+              f"and stop")
+        try:
+            os.kill(launcher.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+    elif record.slurm.get("job_id") and record.launcher is not None:
+        from launcher.slurm import jobs as slurm_jobs
+
+        print(f"asking the batch script of Slurm job {record.slurm['job_id']} to have the ranks save "
+              f"and stop")
+        slurm_jobs.cancel(record, "--batch", "--signal=USR1")
+    elif launcher is None or launcher.host == socket.gethostname():
+        print(f"job {record.job_id} has no running launcher: nothing can save; stopping it", file=sys.stderr)
+        args.save = False
+        return run(args)
+    else:
+        print(f"asked the launcher of job {record.job_id} on {launcher.host} (through job.json) to have its "
+              f"ranks save and stop")
+    deadline = time.monotonic() + save_s + 2 * args.grace + args.timeout
+    while time.monotonic() < deadline and not job.read().is_final:
+        time.sleep(0.2)
+    final = job.read()
+    print(f"job {final.job_id}: {final.state.value}" + (f" ({final.message})" if final.message else ""))
+    return 0 if final.is_final else 1
+
+
 def run(args: argparse.Namespace) -> int:
     job = JobDir.resolve(args.job, args.runs_dir)
     record = job.read()
     if record.is_final:
         print(f"job {record.job_id} has already ended: {record.state.value}")
         return 0
+    if args.save:
+        return save_and_stop(job, args)
     record = job.request_stop()
     launcher = record.launcher
     if launcher is not None and launcher.is_alive_here():

@@ -519,12 +519,13 @@ def _parse_health(c: Checker, raw: Any) -> HealthPolicy:
 
 
 def _parse_timeouts(c: Checker, raw: Any) -> TimeoutSpec:
-    t = c.mapping(raw, "timeouts", ("cluster_s", "heartbeat_s", "stop_grace_s"))
+    t = c.mapping(raw, "timeouts", ("cluster_s", "heartbeat_s", "stop_grace_s", "save_s"))
     d = TimeoutSpec()
     return TimeoutSpec(
         cluster_s=c.integer(t.get("cluster_s", d.cluster_s), "timeouts.cluster_s", lo=1),
         heartbeat_s=c.integer(t.get("heartbeat_s", d.heartbeat_s), "timeouts.heartbeat_s", lo=1),
-        stop_grace_s=c.number(t.get("stop_grace_s", d.stop_grace_s), "timeouts.stop_grace_s", strict=True))
+        stop_grace_s=c.number(t.get("stop_grace_s", d.stop_grace_s), "timeouts.stop_grace_s", strict=True),
+        save_s=c.number(t.get("save_s", d.save_s), "timeouts.save_s", strict=True))
 
 
 def with_master_port(spec: ClusterSpec, port: int) -> ClusterSpec:

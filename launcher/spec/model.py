@@ -155,11 +155,14 @@ class HealthPolicy:
 
 @dataclass(frozen=True)
 class TimeoutSpec:
-    """Cluster formation (MS_TOPO_TIMEOUT), heartbeat (MS_NODE_TIMEOUT), and SIGTERM->SIGKILL grace."""
+    """Cluster formation (MS_TOPO_TIMEOUT), heartbeat (MS_NODE_TIMEOUT), SIGTERM->SIGKILL grace, and how
+    long the ranks may take to save a checkpoint and stop when asked (`stop --save`, SIGUSR1) before they
+    are stopped without it."""
 
     cluster_s: int = 60
     heartbeat_s: int = 30
     stop_grace_s: float = 10.0
+    save_s: float = 300.0
 
 
 #: Where a host keeps the state every user of it shares, unless the cluster file says otherwise.
