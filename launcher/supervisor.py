@@ -163,6 +163,8 @@ class Supervisor:
         self._lines_at_start: Dict[str, int] = {}
         #: What the last failure is costing, until the next attempt's first step (launcher.recovery).
         self.recovery: Optional[Recovery] = None
+        #: The stacks' verdict of the last attempt's hang (launcher.stacks), for its root cause.
+        self._stack_summary = ""
 
     # -- public
 
@@ -317,6 +319,7 @@ class Supervisor:
             if not run.attempt.finished:
                 self.job.set_state(JobState.RUNNING)
             run.watch()
+            run.stacks_if_hung()
         finally:
             timeline["failed"] = time.monotonic()
             run.teardown()
@@ -384,6 +387,8 @@ class Supervisor:
                 if any(mark in line for line in tail for mark in ERROR_MARKS):
                     rank = candidate
                     break
+        if failure.kind == FailureKind.HANG and self._stack_summary:
+            failure = dataclasses.replace(failure, reason=f"{failure.reason}; stacks: {self._stack_summary}")
         log_tail = failure.log_tail
         if not log_tail:
             if rank is not None:
@@ -703,6 +708,22 @@ class _AttemptRun:
             if any(not m.state.is_final for m in self.attempt.on_host(host)):
                 self.attempt.host_lost(host, str(data.get("detail")), self.sup.clock())
 
+    def stacks_if_hung(self) -> None:
+        """A hang: every rank's Python stack, taken on every host at once before the teardown, saved in
+        the job folder (JOB/stacks/), and the rank(s) whose stack differs named in the root cause."""
+        sup = self.sup
+        sup._stack_summary = ""
+        cause = self.attempt.root_cause
+        if cause is None or cause.kind != FailureKind.HANG:
+            return
+        report, folder = capture_stacks(self.attempt, self.agents, sup.job.path, sup.fanout)
+        if report is None:
+            return
+        sup._stack_summary = report.summary().replace("\n", "; ")
+        sup.say(f"stacks of every rank at the hang ({folder}):")
+        for line in report.summary().splitlines():
+            sup.say(f"  {line}")
+
     def ask_to_save(self) -> None:
         """Every host's ranks get their save request (their REFINENET_SAVE_REQUEST file is created)."""
         sup = self.sup
@@ -826,6 +847,34 @@ class _AttemptRun:
         for m in left:
             self.finished_records.append((m.spec.name, RankState.STOPPED, m.status))
         self.flush_records()
+
+
+def capture_stacks(attempt: Attempt, agents: Mapping[str, HostAgent], job_dir,
+                   fanout: int = DEFAULT_WIDTH):
+    """Every running rank process's Python stack through its host's agent, all hosts at once; the analysis
+    (launcher.stacks) and where it was saved, or (None, None) when no rank runs."""
+    from launcher import stacks
+
+    by_host: Dict[str, List[Tuple[int, int]]] = {}
+    for m in attempt.members.values():
+        if m.carries_ranks and m.pid is not None and not m.state.is_final and m.spec.host in agents:
+            by_host.setdefault(m.spec.host, []).append((m.rank if m.rank is not None else -1, m.pid))
+    if not by_host:
+        return None, None
+
+    def take(host: str):
+        pids = [pid for _, pid in by_host[host]]
+        return dict(zip((rank for rank, _ in by_host[host]), agents[host].stacks(pids)))
+
+    taken = fan_out(take, list(by_host), key=str, width=fanout, catch=(HostError,))
+    records = {(rank, host): record for host, found in taken.succeeded.items()
+               for rank, record in found.items()}
+    for host, exc in taken.failed.items():
+        for rank, pid in by_host[host]:
+            records[(rank, host)] = {"pid": pid, "status": "failed", "reason": exc.cause, "threads": []}
+    report = stacks.analyse(records)
+    folder = stacks.save(report, records, job_dir, attempt.number, time.time())
+    return report, folder
 
 
 class _Skipped(Exception):

@@ -11,5 +11,6 @@ SUBCOMMANDS = {
     "top": "launcher.commands.top",
     "report": "launcher.commands.report",
     "health": "launcher.commands.health",
+    "stacks": "launcher.commands.stacks",
 }
 LAUNCH = "launcher.commands.launch"

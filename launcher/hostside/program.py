@@ -1,7 +1,8 @@
 """The one program the launcher runs on a host: `main([MODE, ARGS...])` runs that mode.
 
 Modes: `exec` and `kill` (guard.py), `read` and `write` (files.py), `sweep` (sweep.py), `agent`
-(agent.py), `state` (hoststate.py: the host's shared state). Each mode's module is imported only when it
+(agent.py), `state` (hoststate.py: the host's shared state), `stacks` (stacks.py: processes' Python
+stacks). Each mode's module is imported only when it
 runs, so a short command does not pay for the agent's code. The launcher starts it through
 `launcher.transport.hostprog`; here it can also be run as `python -m launcher.hostside.program MODE ARGS...`.
 """
@@ -18,6 +19,7 @@ MODES = {
     "sweep": ("sweep", "sweep_mode"),
     "agent": ("agent", "agent_mode"),
     "state": ("hoststate", "main"),
+    "stacks": ("stacks", "main"),
 }
 
 
