@@ -192,9 +192,11 @@ class FakeAgent:
             elif op["op"] == "stacks":
                 waiting = {"function": "__call__", "line": 98, "module_file": "mindspore/nn/cell.py",
                            "file": "/venv/lib/python3.11/site-packages/mindspore/nn/cell.py"}
-                stuck = {"function": "load_batch", "file": "/w/train.py", "module_file": "train.py", "line": 7}
+                stuck = {"function": "load_batch", "file": "/w/train.py", "module_file": "train.py",
+                         "line": 7}
+                names = {p.pid: p.name for p in self.procs}
                 records = [{"pid": pid, "status": "ok", "threads": [{"name": "MainThread", "frames": [
-                    stuck if pid == self.cluster.stuck_pid else waiting]}]} for pid in op["pids"]]
+                    stuck if names.get(pid) == self.cluster.stuck else waiting]}]} for pid in op["pids"]]
                 self.frame("! " + json.dumps({"event": "stacks", "id": op["id"], "records": records}))
 
     def stop(self, first: int) -> None:
@@ -242,7 +244,7 @@ class Cluster:
     lose: Dict[int, str] = field(default_factory=dict)
     next_pid: int = 1000
     agents: List[Tuple[str, FakeAgent]] = field(default_factory=list)
-    stuck_pid: Optional[int] = None
+    stuck: str = ""
 
     def processes(self, attempt: int) -> Dict[str, FakeProcess]:
         return {name: proc for n, name, proc, _ in self.started if n == attempt}
@@ -691,7 +693,7 @@ def test_only_the_chosen_checkpoint_is_verified_and_a_corrupt_one_is_passed_over
 def test_a_hang_takes_every_ranks_stack_and_names_the_rank_stuck_elsewhere(tmp_path):
     cluster = Cluster(scripts={(1, "r1"): Script(lines=[(0.0, "compiling")]),
                                (1, "r0"): Script(every=0.02), (2, "r0"): succeed(), (2, "r1"): succeed()})
-    cluster.stuck_pid = 1003        # the fake pid of rank 1 in attempt 1 (scheduler 1001, r0 1002)
+    cluster.stuck = "r1"
     run = make_run(tmp_path, cluster, hang_timeout_s=0.4)
     assert run_to_end(run) == JobState.SUCCEEDED
     failure = run.job.read().attempts[0].failure
