@@ -48,6 +48,9 @@ def sbatch_argv(spec: ClusterSpec, job_id: str, job_dir: Path, script: Path) -> 
         argv.append(f"--time={slurm.time_limit}")
     if slurm.account:
         argv.append(f"--account={slurm.account}")
+    if slurm.save_before_s and not any(o.startswith("--signal") for o in slurm.sbatch_options):
+        # SIGUSR1 to the batch script (the launcher) before the time limit: the ranks save and stop
+        argv.append(f"--signal=B:USR1@{slurm.save_before_s}")
     return argv + list(slurm.sbatch_options) + [str(script)]
 
 

@@ -10,7 +10,7 @@ from launcher.spec.fields import NAME, Checker, LocalDefaults, abs_path, kind, p
 from launcher.spec.model import DEFAULT_HCCN_CONF, HostSpec, SlurmSpec
 
 _SLURM_KEYS = ("partition", "nodes", "ranks_per_node", "devices", "time_limit", "account", "sbatch_options",
-               "srun_options", "python", "workdir", "ranks_with", "hccn_conf")
+               "srun_options", "python", "workdir", "ranks_with", "hccn_conf", "save_before_s")
 
 
 _TIME_LIMIT = re.compile(r"UNLIMITED|infinite|\d+(?::\d{1,2}){0,2}|\d+-\d{1,2}(?::\d{1,2}){0,2}")
@@ -67,7 +67,8 @@ def parse_slurm(c: Checker, top: dict, device: str, defaults: LocalDefaults) -> 
                                                                "an account name"),
         sbatch_options=option_list(c, s.get("sbatch_options"), "slurm.sbatch_options"),
         srun_options=option_list(c, s.get("srun_options"), "slurm.srun_options"),
-        hccn_conf=hccn_conf)
+        hccn_conf=hccn_conf,
+        save_before_s=c.integer(s.get("save_before_s", 300), "slurm.save_before_s", lo=0, hi=86400))
 
 
 def option_list(c: Checker, raw: Any, where: str) -> Tuple[str, ...]:

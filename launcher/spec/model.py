@@ -109,6 +109,9 @@ class SlurmSpec:
     sbatch_options: Tuple[str, ...] = ()
     srun_options: Tuple[str, ...] = ()
     hccn_conf: str = DEFAULT_HCCN_CONF
+    #: `submit`: Slurm sends the launcher SIGUSR1 this long before the time limit, and the ranks save a
+    #: checkpoint and stop (`refinenet-launch resume JOB` continues); 0: no such signal.
+    save_before_s: int = 300
 
 
 @dataclass(frozen=True)
