@@ -3,10 +3,11 @@
 What a job asks of each host (`host_request`): on ascend/gpu the devices of its ranks there, on a cpu
 host that declares `slots: N` one slot per rank (a cpu host without `slots` is not leased). The agents
 hold the leases (launcher/hostside/agent.py), so a lease lives exactly as long as the job's processes on
-its host. `JobLeases.acquire` drives `launcher.sharing.policy.MultiHostAcquisition`: without `--wait` the
-first refusal ends the launch (`LeaseUnavailable`, exit 2, naming host, devices, holder, user and since
-when); with it, the launch keeps a ticket on every host, waits in the hosts' queues (first come, first
-served, by its wait start) and says its place and whom it waits for when that changes. A host joining
+its host. `JobLeases.acquire` drives `launcher.sharing.policy.MultiHostAcquisition`: a ticket on every
+host, then every host tried at once; without `--wait` a refusal ends the launch (`LeaseUnavailable`, exit
+2, naming host, devices, holder, user and since when); with it, the launch keeps its tickets, waits in the
+hosts' queues (first come, first served, by its wait start) and says its place and whom it waits for
+when that changes. A host joining
 the job later (a spare) or an agent started again after it was lost takes its lease with the job's own
 queue key (`JobLeases.take`).
 """
@@ -114,7 +115,7 @@ class JobLeases:
                     self.queued = self.clock()
                     step = acquisition.registered(failures)
                 elif step.action == Action.TRY:
-                    step = acquisition.answer(self._try(by_name[step.hosts[0]], requests[step.hosts[0]]))
+                    step = acquisition.answers(self._try_all(by_name, requests, step.hosts))
                 elif step.action == Action.WAIT:
                     name = step.hosts[0]
                     self._wait(by_name[name], requests[name], started, acquisition.blocker)
@@ -146,8 +147,16 @@ class JobLeases:
             if not answer.get("ok"):
                 raise HostError(name, str((answer.get("error") or {}).get("message", "refused")))
 
-        done = fan_out(one, names, key=str, catch=(HostError,))
+        done = fan_out(one, names, key=str, width=self.spec.launch.fanout, catch=(HostError,))
         return {name: exc.cause for name, exc in done.failed.items()}
+
+    def _try_all(self, hosts: Mapping[str, HostSpec], requests: Mapping[str, dict],
+                 names: Sequence[str]) -> List[HostAnswer]:
+        done = fan_out(lambda name: self._try(hosts[name], requests[name]), names, key=str,
+                       width=self.spec.launch.fanout)
+        return [done.succeeded[name] if name in done.succeeded else
+                HostAnswer(name, Outcome.ERROR, f"{type(done.failed[name]).__name__}: {done.failed[name]}")
+                for name in names]
 
     def _try(self, host: HostSpec, request: dict) -> HostAnswer:
         try:
@@ -215,7 +224,7 @@ class JobLeases:
             except HostError:
                 pass
 
-        fan_out(one, list(names), key=str)
+        fan_out(one, list(names), key=str, width=self.spec.launch.fanout)
         if what in ("lease", "all"):
             self.held = [h for h in self.held if h not in names]
 
