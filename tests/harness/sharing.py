@@ -13,6 +13,7 @@ time) to one records file: `overlaps` finds two jobs on one device at once.
 """
 from __future__ import annotations
 
+import getpass
 import itertools
 import json
 import os
@@ -50,7 +51,7 @@ class Machine:
 
     @property
     def login(self) -> str:
-        return self.user.name if self.user else os.environ.get("USER") or "root"
+        return self.user.name if self.user else getpass.getuser()
 
     def env(self, base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
         env = child_env(base)
