@@ -63,8 +63,8 @@ class Machine:
 
 
 def make_machine(root: Path, name: str, user: Optional[User] = None) -> Machine:
-    """A machine under `root/name`: HOME (this process's user) or the user's own HOME, with a new key in
-    ~/.ssh; the runs folder `root/name/runs`, owned by the machine's user."""
+    """A machine under `root/name`: its HOME (`root/name/home`, or the user's own HOME) with its key in
+    ~/.ssh (made when missing); the runs folder `root/name/runs`, owned by the machine's user."""
     folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     home = user.home if user else folder / "home"
