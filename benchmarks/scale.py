@@ -29,34 +29,32 @@ import argparse
 import contextlib
 import os
 import resource
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.harness import standin  # noqa: E402
 from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
 from tests.harness.environment import child_env  # noqa: E402
-from tests.harness.hosts import (  # noqa: E402  # noqa: E402
+from tests.harness.hosts import (  # noqa: E402
     ClientKey,
     SshServer,
     login_home,
-    ssh_config,
     start_servers,
     startup_trace,
     stop_servers,
 )
 from tests.harness.launched import LaunchedJob  # noqa: E402
-from tests.harness.procs import gone_after, gone_within, kill_tagged, rank_pids, snapshot  # noqa: E402
+from tests.harness.pdsh import PdshMissing, run_pdsh, stop_pdsh  # noqa: E402
+from tests.harness.procs import gone_after, rank_pids, snapshot  # noqa: E402
 
 
 @dataclass
@@ -123,7 +121,6 @@ class Bench:
         self.env = child_env()
         self.servers: List[SshServer] = []
         self.jobs: List[LaunchedJob] = []
-        self.pdsh: Optional[subprocess.Popen] = None
         self.pdsh_tags: List[str] = []
         self.python = standin.install(root / "standin")
         self.key = ClientKey.create(root / "client")
@@ -218,77 +215,21 @@ class Bench:
     def step_lines(job: LaunchedJob) -> int:
         return sum(len(s) for s in job.steps.get(job.attempt, {}).values())
 
-    def ssh_config(self, hosts: int) -> Path:
-        return ssh_config(self.root / f"ssh_config_{hosts}", self.servers[:hosts])
-
     def run_pdsh(self, hosts: int, tag: str) -> Optional[float]:
         """Seconds from pdsh's start to every rank's first step line on its stdout."""
-        pdsh = shutil.which("pdsh")
-        if not pdsh:
-            print("pdsh is not installed (apt-get install pdsh, or `make system`): skipped", flush=True)
-            return None
-        ranks = self.args.ranks
-        servers = self.servers[:hosts]
-        env_vars = {"REFINENET_JOB_ID": tag, "PYTHONUNBUFFERED": "1",
-                    **standin.steps_env(self.args.step_s)}
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_vars.items())
-        hosts_root = shlex.quote(str(self.root / "hosts"))
-        remote = (f'i=${{REFINENET_SIMULATED_HOST#host-}}; base=$(( (10#$i - 1) * {ranks} )); '
-                  f'cd {hosts_root}/$REFINENET_SIMULATED_HOST/work && export {exports} && '
-                  f'for l in $(seq 0 {ranks - 1}); do MS_NODE_ID=$((base + l)) {shlex.quote(self.python)} '
-                  f'-m refinenet.train --output-dir out/pdsh & done; wait')
-        env = dict(self.env, PDSH_RCMD_TYPE="ssh",
-                   PDSH_SSH_ARGS=f"-F {self.ssh_config(hosts)} -x -a -l%u %h")
         self.pdsh_tags.append(tag)
-        first: Dict[str, int] = {s.name: 0 for s in servers}
-        done = threading.Event()
-        up_at: List[float] = []
-        errors: List[str] = []
-        started = time.monotonic()
-        self.pdsh = subprocess.Popen([pdsh, "-R", "ssh", "-f", str(max(hosts, 1)), "-w",
-                                      ",".join(s.name for s in servers), remote], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-
-        def read_out():
-            for raw in self.pdsh.stdout:
-                host, _, text = raw.decode(errors="replace").partition(": ")
-                # Ranks of one host share pdsh's stream, and an unbuffered print is two writes (text,
-                # then newline): two ranks' lines can run together on one line, so count occurrences.
-                if host in first and "epoch: 1 step: 1," in text:
-                    first[host] += text.count("epoch: 1 step: 1,")
-                    if not done.is_set() and all(n >= ranks for n in first.values()):
-                        up_at.append(time.monotonic() - started)
-                        done.set()
-
-        def read_err():
-            for raw in self.pdsh.stderr:
-                if len(errors) < 20:
-                    errors.append(raw.decode(errors="replace").rstrip())
-
-        readers = [threading.Thread(target=f, daemon=True) for f in (read_out, read_err)]
-        for t in readers:
-            t.start()
         try:
-            if not done.wait(self.up_timeout(hosts)):
-                print(f"pdsh: not every rank up ({sum(first.values())} of {hosts * ranks}); stderr:\n  "
-                      + "\n  ".join(errors), flush=True)
-                return None
-            return up_at[0]
-        finally:
-            self.stop_pdsh()
+            return run_pdsh(self.servers[:hosts], self.args.ranks, self.python, self.args.step_s, self.root,
+                            tag, self.env, self.up_timeout(hosts))
+        except PdshMissing as exc:
+            print(f"{exc}: skipped", flush=True)
+        except RuntimeError as exc:
+            print(exc, flush=True)
+        return None
 
     def stop_pdsh(self) -> None:
         for tag in self.pdsh_tags:
-            kill_tagged(tag)
-        if self.pdsh is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pdsh.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.pdsh.wait(10)
-            self.pdsh = None
-        for tag in self.pdsh_tags:
-            gone_within(tag, 5)
+            stop_pdsh(None, tag)
 
     def cleanup(self) -> None:
         for job in self.jobs:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 if TYPE_CHECKING:
     from launcher.failures import Failure
 
-__all__ = ["LauncherError", "BadInput", "ClusterFileError", "HostError", "JobNotFound", "JobFailed"]
+__all__ = ["LauncherError", "BadInput", "ClusterFileError", "HostError", "LeaseRefused", "JobNotFound",
+           "JobFailed"]
 
 
 class LauncherError(Exception):
@@ -38,6 +39,11 @@ class HostError(Exception):
         super().__init__(f"{host}: {cause}")
         self.host = host
         self.cause = cause
+
+
+class LeaseRefused(HostError):
+    """A host refused the job's lease while the job runs (another job holds the devices or slots, or the
+    host is cordoned): nothing of the job may run there. Not the host's fault."""
 
 
 class JobNotFound(BadInput):

@@ -56,8 +56,8 @@ class HostTracker:
             self.streak.clear()
             return None
         kind = failure.kind
-        if failure.exit_code == BAD_INPUT_EXIT and kind == FailureKind.EXIT:
-            self.streak.clear()
+        if (failure.exit_code == BAD_INPUT_EXIT and kind == FailureKind.EXIT) or kind == FailureKind.LEASE:
+            self.streak.clear()  # bad input, or another job holding the devices: not the host's fault
             return None
         host = failure.host
         if kind in IMMEDIATE:

@@ -26,6 +26,9 @@ class FailureKind(str, enum.Enum):
     DEVICE = "device"
     #: The host's checkpoints could not be read, or not carried to it.
     SCAN = "scan"
+    #: The job's lease on the host could not be taken again (its agent was lost and another job holds
+    #: the devices or slots now): not the host's fault.
+    LEASE = "lease"
 
     def __str__(self) -> str:
         return self.value

@@ -249,6 +249,9 @@ class JobRecord:
     slurm: Mapping[str, Any] = field(default_factory=dict)
     #: The launch as asked (`launcher.planning.request.LaunchRequest.to_dict`).
     request: Mapping[str, Any] = field(default_factory=dict)
+    #: The job's leases on shared hosts (`launcher.sharing.leases.JobLeases.summary`): its queue key, when
+    #: its tickets were in every queue, when every lease was taken, and what it holds on each host.
+    leases: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def current_attempt(self) -> Optional[AttemptRecord]:
@@ -371,7 +374,7 @@ class JobRecord:
                 "attempts": [a.to_dict() for a in self.attempts],
                 "stragglers": [s.to_dict() for s in self.stragglers],
                 "hosts": {name: dict(state) for name, state in self.hosts.items()}, "slurm": dict(self.slurm),
-                "request": dict(self.request)}
+                "request": dict(self.request), "leases": dict(self.leases)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JobRecord:
@@ -388,7 +391,8 @@ class JobRecord:
                    save_requested=bool(d.get("save_requested", False)), message=str(d.get("message") or ""),
                    stragglers=tuple(Straggler.from_dict(s) for s in d.get("stragglers") or ()),
                    hosts={str(k): dict(v) for k, v in (d.get("hosts") or {}).items()},
-                   slurm=dict(d.get("slurm") or {}), request=dict(d.get("request") or {}))
+                   slurm=dict(d.get("slurm") or {}), request=dict(d.get("request") or {}),
+                   leases=dict(d.get("leases") or {}))
 
 
 class JobDir:
@@ -473,8 +477,13 @@ class JobDir:
         raise JobNotFound(ref, [str(j.path) for j in list_job_dirs(runs)])
 
     def read(self) -> JobRecord:
-        with open(self.job_file, encoding="utf-8") as f:
-            return JobRecord.from_dict(json.load(f))
+        """The record in job.json; `BadInput` naming the file when this user may not read it (another
+        user's job)."""
+        try:
+            with open(self.job_file, encoding="utf-8") as f:
+                return JobRecord.from_dict(json.load(f))
+        except PermissionError as exc:
+            raise BadInput(f"cannot read {self.job_file}: {exc.strerror} (a job of another user?)") from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -500,6 +509,11 @@ class JobDir:
         """Record every host's part in the job (active, spare, excluded and why)."""
         hosts = {name: dict(state) for name, state in hosts.items()}
         return self.update(lambda r: dataclasses.replace(r, hosts=hosts))
+
+    def set_leases(self, leases: Mapping[str, Any]) -> JobRecord:
+        """Record the job's leases on shared hosts (its place in their queues, what it holds)."""
+        leases = _plain_json(leases, "leases")
+        return self.update(lambda r: dataclasses.replace(r, leases=leases))
 
     def set_slurm(self, **info: Any) -> JobRecord:
         """Add to what the record says about the job's Slurm allocation."""

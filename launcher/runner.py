@@ -102,6 +102,8 @@ def run_job(prepared: PreparedLaunch, out: Optional[IO[str]] = None, err: Option
                           time_limit=allocation.time_limit, end_time=allocation.end_time)
         if pool is not None:
             job.set_hosts(pool.states())
+        if hosts.leases is not None:
+            job.set_leases(hosts.leases.summary())
         with job.open_logs(stream=out, ranks=ranks, straggler_factor=spec.health.straggler_factor,
                            straggler_window=spec.health.straggler_window,
                            show_framework_logs=request.show_framework_logs) as logs:

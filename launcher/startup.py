@@ -173,7 +173,7 @@ def bring_up(spec: ClusterSpec, job_id: str, workloads: Sequence[Workload], host
         if leasing:
             hosts.leases = JobLeases(hosts.spec, job_id, pool.agent, err, wait_s=wait_s)
             hosts.leases.acquire(hosts.spec.hosts)
-            pool.on_restart = lambda name, agent: hosts.leases.take(hosts.spec.host(name))
+            pool.on_restart = lambda name, agent: hosts.leases.take(hosts.spec.host(name), again=True)
         return hosts
     except BaseException:
         hosts.close()

@@ -26,6 +26,7 @@ from launcher.agent.session import AgentEvent, HostAgent
 from launcher.attempt import Attempt
 from launcher.ckpt_copy import CopyResult, copy_checkpoint
 from launcher.console import say
+from launcher.errors import LeaseRefused
 from launcher.exclusion import HostPool, HostTracker, NoSpareLeft
 from launcher.failures import Failure, FailureKind
 from launcher.fanout import DEFAULT_WIDTH, fan_out
@@ -612,6 +613,9 @@ class _AttemptRun:
             if isinstance(exc, _Skipped):
                 continue
             cause = exc.cause if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, LeaseRefused):
+                self.attempt.host_lost(host, cause, now, kind=FailureKind.LEASE)
+                continue
             self.attempt.host_lost(host, f"cannot start the host agent: {cause}", now,
                                    kind=FailureKind.UNREACHABLE)
         if sup.stop_event.is_set():

@@ -73,8 +73,22 @@ class AgentPool:
         self._swept.discard(name)
         agent = self._start(name)
         if self.on_restart is not None:
-            self.on_restart(name, agent)
+            try:
+                self.on_restart(name, agent)
+            except BaseException:
+                # refused (e.g. the job's lease there is held by another job): no process of the job may
+                # start through this agent; the next call starts one again
+                self._drop(name)
+                raise
         return agent
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            agent = self.agents.pop(name, None)
+            self.transports.pop(name, None)
+        if agent is not None:
+            agent.close()
+            agent.wait(5.0)
 
     def transport(self, name: str) -> Transport:
         """`name`'s transport: short commands through its agent while it lives."""

@@ -20,7 +20,8 @@ each an operation ``{"op": ..., "id": ...}``:
 
     run {id, argv, env, cwd, timeout}      -> result {id, rc, out, err, timed_out}
     ticket {id, state_dir, request}        -> ticket {id, ok, error}
-    lease {id, state_dir, request}         -> lease {id, granted, report, error}
+    lease {id, state_dir, request}         -> lease {id, granted, report, error}  (request `allow_cordoned`:
+                                              the job ran there before the host was cordoned)
     wait {id}                              -> lease_wait {id, report, granted} on every change of place
     release {id, what: lease|ticket|all}   -> released {id}
     state {id, command, state_dir, payload} -> state {id, result, error}  (hoststate.COMMANDS)
@@ -226,8 +227,10 @@ class Agent:
         if self.lease is not None:
             self.emit("lease", id=op.get("id"), granted=True, report={"state": "granted", "reason": "held"})
             return
+        allow_cordoned = op["request"].get("allow_cordoned") is True
         try:
-            self.lease = hoststate.try_acquire(state_dir, request, ticket=self.ticket)
+            self.lease = hoststate.try_acquire(state_dir, request, ticket=self.ticket,
+                                               allow_cordoned=allow_cordoned)
             self.emit("lease", id=op.get("id"), granted=True,
                       report={"state": "granted", "reason": "granted"}, record=self.lease.record)
         except hoststate.Refused as refused:

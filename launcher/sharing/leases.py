@@ -3,10 +3,13 @@
 What a job asks of each host (`host_request`): on ascend/gpu the devices of its ranks there, on a cpu
 host that declares `slots: N` one slot per rank (a cpu host without `slots` is not leased). The agents
 hold the leases (launcher/hostside/agent.py), so a lease lives exactly as long as the job's processes on
-its host. `JobLeases.acquire` drives `launcher.sharing.policy.MultiHostAcquisition`: without `--wait` the
-first refusal ends the launch (`LeaseUnavailable`, exit 2, naming host, devices, holder, user and since
-when); with it, the launch keeps a ticket on every host, waits in the hosts' queues (first come, first
-served, by its wait start) and says its place and whom it waits for when that changes.
+its host. `JobLeases.acquire` drives `launcher.sharing.policy.MultiHostAcquisition`: a ticket on every
+host, then every host tried at once; without `--wait` a refusal ends the launch (`LeaseUnavailable`, exit
+2, naming host, devices, holder, user and since when); with it, the launch keeps its tickets, waits in the
+hosts' queues (first come, first served, by its wait start) and says its place and whom it waits for
+when that changes. A host joining
+the job later (a spare) or an agent started again after it was lost takes its lease with the job's own
+queue key (`JobLeases.take`).
 """
 from __future__ import annotations
 
@@ -18,10 +21,16 @@ import time
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from launcher.console import say
-from launcher.errors import BadInput, HostError
+from launcher.errors import BadInput, HostError, LeaseRefused
 from launcher.fanout import fan_out
 from launcher.sharing.policy import Action, HostAnswer, MultiHostAcquisition, Outcome
 from launcher.spec.model import ClusterSpec, HostSpec
+
+#: How long taking one host's lease during the job may wait (`JobLeases.take`): for the job's previous
+#: lease there to end with its last process, or for a launch that took the devices in passing (one that
+#: cannot have all its hosts gives them back at once).
+TAKE_WAIT_S = 10.0
+TAKE_POLL_S = 0.1
 
 
 class LeaseUnavailable(BadInput):
@@ -66,8 +75,14 @@ class JobLeases:
         #: None: do not wait; math.inf: wait for ever; else at most that many seconds.
         self.wait_s = wait_s
         self.clock = clock
+        #: The launch's queue key: when it began to take its leases (this machine's clock).
         self.key: Optional[float] = None
+        #: When its tickets were in every host's queue (None: it did not wait in line).
+        self.queued: Optional[float] = None
+        #: When it held every lease.
+        self.granted: Optional[float] = None
         self.held: List[str] = []
+        self.taken: Dict[str, dict] = {}
         self.cancel = threading.Event()
         self._said = ""
 
@@ -97,30 +112,31 @@ class JobLeases:
                     self._release(step.release, "lease")
                 if step.action == Action.REGISTER:
                     failures = self._register(by_name, requests, step.hosts)
+                    self.queued = self.clock()
                     step = acquisition.registered(failures)
                 elif step.action == Action.TRY:
-                    step = acquisition.answer(self._try(by_name[step.hosts[0]], requests[step.hosts[0]]))
+                    step = acquisition.answers(self._try_all(by_name, requests, step.hosts))
                 elif step.action == Action.WAIT:
                     name = step.hosts[0]
                     self._wait(by_name[name], requests[name], started, acquisition.blocker)
                     step = acquisition.ready(name)
                 elif step.action == Action.DONE:
                     self.held = list(step.hosts)
+                    self.granted = self.clock()
+                    self.taken = {name: _what(requests[name]) for name in step.hosts}
                     self._release(list(requests), "ticket")
                     if self._said:
                         say(self.out, f"leases taken on {len(self.held)} host(s) after "
                                       f"{self.clock() - started:.0f} s in line")
                     return
                 else:
-                    self._release(list(requests), "ticket")
                     raise LeaseUnavailable(self._failure(step.reason, acquisition.blocker, started))
         except KeyboardInterrupt:
             self._release(list(requests), "all")
             raise LeaseUnavailable(f"interrupted while waiting for {self._what(acquisition.blocker)}; "
                                    f"nothing is held") from None
-        except LeaseUnavailable:
-            raise
         except BaseException:
+            # whatever ends the attempt (refused, waited too long, a host lost), nothing stays held
             self._release(list(requests), "all")
             raise
 
@@ -131,8 +147,16 @@ class JobLeases:
             if not answer.get("ok"):
                 raise HostError(name, str((answer.get("error") or {}).get("message", "refused")))
 
-        done = fan_out(one, names, key=str, catch=(HostError,))
+        done = fan_out(one, names, key=str, width=self.spec.launch.fanout, catch=(HostError,))
         return {name: exc.cause for name, exc in done.failed.items()}
+
+    def _try_all(self, hosts: Mapping[str, HostSpec], requests: Mapping[str, dict],
+                 names: Sequence[str]) -> List[HostAnswer]:
+        done = fan_out(lambda name: self._try(hosts[name], requests[name]), names, key=str,
+                       width=self.spec.launch.fanout)
+        return [done.succeeded[name] if name in done.succeeded else
+                HostAnswer(name, Outcome.ERROR, f"{type(done.failed[name]).__name__}: {done.failed[name]}")
+                for name in names]
 
     def _try(self, host: HostSpec, request: dict) -> HostAnswer:
         try:
@@ -153,7 +177,7 @@ class JobLeases:
             max(0.0, started + self.wait_s - self.clock())
 
         def on_event(event: Dict[str, Any]) -> bool:
-            if event.get("report") is not None:
+            if event.get("changed") and event.get("report") is not None:
                 self._tell(host.name, event["report"])
             return not event.get("changed")
 
@@ -200,21 +224,58 @@ class JobLeases:
             except HostError:
                 pass
 
-        fan_out(one, list(names), key=str)
+        fan_out(one, list(names), key=str, width=self.spec.launch.fanout)
         if what in ("lease", "all"):
             self.held = [h for h in self.held if h not in names]
 
-    def take(self, host: HostSpec) -> None:
-        """Take the lease on one more host (a spare taking over, an agent started again), without waiting;
-        `HostError` naming the holder when it is held."""
-        request = host_request(self.spec, host, self.job_id, None)
+    def summary(self) -> Dict[str, Any]:
+        """What job.json keeps of the leases: the queue key, when the tickets were in every queue and when
+        every lease was held (epoch seconds), the seconds waited, and what is held on each host."""
+        waited = None if self.granted is None or self.key is None else round(self.granted - self.key, 3)
+        return {"key": self.key, "queued": self.queued, "granted": self.granted, "waited_s": waited,
+                "hosts": {name: dict(what) for name, what in self.taken.items() if name in self.held}}
+
+    def take(self, host: HostSpec, again: bool = False, wait_s: float = TAKE_WAIT_S) -> None:
+        """Take the lease on one more host during the job: a spare taking over, or (`again`) a host whose
+        agent was lost and started again. The job keeps its place in line: the request carries the job's
+        own queue key, with a ticket on the host while it tries, so launches that began to wait later
+        come after it. It waits up to `wait_s` for its previous lease there to end (`again`: its last
+        processes are going) or for another launch holding the devices in passing; `again` also takes
+        a host cordoned meanwhile (the job ran there already). `LeaseRefused` naming who holds them (or
+        the cordon); `HostError` when the host's state cannot be used."""
+        request = host_request(self.spec, host, self.job_id, self.key)
         if request is None:
             return
-        answer = self._try(host, request)
-        if answer.outcome != Outcome.GRANTED:
-            raise HostError(host.name, f"cannot take the job's lease there: {describe_holders(answer.report)}"
-                            if answer.report else answer.reason)
-        self.held.append(host.name)
+        if again:
+            request["allow_cordoned"] = True
+        answer = self._op(host, "ticket", request)
+        if not answer.get("ok"):
+            raise LeaseRefused(host.name, str((answer.get("error") or {}).get("message", "refused")))
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                answer = self._try(host, request)
+                if answer.outcome == Outcome.GRANTED:
+                    break
+                if answer.outcome == Outcome.ERROR:
+                    raise HostError(host.name, f"cannot take the job's lease there: {answer.reason}")
+                if answer.outcome == Outcome.CORDONED or time.monotonic() >= deadline:
+                    why = describe_holders(answer.report) if answer.report else answer.reason
+                    raise LeaseRefused(host.name, f"cannot take the job's lease there: {why}")
+                time.sleep(TAKE_POLL_S)
+        finally:
+            self._release([host.name], "ticket")
+        if host.name not in self.held:
+            self.held.append(host.name)
+        self.taken[host.name] = _what(request)
 
 
-__all__ = ["JobLeases", "LeaseUnavailable", "host_request", "describe_holders"]
+def _what(request: Mapping[str, Any]) -> Dict[str, Any]:
+    """What a host's request asks for: its devices, or its number of slots."""
+    if request.get("devices"):
+        return {"devices": list(request["devices"])}
+    return {"slots": request.get("slots")}
+
+
+__all__ = ["JobLeases", "LeaseUnavailable", "LeaseRefused", "host_request", "describe_holders",
+           "TAKE_WAIT_S"]

@@ -7,10 +7,12 @@ does with their answers:
 * `QueueKey`: the global order of waiting launches, (wait start on the launcher's clock, job id).
   Every host orders two launches alike, so two waiting jobs never wait for each other in a cycle.
 * `MultiHostAcquisition`: a job needs a lease on every one of its hosts. It registers a ticket on
-  every host first (when it waits), then tries the hosts one after the other in one global order
-  (`host_order`), and on the first refusal releases what it took and waits on the refusing host
-  before trying again from the first. It never holds one host while waiting for another, so no
-  cycle of jobs can form; the queue (tickets) keeps the earliest launch from being overtaken.
+  every host first (waiting or not), then tries every host at once; if any refuses, it releases what
+  it took and waits on the first refusing host in one global order (`host_order`), or fails when it
+  does not wait, before trying them all again. It never holds one host while waiting for another, so
+  no cycle of jobs can form; the tickets keep the earliest launch from being overtaken, even by a
+  later one's passing hold (a later launch is refused wherever an earlier ticket wants the same
+  devices), so trying all hosts at once costs one round trip instead of one per host.
 * `judge_host`: after an exclusion a host is skipped for a cooldown that doubles (by default) with
   each exclusion in the window, up to a cap; excluded `cordon_after` times within the window, it is
   to be cordoned with that reason.
@@ -78,7 +80,7 @@ class HostAnswer:
 
 class Phase(str, enum.Enum):
     REGISTERING = "registering"   # putting a ticket on every host
-    ACQUIRING = "acquiring"       # trying the hosts in order
+    ACQUIRING = "acquiring"       # trying every host at once
     WAITING = "waiting"           # released everything; waiting on the host that refused
     GRANTED = "granted"           # every lease held
     FAILED = "failed"
@@ -90,7 +92,7 @@ FINAL = (Phase.GRANTED, Phase.FAILED, Phase.CANCELLED)
 
 class Action(str, enum.Enum):
     REGISTER = "register"   # put a ticket on each of `hosts`, then call `registered`
-    TRY = "try"             # one attempt on `hosts[0]` (no waiting), then call `answer`
+    TRY = "try"             # one attempt on each of `hosts` at once (no waiting), then call `answers`
     WAIT = "wait"           # wait on `hosts[0]` until it would grant, then call `ready`
     DONE = "done"           # every lease held: start the job; drop the tickets
     FAIL = "fail"           # give up (`reason`); drop the tickets
@@ -115,15 +117,17 @@ class MultiHostAcquisition:
     """One launch taking a lease on every one of `hosts`, all or nothing.
 
     Driver loop: `step = acq.start()`; carry out each `Step` and feed the result back with
-    `registered`, `answer`, `ready` (or `cancel` at any time) until the step is DONE or FAIL.
-    `wait` False (a launch without --wait): no tickets, and the first refusal fails the launch.
+    `registered`, `answers`, `ready` (or `cancel` at any time) until the step is DONE or FAIL.
+    `wait` False (a launch without --wait): the first round with a refusal fails the launch. Tickets are
+    registered either way: a launch that does not wait is ordered against concurrent ones like any other
+    (its key is when it tries), so of two launches wanting the same devices the earlier is never
+    refused because of the later one.
     """
 
     hosts: Sequence[str]
     wait: bool
     phase: Optional[Phase] = None
     taken: List[str] = field(default_factory=list)
-    index: int = 0
     rounds: int = 0
     blocker: Optional[HostAnswer] = None
 
@@ -134,10 +138,8 @@ class MultiHostAcquisition:
 
     def start(self) -> Step:
         self._expect(None)
-        if self.wait:
-            self.phase = Phase.REGISTERING
-            return Step(Action.REGISTER, self.hosts)
-        return self._begin_round()
+        self.phase = Phase.REGISTERING
+        return Step(Action.REGISTER, self.hosts)
 
     def registered(self, failures: Optional[Mapping[str, str]] = None) -> Step:
         """Tickets are on every host, except those in `failures` (host -> why)."""
@@ -146,29 +148,32 @@ class MultiHostAcquisition:
             return self._fail("; ".join(f"{h}: {why}" for h, why in sorted(failures.items())))
         return self._begin_round()
 
-    def answer(self, answer: HostAnswer) -> Step:
-        """The result of the TRY on the current host."""
+    def answers(self, answers: Sequence[HostAnswer]) -> Step:
+        """The results of the TRY on every host. All granted: DONE. Otherwise the blocker is the first
+        host in the global order that refused for good (cordoned, error), else the first that refused:
+        the launch waits there (giving back what it took) when it waits and may, or fails."""
         self._expect(Phase.ACQUIRING)
-        if answer.host != self.hosts[self.index]:
-            raise InvalidTransition(f"expected an answer from {self.hosts[self.index]}, not {answer.host}")
-        if answer.outcome == Outcome.GRANTED:
-            self.taken.append(answer.host)
-            self.index += 1
-            if self.index == len(self.hosts):
-                self.phase = Phase.GRANTED
-                return Step(Action.DONE, self.hosts)
-            return Step(Action.TRY, (self.hosts[self.index],))
-        self.blocker = answer
-        if answer.outcome == Outcome.REFUSED and self.wait:
+        by_host = {a.host: a for a in answers}
+        if sorted(by_host) != list(self.hosts) or len(answers) != len(self.hosts):
+            raise InvalidTransition(f"expected one answer from each of {', '.join(self.hosts)}, got "
+                                    f"{', '.join(a.host for a in answers)}")
+        self.taken = [h for h in self.hosts if by_host[h].outcome == Outcome.GRANTED]
+        if len(self.taken) == len(self.hosts):
+            self.phase = Phase.GRANTED
+            return Step(Action.DONE, self.hosts)
+        refusals = [by_host[h] for h in self.hosts if by_host[h].outcome != Outcome.GRANTED]
+        final = [a for a in refusals if a.outcome != Outcome.REFUSED]
+        self.blocker = blocker = (final or refusals)[0]
+        if blocker.outcome == Outcome.REFUSED and self.wait:
             self.phase = Phase.WAITING
-            return Step(Action.WAIT, (answer.host,), release=self._give_back())
-        return self._fail(f"{answer.host}: {answer.reason or answer.outcome.value}")
+            return Step(Action.WAIT, (blocker.host,), release=self._give_back())
+        return self._fail(f"{blocker.host}: {blocker.reason or blocker.outcome.value}")
 
     def ready(self, host: str) -> Step:
         """The host waited on would now grant (or its wait found a change): try every host again."""
         self._expect(Phase.WAITING)
-        if host != self.hosts[self.index]:
-            raise InvalidTransition(f"waiting on {self.hosts[self.index]}, not {host}")
+        if self.blocker is None or host != self.blocker.host:
+            raise InvalidTransition(f"waiting on {self.blocker.host if self.blocker else '?'}, not {host}")
         return self._begin_round()
 
     def cancel(self, reason: str = "cancelled") -> Step:
@@ -179,9 +184,9 @@ class MultiHostAcquisition:
         return Step(Action.FAIL, release=self._give_back(), reason=reason)
 
     def _begin_round(self) -> Step:
-        self.phase, self.index, self.taken = Phase.ACQUIRING, 0, []
+        self.phase, self.taken = Phase.ACQUIRING, []
         self.rounds += 1
-        return Step(Action.TRY, (self.hosts[0],))
+        return Step(Action.TRY, self.hosts)
 
     def _give_back(self) -> Tuple[str, ...]:
         taken, self.taken = tuple(self.taken), []

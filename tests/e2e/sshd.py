@@ -17,6 +17,11 @@ and (by default) runs `pyenv init` with the machine's real pyenv (~/.pyenv, as /
 does); no `SHLVL` set, no `PATH` set, user rc allowed. So bash, started by sshd for every command,
 reads ~/.bashrc once per login, and so does any `bash -c` a login starts that does not opt out.
 
+`logins` ({user: [public key files]}) adds keys that may log in as a user: the server's own user (more
+client machines) or other users, each with their own keys. Every user's authorized keys are
+`authorized_keys.<user>`, read by sshd as that user: give a server with other users a root folder
+they can traverse.
+
 `max_sessions` is the channels one connection may open (200 unless given; None keeps OpenSSH's
 defaults, `MaxSessions 10` and `MaxStartups 10:30:100`, as on a stock server). `sftp=False` leaves the
 SFTP subsystem out, as on servers that disable it.
@@ -50,7 +55,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 SSHD = "/usr/sbin/sshd"
 SETUP_HINT = "run `make test` (its setup step installs openssh-server), or `make system`"
@@ -181,8 +186,9 @@ class SshServer:
 
     def __init__(self, root: Path, name: str, address: str, client: ClientKey, port: Optional[int] = None,
                  max_sessions: Optional[int] = DEFAULT_MAX_SESSIONS, login_home: Optional[Path] = None,
-                 sftp: bool = True):
+                 sftp: bool = True, logins: Optional[Mapping[str, Sequence[Path]]] = None):
         self.root = Path(root)
+        self.logins = {user: [Path(k) for k in keys] for user, keys in (logins or {}).items()}
         self.max_sessions = max_sessions
         self.login_home = None if login_home is None else Path(login_home)
         self.sftp = sftp
@@ -193,7 +199,7 @@ class SshServer:
         self.user = getpass.getuser()
         self.host_key = self.root / "ssh_host_ed25519_key"
         self.config = self.root / "sshd_config"
-        self.authorized_keys = self.root / "authorized_keys"
+        self.authorized_keys = self.root / f"authorized_keys.{self.user}"
         self.known_hosts = self.root / "known_hosts"
         self.workdir = self.root / "work"
         self.log = self.root / "sshd.log"
@@ -208,7 +214,12 @@ class SshServer:
         if not self.host_key.exists():
             subprocess.run([require("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", self.name,
                             "-f", str(self.host_key)], check=True, stdout=subprocess.DEVNULL)
-        self.authorized_keys.write_text(self.client.public.read_text())
+        for user in {self.user, *self.logins}:
+            keys = [self.client.public] if user == self.user else []
+            keys += self.logins.get(user, [])
+            path = self.root / f"authorized_keys.{user}"
+            path.write_text("".join(k.read_text().rstrip("\n") + "\n" for k in keys))
+            path.chmod(0o644)
         last_error, fixed_port = "", self.port
         for _ in range(3):
             port = fixed_port or free_port(self.address)
@@ -238,8 +249,8 @@ class SshServer:
             f"ListenAddress {self.address}:{port}",
             f"HostKey {self.host_key}",
             f"PidFile {self.root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.authorized_keys}",
-            f"AllowUsers {self.user}",
+            f"AuthorizedKeysFile {self.root / 'authorized_keys.%u'}",
+            f"AllowUsers {' '.join(sorted({self.user, *self.logins}))}",
             "AuthenticationMethods publickey",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -347,14 +358,17 @@ class SshServer:
 
 def start_servers(root: Path, client: ClientKey, count: int, base: str = "127.0.1.", first: int = 1,
                   name: str = "host-{:03d}", max_sessions: Optional[int] = DEFAULT_MAX_SESSIONS,
-                  workers: int = 16, login_home: Optional[Path] = None) -> List[SshServer]:
+                  workers: int = 16, login_home: Optional[Path] = None,
+                  logins: Optional[Mapping[str, Sequence[Path]]] = None) -> List[SshServer]:
     """`count` servers on `base + first` ... (`host-001` on 127.0.1.1, ...), started concurrently,
-    each under `root/<name>` (sessions as on a stock server with `login_home`, see `SshServer`); if any
-    fails to start, the ones already up are stopped and the error raised."""
+    each under `root/<name>` (sessions as on a stock server with `login_home`, more logins with
+    `logins`, see `SshServer`); if any fails to start, the ones already up are stopped and the error
+    raised."""
     if first < 1 or first + count - 1 > 254:
         raise ValueError(f"{count} addresses from {base}{first} do not fit in {base}1..{base}254")
     servers = [SshServer(Path(root) / name.format(i), name.format(i), f"{base}{first + i - 1}", client,
-                         max_sessions=max_sessions, login_home=login_home) for i in range(1, count + 1)]
+                         max_sessions=max_sessions, login_home=login_home, logins=logins)
+               for i in range(1, count + 1)]
     with ThreadPoolExecutor(max_workers=max(1, min(workers, count))) as pool:
         outcomes = list(pool.map(_try_start, servers))
     errors = [o for o in outcomes if isinstance(o, Exception)]

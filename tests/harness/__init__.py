@@ -7,5 +7,9 @@
 - `procs`: a job's processes in /proc by their tag; `waiting`: polling with a deadline;
 - `environment`: the repository and child processes' environment; `data`: a tiny synthetic dataset;
 - `hosts`: simulated SSH hosts and Slurm cluster (tests/e2e/sshd.py, tests/e2e/slurm.py);
+- `sharing`, `occupant`: hosts shared by several launcher machines and users, each with its own state
+  directory, and ranks that record when they hold which device; `users`: another login user of this
+  machine and a Python it can run; `pdsh`: pdsh starting the stand-in ranks, the launch benchmarks'
+  yardstick;
 - `checkpoints`: checkpoints left on a host; `model`: a small saved RefineNet (MindSpore).
 """

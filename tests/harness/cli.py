@@ -11,9 +11,9 @@ from tests.harness.environment import child_env
 Arg = Union[str, Path, int, float]
 
 
-def launcher_argv(*args: Arg) -> List[str]:
-    """The command line of `refinenet-launch ARGS` with this interpreter."""
-    return [sys.executable, "-m", "launcher.cli", *map(str, args)]
+def launcher_argv(*args: Arg, python: str = sys.executable) -> List[str]:
+    """The command line of `refinenet-launch ARGS` with `python` (default: this interpreter)."""
+    return [python, "-m", "launcher.cli", *map(str, args)]
 
 
 def cli(*args: Arg, env: Optional[Mapping[str, str]] = None, cwd: Optional[Union[str, Path]] = None,

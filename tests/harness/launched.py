@@ -32,15 +32,17 @@ _JOB_LINE = re.compile(r"\[r(\d+) [^\]]*\] (.*)")
 class LaunchedJob:
     """`refinenet-launch --cluster FILE --stage STAGE --runs-dir RUNS --job-id ID EXTRA...` started in
     the cluster file's folder (its own session, stdin empty). `stage=None` leaves `--stage` out (for
-    `-- COMMAND` in `extra`); `wrap` runs the launcher under another command (e.g. `salloc -N2`)."""
+    `-- COMMAND` in `extra`); `wrap` runs the launcher under another command (e.g. `salloc -N2`, or
+    `setpriv` as another user), with `python` (default: this interpreter)."""
 
     def __init__(self, cluster: Path, runs: Path, job_id: str, env: Mapping[str, str], *extra: str,
-                 stage: Optional[str] = "r1", wrap: Sequence[str] = (), stdout=subprocess.DEVNULL):
+                 stage: Optional[str] = "r1", wrap: Sequence[str] = (), stdout=subprocess.DEVNULL,
+                 python: str = sys.executable):
         self.job_id, self.runs, self.job_dir = job_id, Path(runs), Path(runs) / job_id
         self.started, self.started_wall = time.monotonic(), time.time()
         self.stderr_lines: List[Tuple[float, str]] = []
         argv = launcher_argv("--cluster", cluster, *(("--stage", stage) if stage else ()), "--runs-dir", runs,
-                             "--job-id", job_id, *extra)
+                             "--job-id", job_id, *extra, python=python)
         self.proc = subprocess.Popen([*wrap, *argv], env=child_env(env), cwd=str(Path(cluster).parent),
                                      stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
                                      start_new_session=True)

@@ -38,6 +38,13 @@ def test_bad_input_never_counts_and_a_clean_attempt_resets():
     assert tracker.observe(fail("b", code=3)).host == "b"
 
 
+def test_a_lease_held_by_another_job_never_counts_against_the_host():
+    tracker = HostTracker(exclude_after=1)
+    assert tracker.observe(fail("b", kind=FailureKind.LEASE)) is None
+    assert tracker.observe(fail("b", kind=FailureKind.LEASE)) is None
+    assert tracker.streak == {}
+
+
 @pytest.mark.parametrize("kind", ["device", "unreachable"])
 def test_a_broken_host_is_excluded_at_once(kind):
     exclusion = HostTracker(exclude_after=5).observe(fail("a", kind=kind))

@@ -56,62 +56,70 @@ def refused(host, why="busy"):
     return HostAnswer(host, Outcome.REFUSED, why)
 
 
-def test_waiting_acquisition_registers_then_takes_hosts_in_global_order():
+def answers(step, refusals=()):
+    """Every host of a TRY step granted, but those in `refusals` (host -> HostAnswer)."""
+    found = dict(refusals)
+    return [found.get(host, granted(host)) for host in step.hosts]
+
+
+def test_acquisition_registers_then_tries_every_host_at_once_in_global_order():
     acq = MultiHostAcquisition(["b", "c", "a"], wait=True)
     step = acq.start()
     assert (step.action, step.hosts) == (Action.REGISTER, ("a", "b", "c"))
     step = acq.registered()
-    tried = []
-    while step.action == Action.TRY:
-        tried.append(step.hosts[0])
-        step = acq.answer(granted(step.hosts[0]))
-    assert tried == ["a", "b", "c"]
+    assert (step.action, step.hosts) == (Action.TRY, ("a", "b", "c"))
+    step = acq.answers(answers(step))
     assert (step.action, step.hosts, acq.phase) == (Action.DONE, ("a", "b", "c"), Phase.GRANTED)
 
 
-def test_refusal_releases_what_was_taken_waits_there_then_starts_over():
+def test_refusal_releases_what_was_taken_waits_there_then_tries_all_again():
     acq = MultiHostAcquisition(["a", "b", "c"], wait=True)
     acq.start()
-    acq.registered()
-    acq.answer(granted("a"))
-    step = acq.answer(refused("b", "held by job x"))
-    assert (step.action, step.hosts, step.release) == (Action.WAIT, ("b",), ("a",))
+    step = acq.registered()
+    step = acq.answers(answers(step, {"b": refused("b", "held by job x")}))
+    assert (step.action, step.hosts, step.release) == (Action.WAIT, ("b",), ("a", "c"))
     assert acq.phase == Phase.WAITING and acq.taken == [] and acq.blocker.reason == "held by job x"
     step = acq.ready("b")
-    assert (step.action, step.hosts, acq.rounds) == (Action.TRY, ("a",), 2)
-    for host in "abc":
-        step = acq.answer(granted(host))
+    assert (step.action, step.hosts, acq.rounds) == (Action.TRY, ("a", "b", "c"), 2)
+    step = acq.answers(answers(step))
     assert step.action == Action.DONE and acq.taken == ["a", "b", "c"]
 
 
-def test_refusal_on_the_first_host_releases_nothing():
+def test_the_first_refusing_host_in_order_is_waited_on():
+    acq = MultiHostAcquisition(["a", "b", "c"], wait=True)
+    acq.start()
+    step = acq.registered()
+    step = acq.answers(answers(step, {"c": refused("c"), "b": refused("b")}))
+    assert (step.action, step.hosts, step.release) == (Action.WAIT, ("b",), ("a",))
+
+
+def test_refusal_everywhere_releases_nothing():
     acq = MultiHostAcquisition(["a", "b"], wait=True)
     acq.start()
-    acq.registered()
-    step = acq.answer(refused("a"))
+    step = acq.registered()
+    step = acq.answers([refused("a"), refused("b")])
     assert (step.action, step.hosts, step.release) == (Action.WAIT, ("a",), ())
 
 
-def test_without_wait_no_ticket_and_the_first_refusal_fails_releasing_all():
+def test_without_wait_tickets_too_and_a_refusal_fails_releasing_all():
     acq = MultiHostAcquisition(["a", "b", "c"], wait=False)
     step = acq.start()
-    assert (step.action, step.hosts) == (Action.TRY, ("a",))
-    acq.answer(granted("a"))
-    acq.answer(granted("b"))
-    step = acq.answer(refused("c", "waiting behind job y"))
+    assert (step.action, step.hosts) == (Action.REGISTER, ("a", "b", "c"))
+    step = acq.registered()
+    step = acq.answers(answers(step, {"c": refused("c", "waiting behind job y")}))
     assert (step.action, step.release, acq.phase) == (Action.FAIL, ("a", "b"), Phase.FAILED)
     assert step.reason == "c: waiting behind job y"
 
 
 @pytest.mark.parametrize("outcome", [Outcome.CORDONED, Outcome.ERROR])
 def test_cordoned_or_broken_host_fails_even_when_waiting(outcome):
-    acq = MultiHostAcquisition(["a", "b"], wait=True)
+    acq = MultiHostAcquisition(["a", "b", "c"], wait=True)
     acq.start()
-    acq.registered()
-    acq.answer(granted("a"))
-    step = acq.answer(HostAnswer("b", outcome, "host cordoned by ops: fan"))
-    assert (step.action, step.release, acq.phase) == (Action.FAIL, ("a",), Phase.FAILED)
-    assert "fan" in step.reason
+    step = acq.registered()
+    broken = HostAnswer("c", outcome, "host cordoned: fan")
+    step = acq.answers(answers(step, {"a": refused("a"), "c": broken}))
+    assert (step.action, step.release, acq.phase) == (Action.FAIL, ("b",), Phase.FAILED)
+    assert step.reason == "c: host cordoned: fan" and acq.blocker.host == "c"
 
 
 def test_failed_registration_fails_the_launch():
@@ -124,11 +132,11 @@ def test_failed_registration_fails_the_launch():
 def test_cancel_releases_what_is_held():
     acq = MultiHostAcquisition(["a", "b", "c"], wait=True)
     acq.start()
-    acq.registered()
-    acq.answer(granted("a"))
+    step = acq.registered()
+    acq.answers(answers(step, {"b": refused("b")}))
+    acq.ready("b")
     step = acq.cancel("Ctrl-C")
-    assert (step.action, step.release, step.reason, acq.phase) == (Action.FAIL, ("a",), "Ctrl-C",
-                                                                   Phase.CANCELLED)
+    assert (step.action, step.release, step.reason, acq.phase) == (Action.FAIL, (), "Ctrl-C", Phase.CANCELLED)
     with pytest.raises(InvalidTransition):
         acq.cancel()
 
@@ -136,13 +144,16 @@ def test_cancel_releases_what_is_held():
 def test_events_out_of_turn_are_driver_bugs():
     acq = MultiHostAcquisition(["a", "b"], wait=True)
     with pytest.raises(InvalidTransition):
-        acq.answer(granted("a"))
+        acq.answers([granted("a"), granted("b")])
     acq.start()
     with pytest.raises(InvalidTransition):
         acq.ready("a")
-    acq.registered()
+    step = acq.registered()
     with pytest.raises(InvalidTransition):
-        acq.answer(granted("b"))
+        acq.answers([granted("a")])  # one answer missing
+    acq.answers(answers(step, {"b": refused("b")}))
+    with pytest.raises(InvalidTransition):
+        acq.ready("a")  # it waits on b
     with pytest.raises(ValueError):
         MultiHostAcquisition([], wait=False)
 
@@ -157,8 +168,8 @@ def test_answer_from_a_host_report():
 @pytest.mark.parametrize("seed", range(40))
 def test_jobs_driven_against_shared_hosts_in_any_interleaving_all_finish(seed):
     """Three launches over overlapping hosts, steps interleaved at random, hosts granting by the queue
-    rule (free and no earlier ticket there): every launch gets all its hosts, none is ever half-held
-    while waiting."""
+    rule (free and no earlier ticket there) to a launch trying all its hosts at once: every launch gets
+    all its hosts, none is ever half-held while waiting."""
     rng = random.Random(seed)
     needs = {"x": ["h1", "h2"], "y": ["h2", "h1", "h3"], "z": ["h3", "h1"]}
     keys = {"x": 1.0, "y": 2.0, "z": 3.0}
@@ -187,13 +198,15 @@ def test_jobs_driven_against_shared_hosts_in_any_interleaving_all_finish(seed):
                 tickets[host].add(job)
             steps[job] = acq.registered()
         elif step.action == Action.TRY:
-            host = step.hosts[0]
-            earlier = [o for o in tickets[host] if keys[o] < keys[job] and holder.get(host) != o]
-            if host not in holder and not earlier:
-                holder[host] = job
-                steps[job] = acq.answer(granted(host))
-            else:
-                steps[job] = acq.answer(refused(host))
+            got = []
+            for host in rng.sample(step.hosts, len(step.hosts)):  # the hosts answer in any order
+                earlier = [o for o in tickets[host] if keys[o] < keys[job] and holder.get(host) != o]
+                if host not in holder and not earlier:
+                    holder[host] = job
+                    got.append(granted(host))
+                else:
+                    got.append(refused(host))
+            steps[job] = acq.answers(got)
         elif step.action == Action.WAIT:
             assert job not in holder.values()  # never holds a host while it waits
             steps[job] = acq.ready(step.hosts[0])
