@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import IO, Dict, Optional
 
 from launcher.errors import BadInput
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
                 return code
             if not redraw and not args.json:
                 out.write("\n")
-            _sleep(args.watch)
+            time.sleep(args.watch)
     except KeyboardInterrupt:
         if args.watch is None:
             raise
@@ -90,8 +91,3 @@ def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
         for transport in transports.values():
             transport.close()
 
-
-def _sleep(seconds: float) -> None:
-    import time
-
-    time.sleep(seconds)

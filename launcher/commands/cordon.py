@@ -158,6 +158,11 @@ def _drain(spec, host, transport, reason: Optional[str], timeout: Optional[float
                 return 0 if kind == "drained" else 1
     except HostError as exc:
         raise BadInput(f"{host.name} ({host.address}): {exc.cause}") from None
+    except KeyboardInterrupt:
+        out.write(f"stopped waiting; {host.name} stays cordoned until: refinenet-launch uncordon --cluster "
+                  f"{spec.source} {host.name}\n")
+        out.flush()
+        raise
     finally:
         events.close()
     raise BadInput(f"{host.name}: the drain ended without an answer")

@@ -19,6 +19,8 @@ from launcher.sharing.hostview import ClusterView, DeviceView, Holder, HostView
 __all__ = ["render", "render_host", "describe_cordon", "describe_leases", "ranges", "age"]
 
 T = TypeVar("T")
+#: Between the holders (or waiters) of one host: one per line.
+NEXT = ";\n    "
 
 
 def render(view: ClusterView) -> str:
@@ -72,11 +74,11 @@ def render_host(host: HostView) -> List[str]:
     if host.slots is not None and host.slots.total is not None:
         out.append(_slot_line(host, clock))
     elif host.leases and not host.devices:
-        out.append("  leases: " + "; ".join(_holder(h, clock) for h in host.leases))
+        out.append("  leases: " + NEXT.join(_holder(h, clock) for h in host.leases))
     if host.lease_note:
         out.append(f"  ({host.lease_note})")
     if host.queue:
-        out.append("  queue: " + "; ".join(f"{i}. job {t.job} of {t.user} ({_wants(t)}) waiting since "
+        out.append("  queue: " + NEXT.join(f"{i}. job {t.job} of {t.user} ({_wants(t)}) waiting since "
                                            f"{_when(t.since, clock)}" for i, t in enumerate(host.queue, 1)))
     return out
 
@@ -94,6 +96,10 @@ def _device_lines(devices: Sequence[DeviceView], clock: float, unknown: bool) ->
                                               "; ".join(d.reasons)))
         lines.append("  health " + " | ".join(f"{ranges(ids)} {word}" + (f" ({why})" if why else "")
                                               for (word, why), ids in health))
+    foreign = [f"device {d.device} runs pid {p.pid} ({p.name})" for d in devices
+               if d.holder is None and d.reading is not None for p in d.reading.processes]
+    if foreign and not unknown:
+        lines.append("  outside any lease: " + "; ".join(foreign))
     return lines
 
 
@@ -114,8 +120,9 @@ def _slot_line(host: HostView, clock: float) -> str:
     total = f"{slots.used} of {slots.total}"
     if not slots.holders:
         return f"  slots {total} used"
-    return f"  slots {total} used: " + "; ".join(f"job {h.job} of {h.user} ({h.slots}) since "
-                                                f"{_when(h.since, clock)}{_origin(h)}" for h in slots.holders)
+    held = (f"job {h.job} of {h.user} ({h.slots}) since {_when(h.since, clock)}{_origin(h)}"
+            for h in slots.holders)
+    return f"  slots {total} used: " + NEXT.join(held)
 
 
 def _holder(h: Holder, clock: float) -> str:

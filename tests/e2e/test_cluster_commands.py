@@ -280,7 +280,10 @@ def test_one_login_per_host_per_reading(tmp_path, ssh_client_key, standin_python
 
 def test_devices_of_a_local_ascend_host_with_their_holders_and_health(tmp_path, child_env):
     tools = FakeTools(tmp_path / "tools")
-    tools.install("npu-smi", recorded("npu_smi/npu_smi_info_910b2c_2card_with_procs.txt"))
+    info = recorded("npu_smi/npu_smi_info_910b2c_2card_with_procs.txt").replace(
+        "| No running processes found in NPU 0                                                            |",
+        "| 0       0                 | 4242          | python                   | 3100                    |")
+    tools.install("npu-smi", info)
     state = tmp_path / "state"
     path = cluster_file(tmp_path / "npu.yaml", [local_host(tmp_path / "w", name="node-a", ranks=None,
                                                            devices=[0, 1], state_dir=str(state))],
@@ -292,8 +295,9 @@ def test_devices_of_a_local_ascend_host_with_their_holders_and_health(tmp_path, 
         assert shown.returncode == 0, shown.stderr
         assert "  devices 0 free | 1 job npu-job of root since " in shown.stdout
         assert "  health 0,1 HEALTHY" in shown.stdout
-        tools.set_output("npu-smi", recorded("npu_smi/npu_smi_info_910b2c_2card_with_procs.txt").replace(
-            "| 0     910B2C              | OK  ", "| 0     910B2C              | Alarm"))
+        assert "  outside any lease: device 0 runs pid 4242 (python)" in shown.stdout
+        tools.set_output("npu-smi", info.replace("| 0     910B2C              | OK  ",
+                                                 "| 0     910B2C              | Alarm"))
         shown = cli("cluster", "--cluster", path, "--json", env=env, cwd=tmp_path)
         assert shown.returncode == 1
         [host] = json.loads(shown.stdout)["hosts"]

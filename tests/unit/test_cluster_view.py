@@ -203,3 +203,20 @@ def test_helpers():
     assert describe_cordon({"cordoned": False}, 0) == "not cordoned"
     assert describe_cordon({"cordoned": True, "by": "bob", "since": 100.0, "why": "fan"}, 160.0) == \
         "cordoned by bob since 00:01:40 (1m ago): fan"
+
+
+def test_several_holders_and_waiters_take_a_line_each():
+    spec, data = cpu_spec(), json.loads(json.dumps(answer("cpu_busy")))
+    snap = data["snapshot"]
+    carol = dict(job="seg-c", user="carol", launcher="ws-7", launcher_pid=880)
+    snap["leases"].append(dict(snap["leases"][0], **carol))
+    snap["queue"].append(dict(snap["queue"][0], job="seg-d", user="dave", slots=1))
+    host = host_view(spec, spec.hosts[0], HOST, data)
+    assert (host.slots.used, [h.job for h in host.slots.holders]) == (4, ["seg-a", "seg-c"])
+    lines = render(view_of(spec, host)).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  slots 4 of 4 used: job seg-a of root"))
+    assert lines[at].endswith("launched from laptop pid 4242;")
+    assert lines[at + 1].startswith("    job seg-c of carol (2) since ")
+    assert lines[at + 1].endswith("ws-7 pid 880")
+    assert lines[at + 2].startswith("  queue: 1. job seg-b of root (3 slots) waiting since ")
+    assert lines[at + 3].startswith("    2. job seg-d of dave (1 slot) waiting since ")
