@@ -12,10 +12,10 @@ workload of tests/harness behind each host's `python`):
    `preflight passed` line (as benchmarks/scale.py times it), then every rank up;
 3. `cluster` again, `--repeat` times, while that job runs (a lease on every host to show; the job's
    health monitor samples every host each `--health-s` seconds meanwhile, on the same CPUs);
-4. SIGINT to the launch, every process of the job gone.
+4. SIGINT to the launch, every process of the job gone;
 
-Printed: the median of each, the ratio cluster / preflight, and the bashrc runs. Every sshd and process
-is cleaned up on exit, Ctrl-C or SIGTERM.
+all of it `--launches` times. Printed: the medians, the ratios cluster / preflight, and the bashrc runs.
+Every sshd and process is cleaned up on exit, Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class Row:
     ranks: int
     idle_s: List[float] = field(default_factory=list)
     busy_s: List[float] = field(default_factory=list)
-    preflight_s: Optional[float] = None
+    preflight_s: List[float] = field(default_factory=list)
     bashrc_per_view: List[int] = field(default_factory=list)
     leases_seen: int = 0
     notes: List[str] = field(default_factory=list)
@@ -91,31 +91,36 @@ class Bench:
         times.append(time.monotonic() - started)
         row.bashrc_per_view.append(self.bashrc_runs() - before)
         doc = json.loads(done.stdout)
-        down = [h["name"] for h in doc["hosts"] if not h["ok"]]
+        down = [h for h in doc["hosts"] if not h["ok"]]
         if done.returncode != 0 or down:
-            row.notes.append(f"cluster exited {done.returncode}; not ok: {', '.join(down[:5])}")
+            why = (down[0]["unreachable"] or "; ".join(down[0]["problems"])) if down else ""
+            row.notes.append(f"cluster exited {done.returncode}; {len(down)} host(s) not ok"
+                             + (f", e.g. {down[0]['name']}: {why}" if down else ""))
         if expect_leases:
             row.leases_seen = sum(1 for h in doc["hosts"] if h["slots"] and h["slots"]["used"])
 
     def measure(self, hosts: int) -> Row:
         row = Row(hosts, hosts * self.args.ranks)
         path = self.cluster_file(hosts)
-        for _ in range(self.args.repeat):
-            self.view(path, row, row.idle_s, expect_leases=False)
-        tag = f"view-{hosts}"
-        job = LaunchedJob(path, self.root / "runs", tag, self.env, "--", self.python, "-m", "refinenet.train",
-                          stage=None)
-        self.jobs.append(job)
-        job.ranks_up(row.ranks, timeout=max(120.0, 2.0 * hosts))
-        row.preflight_s = job.stderr_time("preflight passed")
-        for _ in range(self.args.repeat):
-            self.view(path, row, row.busy_s, expect_leases=True)
-        job.kill(signal.SIGINT)
-        job.wait(120)
-        job.close()
-        left = gone_within(tag, 30)
-        if left:
-            row.notes.append(f"{len(left)} processes of the job left 30 s after SIGINT")
+        for n in range(self.args.launches):
+            for _ in range(self.args.repeat):
+                self.view(path, row, row.idle_s, expect_leases=False)
+            tag = f"view-{hosts}-{n}"
+            job = LaunchedJob(path, self.root / "runs", tag, self.env, "--", self.python, "-m",
+                              "refinenet.train", stage=None)
+            self.jobs.append(job)
+            job.ranks_up(row.ranks, timeout=max(120.0, 2.0 * hosts))
+            preflight = job.stderr_time("preflight passed")
+            if preflight is not None:
+                row.preflight_s.append(preflight)
+            for _ in range(self.args.repeat):
+                self.view(path, row, row.busy_s, expect_leases=True)
+            job.kill(signal.SIGINT)
+            job.wait(120)
+            job.close()
+            left = gone_within(tag, 30)
+            if left:
+                row.notes.append(f"{len(left)} processes of the job left 30 s after SIGINT")
         return row
 
     def cleanup(self) -> None:
@@ -136,16 +141,16 @@ def median(values: List[float]) -> Optional[float]:
 
 
 def table(rows: List[Row]) -> str:
-    lines = ["| hosts | ranks | preflight s | cluster s, idle hosts: median (each) | / preflight "
-             "| cluster s, job running: median (each) | / preflight | ~/.bashrc runs per cluster "
-             "| hosts showing the job's lease |",
+    lines = ["| hosts | ranks | preflight s: median (each) | cluster s, idle hosts: median (each) "
+             "| / preflight | cluster s, job running: median (each) | / preflight "
+             "| ~/.bashrc runs per cluster | hosts showing the job's lease |",
              "|" + "---|" * 9]
     for r in rows:
-        idle, busy = median(r.idle_s), median(r.busy_s)
-        ratios = [f"{t / r.preflight_s:.2f}x" if t and r.preflight_s else "-" for t in (idle, busy)]
-        each = [", ".join(fmt(t) for t in times) for times in (r.idle_s, r.busy_s)]
+        idle, busy, preflight = median(r.idle_s), median(r.busy_s), median(r.preflight_s)
+        ratios = [f"{t / preflight:.2f}x" if t and preflight else "-" for t in (idle, busy)]
+        each = [", ".join(fmt(t) for t in times) for times in (r.idle_s, r.busy_s, r.preflight_s)]
         runs = "/".join(str(n) for n in sorted(set(r.bashrc_per_view)))
-        lines.append(f"| {r.hosts} | {r.ranks} | {fmt(r.preflight_s)} | {fmt(idle)} ({each[0]}) "
+        lines.append(f"| {r.hosts} | {r.ranks} | {fmt(preflight)} ({each[2]}) | {fmt(idle)} ({each[0]}) "
                      f"| {ratios[0]} | {fmt(busy)} ({each[1]}) | {ratios[1]} | {runs} "
                      f"| {r.leases_seen} of {r.hosts} |")
     return "\n".join(lines + [f"- {r.hosts} hosts: {n}" for r in rows for n in r.notes])
@@ -155,7 +160,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", default="16,64", help="comma-separated host counts (default 16,64)")
     parser.add_argument("--ranks", type=int, default=2, help="ranks (and slots) per host (default 2)")
-    parser.add_argument("--repeat", type=int, default=3, help="cluster views per state (default 3)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="cluster views before each launch and while it runs (default 3)")
+    parser.add_argument("--launches", type=int, default=2, help="launches per host count (default 2)")
     parser.add_argument("--step-s", type=float, default=1.0, help="seconds between the ranks' step lines")
     parser.add_argument("--health-s", type=float, default=10.0,
                         help="the job's health.interval_s: its monitor samples every host this often, one "
@@ -163,8 +170,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     sizes = [int(k) for k in args.hosts.split(",") if k.strip()]
-    if not sizes or min(sizes) < 1 or max(sizes) > 254 or args.ranks < 1 or args.repeat < 1:
-        parser.error("--hosts takes 1..254 hosts; --ranks and --repeat at least 1")
+    if not sizes or min(sizes) < 1 or max(sizes) > 254 or min(args.ranks, args.repeat, args.launches) < 1:
+        parser.error("--hosts takes 1..254 hosts; --ranks, --repeat and --launches at least 1")
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
