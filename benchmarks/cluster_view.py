@@ -35,12 +35,18 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e.sshd import login_home, startup_trace  # noqa: E402
 from tests.harness import standin  # noqa: E402
 from tests.harness.cli import launcher_argv  # noqa: E402
 from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
 from tests.harness.environment import child_env  # noqa: E402
-from tests.harness.hosts import ClientKey, SshServer, start_servers, stop_servers  # noqa: E402
+from tests.harness.hosts import (  # noqa: E402
+    ClientKey,
+    SshServer,
+    login_home,
+    start_servers,
+    startup_trace,
+    stop_servers,
+)
 from tests.harness.launched import LaunchedJob  # noqa: E402
 from tests.harness.procs import gone_within, kill_tagged  # noqa: E402
 

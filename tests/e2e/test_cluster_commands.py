@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from launcher.hostside import hoststate as hs
-from tests.e2e.sshd import login_home, startup_trace
 from tests.fixtures.fake_tools import FakeTools, recorded
 from tests.harness.cli import cli, launcher_argv
 from tests.harness.clusters import cluster_file, local_host, ssh_host
 from tests.harness.environment import child_env as repo_env
-from tests.harness.hosts import free_port, start_servers, stop_servers
+from tests.harness.hosts import free_port, login_home, start_servers, startup_trace, stop_servers
 from tests.harness.launched import LaunchedJob
 
 pytestmark = pytest.mark.e2e
