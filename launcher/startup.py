@@ -114,9 +114,7 @@ class _Transports(Mapping):
 
 
 def bad_host_settings(spec: ClusterSpec) -> BadHostSettings:
-    s = spec.sharing
-    return BadHostSettings(cooldown_base_s=s.cooldown_s, cooldown_factor=s.cooldown_factor,
-                           cooldown_cap_s=s.cooldown_max_s, cordon_after=s.cordon_after, window_s=s.window_s)
+    return BadHostSettings.of(spec.sharing)
 
 
 def state_command(transport: Transport, host: HostSpec, state_dir: str, command: str,

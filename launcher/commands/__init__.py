@@ -1,4 +1,7 @@
-"""The subcommands of `refinenet-launch`; each module has `build_parser(prog)` and `run(args) -> int`."""
+"""The subcommands of `refinenet-launch`; each module has `build_parser(prog)` and `run(args) -> int`.
+
+A module may serve a family of subcommands (`cordon`, `uncordon`, `drain`): `prog` ends with the name
+the user typed."""
 
 #: Subcommand name -> module (a launch, `refinenet-launch --cluster ...`, is `launcher.commands.launch`).
 SUBCOMMANDS = {
@@ -12,5 +15,9 @@ SUBCOMMANDS = {
     "report": "launcher.commands.report",
     "health": "launcher.commands.health",
     "stacks": "launcher.commands.stacks",
+    "cluster": "launcher.commands.cluster",
+    "cordon": "launcher.commands.cordon",
+    "uncordon": "launcher.commands.cordon",
+    "drain": "launcher.commands.cordon",
 }
 LAUNCH = "launcher.commands.launch"

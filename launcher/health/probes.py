@@ -131,15 +131,19 @@ class NpuSmiProbe:
     """Reads `npu-smi info`; for each chip not OK also `npu-smi info -t health` for its error code."""
 
     tool = "npu-smi"
+    args: Tuple[str, ...] = ("info",)
+
+    def parse(self, host: str, text: str) -> Dict[int, DeviceReading]:
+        """Readings from the output of `npu-smi info` (without the error codes of chips not OK)."""
+        try:
+            return npu_readings(parse_npu_smi_info(text))
+        except NpuSmiParseError as exc:
+            raise ProbeError(host, str(exc)) from None
 
     def read(self, transport, timeout: float = 60.0) -> Dict[int, DeviceReading]:
-        text = run_tool(transport, self.tool, ["info"], timeout)
-        try:
-            info = parse_npu_smi_info(text)
-        except NpuSmiParseError as exc:
-            raise ProbeError(transport.host, str(exc)) from None
-        readings = npu_readings(info)
-        chips = npu_devices(info)
+        text = run_tool(transport, self.tool, list(self.args), timeout)
+        readings = self.parse(transport.host, text)
+        chips = npu_devices(parse_npu_smi_info(text))
         for device, reading in list(readings.items()):
             if reading.health.upper() != "OK":
                 readings[device] = _with_health_detail(transport, reading, chips[device], timeout)
@@ -162,13 +166,17 @@ class NvidiaSmiProbe:
     """Reads `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`."""
 
     tool = "nvidia-smi"
+    args: Tuple[str, ...] = tuple(query_args())
 
-    def read(self, transport, timeout: float = 60.0) -> Dict[int, DeviceReading]:
-        text = run_tool(transport, self.tool, query_args(), timeout)
+    def parse(self, host: str, text: str) -> Dict[int, DeviceReading]:
+        """Readings from the output of the query (`args`)."""
         try:
             return gpu_readings(parse_nvidia_smi_csv(text))
         except NvidiaSmiParseError as exc:
-            raise ProbeError(transport.host, str(exc)) from None
+            raise ProbeError(host, str(exc)) from None
+
+    def read(self, transport, timeout: float = 60.0) -> Dict[int, DeviceReading]:
+        return self.parse(transport.host, run_tool(transport, self.tool, list(self.args), timeout))
 
 
 def device_probe(device: str):

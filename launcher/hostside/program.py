@@ -2,9 +2,10 @@
 
 Modes: `exec` and `kill` (guard.py), `read` and `write` (files.py), `sweep` (sweep.py), `agent`
 (agent.py), `state` (hoststate.py: the host's shared state), `stacks` (stacks.py: processes' Python
-stacks). Each mode's module is imported only when it
-runs, so a short command does not pay for the agent's code. The launcher starts it through
-`launcher.transport.hostprog`; here it can also be run as `python -m launcher.hostside.program MODE ARGS...`.
+stacks), `glance` and `drain` (glance.py: the host at a glance in one run; waiting until it holds no
+lease). Each mode's module is imported only when it runs, so a short command does not pay for the
+agent's code. The launcher starts it through `launcher.transport.hostprog`; here it can also be run as
+`python -m launcher.hostside.program MODE ARGS...`.
 """
 import sys
 
@@ -20,6 +21,8 @@ MODES = {
     "agent": ("agent", "agent_mode"),
     "state": ("hoststate", "main"),
     "stacks": ("stacks", "main"),
+    "glance": ("glance", "glance_mode"),
+    "drain": ("glance", "drain_mode"),
 }
 
 

@@ -237,6 +237,13 @@ class BadHostSettings:
         if not self.window_s > 0:
             raise ValueError(f"window_s must be > 0, not {self.window_s!r}")
 
+    @classmethod
+    def of(cls, sharing: Any) -> BadHostSettings:
+        """The settings of a cluster file's `sharing` section (a `SharingSpec`)."""
+        return cls(cooldown_base_s=sharing.cooldown_s, cooldown_factor=sharing.cooldown_factor,
+                   cooldown_cap_s=sharing.cooldown_max_s, cordon_after=sharing.cordon_after,
+                   window_s=sharing.window_s)
+
 
 @dataclass(frozen=True)
 class ExclusionRecord:
