@@ -144,6 +144,7 @@ class Agent:
         self.next_wait = 0.0
         #: Warm interpreters by process name (launcher/hostside/warm.py), each with its warm spec.
         self.zygotes = {}
+        self.cold = []  # (process, why) of the attempt being started that could not start warm
         self.last_doc = None
 
     # -- output
@@ -305,9 +306,15 @@ class Agent:
     def start_attempt(self, doc):
         keep = [self.lease.fd] if self.lease is not None and self.lease.fd is not None else []
         self.last_doc = doc
+        self.cold = []
         self.attempt = ProcSet(doc, self.out, keep_fds=keep, others=self.other_children, warm=self.take_warm)
         self.attempt.start_all()
         self.drop_zygotes()
+        if self.cold:
+            names = [name for name, _ in self.cold]
+            self.emit("note", message="{} started cold, without a warm interpreter: {}".format(
+                ", ".join(names), self.cold[0][1]))
+        self.cold = []
 
     def other_children(self):
         return list(self.commands) + [z.pid for z, _ in self.zygotes.values()]
@@ -354,7 +361,7 @@ class Agent:
             zygote.wait_ready(WARM_READY_S)
             zygote.hand(wanted["argv"], env, spec.get("cwd") or None, timeout=WARM_READY_S)
         except warm.ZygoteError as exc:
-            self.emit("note", message=f"{name} starts cold: {exc}")
+            self.cold.append((name, str(exc)))
             self.end_zygote(zygote)
             return None
         return zygote.popen

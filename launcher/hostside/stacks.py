@@ -14,7 +14,7 @@ One record (`FORMAT`)::
     {"format", "pid", "status": "ok" | "no_py_spy" | "not_permitted" | "timeout" | "gone" | "failed",
      "reason": "" or why there is no stack, "time": epoch s when the capture began,
      "seconds": when its py-spy ended, from then,
-     "tool": {"path", "json", "native"} or null,
+     "tool": {"path", "json", "native", "nonblocking"} or null,
      "threads": [{"os_thread_id", "thread_id", "name", "main", "active", "owns_gil",
                   "frames": [{"function", "file", "module_file", "line", "native"}]}],
      "proc": {"state", "wchan", "syscall", "cmdline", "threads": [{"tid", "comm", "state", "wchan"}]}}
@@ -285,13 +285,16 @@ def _ptrace_hint():
 class _Dump:
     """One running `py-spy dump` for one pid, its output going to temporary files."""
 
-    def __init__(self, record, tool, use_json, native):
+    def __init__(self, record, tool, use_json, native, nonblocking=False):
         self.record, self.tool, self.use_json, self.native = record, tool, use_json, native
+        self.nonblocking = nonblocking
         argv = [tool, "dump", "--pid", str(record["pid"]), "--full-filenames"]
         if use_json:
             argv.append("--json")
         if native:
             argv.append("--native")
+        if nonblocking:
+            argv.append("--nonblocking")
         self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         env = dict(os.environ, RUST_BACKTRACE="0")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.out, stderr=self.err,
@@ -348,7 +351,8 @@ def _fail(record, status, reason):
 
 
 def _finish(dump, code, out, err):
-    """Fill the record from a finished py-spy; True when it should be tried again without --native."""
+    """Fill the record from a finished py-spy; True when it should be tried again the next way (without
+    --native, then without suspending the process: a process stopped by SIGSTOP cannot be suspended)."""
     record = dump.record
     if code == 0:
         try:
@@ -364,7 +368,7 @@ def _finish(dump, code, out, err):
     if any(s in err.lower() for s in _PERMISSION):
         _fail(record, NOT_PERMITTED, f"{_ptrace_hint()}; py-spy said: {_why(err, code)}")
         return False
-    if dump.native:
+    if dump.native or not dump.nonblocking:
         return True
     _fail(record, FAILED, f"py-spy failed (exit {code}): {_why(err, code)}")
     return False
@@ -372,7 +376,8 @@ def _finish(dump, code, out, err):
 
 def capture(pids, timeout_s=DEFAULT_TIMEOUT_S, py_spy=None, native=True):
     """One JSON-serializable record per pid (see the module's docstring), all taken at once within
-    `timeout_s`; never raises. A py-spy that fails with `native` is tried again without it."""
+    `timeout_s`; never raises. A py-spy that fails with `native` is tried again without it, then with
+    `--nonblocking` (the process is read while it runs)."""
     started, clock = time.time(), time.monotonic()
     deadline = clock + max(0.1, float(timeout_s))
     records, running = [], []
@@ -396,7 +401,7 @@ def capture(pids, timeout_s=DEFAULT_TIMEOUT_S, py_spy=None, native=True):
         todo = []
     use_json = bool(todo) and _speaks_json(tool, timeout_s)
     for record in todo:
-        record["tool"] = {"path": tool, "json": use_json, "native": native}
+        record["tool"] = {"path": tool, "json": use_json, "native": native, "nonblocking": False}
         try:
             running.append(_Dump(record, tool, use_json, native))
         except OSError as exc:
@@ -406,13 +411,15 @@ def capture(pids, timeout_s=DEFAULT_TIMEOUT_S, py_spy=None, native=True):
             running.remove(dump)
             dump.record["seconds"] = round(time.monotonic() - clock, 3)
             if _finish(dump, *dump.output()) and time.monotonic() < deadline:
+                nonblocking = not dump.native
                 dump.record["tool"]["native"] = False
+                dump.record["tool"]["nonblocking"] = nonblocking
                 try:
-                    running.append(_Dump(dump.record, tool, use_json, False))
+                    running.append(_Dump(dump.record, tool, use_json, False, nonblocking))
                 except OSError as exc:
                     _fail(dump.record, FAILED, f"py-spy could not be started: {exc}")
             elif dump.record["status"] is None:
-                _fail(dump.record, FAILED, "py-spy failed with --native and there was no time left")
+                _fail(dump.record, FAILED, "py-spy failed and there was no time left to try again")
         if running and time.monotonic() >= deadline:
             for dump in running:
                 dump.kill()

@@ -121,17 +121,22 @@ def test_two_ssh_hosts_each_keep_their_own_checkpoint(tmp_path, child_env, datas
 
 @pytest.mark.parametrize("backend", ["dynamic", "msrun", "mpirun"])
 def test_a_rank_failing_at_start_stops_the_job(tmp_path, child_env, dataset, backend):
-    """A rank exits at once on a bad data list (it exists, so the host check passes, but names images
-    that do not); the ranks waiting for the cluster and the scheduler are stopped well before the
-    cluster timeout. dynamic and msrun: rank 1's host (its own workdir) has the bad list. mpirun runs
-    one command line everywhere, so every rank gets the bad list."""
+    """A rank exits at once on bad data; the ranks waiting for the cluster and the scheduler are
+    stopped well before the cluster timeout. dynamic and msrun: rank 1's host (its own workdir) has a
+    list that names images that do not exist (the workload's input check runs on the first host only).
+    mpirun runs one command line everywhere, so every rank gets the bad list: its images exist, so the
+    input check passes, but they do not decode."""
     runs = tmp_path / "runs"
     bad_list = "missing/a.jpg missing/a.png\n"
     if backend == "mpirun":
         cluster = cluster_file(tmp_path, "bad-mpirun", backend, [{"name": "local", "ranks": 2}],
                                str(dataset / LIST), "out")
-        (tmp_path / "bad.lst").write_text(bad_list)
-        bad_rank, bad_host, missing = 0, "local", "file not found"
+        corrupt = tmp_path / "corrupt"
+        corrupt.mkdir()
+        for name in ("a.jpg", "a.png"):
+            (corrupt / name).write_bytes(b"not an image")
+        (tmp_path / "bad.lst").write_text(f"{corrupt / 'a.jpg'} {corrupt / 'a.png'}\n" * 4)
+        bad_rank, bad_host, missing = 0, "local", "cannot decode image"
         extra = ["--set", f"data={tmp_path / 'bad.lst'}"]
     else:
         for name in ("host-a", "host-b"):

@@ -45,13 +45,17 @@ def missing_data(host: dict, tmp_path: Path) -> dict:
 def test_a_bad_host_fails_the_host_check_and_nothing_starts(tmp_path, child_env, ssh_hosts, break_host,
                                                             cause):
     good, bad = (ssh_host(h) for h in ssh_hosts)
-    for host in (good, bad):
-        (Path(host["workdir"]) / "data").mkdir(parents=True, exist_ok=True)
-        (Path(host["workdir"]) / "data" / "train.txt").write_text("a.jpg a.png\n")
+    for host in (good, bad):  # inputs the workload's own check on the first host accepts (it reads no image)
+        workdir = Path(host["workdir"])
+        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        (workdir / "data" / "train.txt").write_text("a.jpg a.png\n" * 2)
+        for image in ("a.jpg", "a.png"):
+            (workdir / image).touch()
     bad = break_host(bad, tmp_path)
     name = f"badhost-{uuid.uuid4().hex[:8]}"
     cluster = cluster_file(tmp_path / "cluster.yaml", [good, bad], name=name,
-                           job={"data": "data/train.txt", "output_dir": f"out-{name}"})
+                           job={"data": "data/train.txt", "output_dir": f"out-{name}",
+                                "stage_overrides": {"r1": {"batch-size": 1}}})
     runs = tmp_path / "runs"
     res = cli("--cluster", cluster, "--stage", "r1", "--runs-dir", runs, cwd=tmp_path, env=child_env,
               timeout=120)

@@ -13,7 +13,7 @@ from typing import Dict, List
 
 import pytest
 
-from launcher.health.preflight import launch_check
+from launcher.health.preflight import LaunchInputs, launch_check
 from launcher.spec.load import parse_cluster
 from launcher.transport.base import HostError, Transport
 from launcher.transport.factory import open_transport
@@ -248,19 +248,19 @@ def test_probe_and_preflight_checks(host):
                                      "python": host.python}]}, "t.yaml")
     h = spec.hosts[0]
     (host.workdir / "data.lst").write_text("x")
-    checks = launch_check(spec, h, host.transport, ["json", "launcher.hostside.program"],
-                          [str(host.workdir / "data.lst")])
+    checks = launch_check(spec, h, host.transport, LaunchInputs(("json", "launcher.hostside.program"),
+                                                                (str(host.workdir / "data.lst"),)))
     assert {c.check for c in checks} >= {"reachable", "workdir writable", "disk space"}
     assert all(c.ok for c in checks)
     with pytest.raises(HostError, match="no_such_module_xyz"):
-        launch_check(spec, h, host.transport, ["json", "no_such_module_xyz"], [])
+        launch_check(spec, h, host.transport, LaunchInputs(("json", "no_such_module_xyz")))
     with pytest.raises(HostError, match="input file.*missing there: /nonexistent/list"):
-        launch_check(spec, h, host.transport, ["json"], ["/nonexistent/list"])
+        launch_check(spec, h, host.transport, LaunchInputs(("json",), ("/nonexistent/list",)))
     (host.workdir / "ro").mkdir()
     (host.workdir / "ro" / "file").write_text("")
     bad = dataclasses.replace(h, workdir=str(host.workdir / "ro" / "file" / "sub"))
     with pytest.raises(HostError, match="cannot write"):
-        launch_check(spec, bad, host.transport, ["json"], [])
+        launch_check(spec, bad, host.transport, LaunchInputs(("json",)))
 
 
 def test_closing_the_transport_ends_its_agents(host):

@@ -2,6 +2,8 @@
 
 `install(folder)` writes `folder/python`, the one wrapper: `python -m refinenet.train ...`,
 `-m refinenet.scheduler` and `-m refinenet.evaluate` run the stand-in (tests/harness/standin_workload.py),
+a warm interpreter of refinenet (launcher/hostside/warm.py: `-c ... --main refinenet.train ...`) fails at
+once, so a restart's processes start cold, through this wrapper, as a host without warm starts would,
 anything else (the launcher's agent and host checks, `python -m refinenet.manifest scan`) the real
 interpreter. Name it as every host's `python`; what the ranks do is set by the job's environment
 (`steps_env`, `flood_env`; every setting is described in standin_workload.py).
@@ -19,6 +21,9 @@ from typing import Dict, Iterable, List, Optional
 PROGRAM = Path(__file__).resolve().with_name("standin_workload.py")
 
 WRAPPER = """#!/bin/bash
+case " $* " in
+  *" --main refinenet."*) echo "stand-in: no warm interpreter of refinenet here" >&2; exit 1;;
+esac
 if [ "$1" = "-m" ]; then
   case "$2" in
     refinenet.train) shift 2; exec {py} {program} rank "$@";;

@@ -149,3 +149,14 @@ def test_decode_errors_name_the_sample():
     ok = cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1]
     with pytest.raises(DataError, match="a.jpg: cannot decode image"):
         decode_pair(np.frombuffer(b"junk", np.uint8), ok, "a.jpg")
+
+
+def test_a_data_error_survives_the_trip_from_a_pipeline_worker():
+    """Raised in a worker process, pickled to the main one: the same error, naming the same sample."""
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DataError("a.jpg", "cannot decode image", line=3)))
+    assert (type(error), str(error), error.path, error.problem, error.line) == (
+        DataError, "a.jpg:3: cannot decode image", "a.jpg", "cannot decode image", 3)
+    rebuilt = type(error)(str(error))  # how MindSpore's pipeline re-raises a worker's error
+    assert (type(rebuilt), str(rebuilt)) == (DataError, "a.jpg:3: cannot decode image")
