@@ -212,7 +212,7 @@ class Supervisor:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
                 return JobState.FAILED
-            if self._plan is not None:
+            if self._plan is not None and self.spec.restart.warm_start:
                 self.hosts.warm(self._plan.hosts)
             self.restarts_used += 1
             self.say(f"attempt {number} failed: {failure}; {decision.reason} of the job, "
@@ -436,7 +436,10 @@ class Supervisor:
     def _warm_spec(self, proc) -> Optional[Dict[str, Any]]:
         """How the host's agent may start `proc` from a warm interpreter (launcher/hostside/warm.py): the
         modules it imports ahead, the environment it starts with (job-wide variables: what is read while
-        importing), and the `python -m MODULE ARGS` it runs then; None when it always starts cold."""
+        importing), and the `python -m MODULE ARGS` it runs then; None when it always starts cold (also when
+        the cluster file says `restart.warm_start: false`)."""
+        if not self.spec.restart.warm_start:
+            return None
         modules = self.workload.warm_modules(proc.role)
         argv = list(proc.argv)
         if not (modules and self.backend.warm_starts and len(argv) > 2 and argv[1] == "-m"):
