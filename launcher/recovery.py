@@ -98,6 +98,7 @@ class Recovery:
         data["details"] = dict(self.details)
         data["phases"] = {name: seconds for name, seconds in self.phases()}
         data["total_s"] = self.total_s
+        data["launcher_s"] = self.launcher_s
         return data
 
     @classmethod

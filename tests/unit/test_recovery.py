@@ -16,7 +16,9 @@ def test_phases_add_up_to_the_time_from_the_failure_to_the_first_resumed_step():
     text = r.describe()
     assert text.startswith("15.5 s to the first resumed step (detect 0.1 s, teardown 0.3 s, backoff 1.0 s")
     assert "3 step(s) computed again" in text and "warm start" in text
-    again = Recovery.from_dict(json.loads(json.dumps(r.to_dict())))
+    recorded = json.loads(json.dumps(r.to_dict()))
+    assert abs(recorded["launcher_s"] - r.launcher_s) < 1e-9 and abs(recorded["total_s"] - 15.5) < 1e-9
+    again = Recovery.from_dict(recorded)
     assert again == r
 
 
