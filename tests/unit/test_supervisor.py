@@ -463,6 +463,33 @@ def test_warm_start_asks_the_agents_for_warm_interpreters_unless_switched_off(tm
         assert all(spec and spec["main"] == "refinenet.train" for spec in specs.values())
 
 
+def test_the_resume_point_is_looked_for_while_the_backoff_runs(tmp_path):
+    cluster = Cluster(scripts={(1, "r1"): Script(every=0.02, exit_after=0.1, code=-9),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    for host in HOSTS:
+        cluster.scans[(1, host)] = ([ckpt(host, 2), ckpt(host, 1)], "")
+    during_backoff = []
+
+    def backoff(seconds):
+        deadline = time.monotonic() + 10
+        while len(cluster.verify_calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        during_backoff.append((len(cluster.scan_calls), len(cluster.verify_calls), "resuming" in run.said))
+        return False
+
+    run = make_run(tmp_path, cluster, wait=backoff)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    # both hosts scanned and the chosen checkpoint verified on both while waiting; said once, after it
+    assert during_backoff == [(2, 2, False)]
+    assert len(cluster.scan_calls) == 2 and len(cluster.verify_calls) == 2
+    said = [m.split(": ", 1)[1] for m in run.messages]
+    assert [m for m in said if m.startswith("resuming from")] == ["resuming from refinenet-2_4.ckpt "
+                                                                   "(epoch 2, global step 8)"]
+    assert said.index(next(m for m in said if m.startswith("attempt 1 failed"))) < \
+        said.index(next(m for m in said if m.startswith("resuming from")))
+    assert "--resume /w/b/out/r1/ckpt/refinenet-2_4.ckpt" in cluster.commands(2)["r1"]
+
+
 def test_a_newest_checkpoint_refused_on_one_host_falls_back_to_an_older_common_one(tmp_path):
     cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
                                (2, "r0"): succeed(), (2, "r1"): succeed()})
