@@ -13,14 +13,16 @@ from tests.e2e.sshd import (
     SshHost,
     SshServer,
     free_port,
+    login_home,
     require,
     start_servers,
+    startup_trace,
     stop_servers,
 )
 
 __all__ = ["SlurmCluster", "SlurmMissing", "ClientKey", "OpenSshMissing", "SshAgent", "SshHost", "SshServer",
-           "free_port", "require", "start_servers", "stop_servers", "SIMULATED_HOSTS", "SCALE_HOSTS",
-           "ssh_config"]
+           "free_port", "login_home", "require", "start_servers", "startup_trace", "stop_servers",
+           "SIMULATED_HOSTS", "SCALE_HOSTS", "ssh_config"]
 
 #: The two hosts of the `ssh_servers` fixture: (name, loopback address).
 SIMULATED_HOSTS = (("host-a", "127.0.0.2"), ("host-b", "127.0.0.3"))
