@@ -49,8 +49,10 @@ Lines = List[Tuple[float, str]]
 PHASES = ("detect", "teardown", "backoff", "resume point", "start", "configure", "first step")
 #: The workload's own durations in the record, as the table names them: `imports` is the process's start
 #: to `main()`, which for a warm start counts from the warm interpreter's own start (its wait included).
+#: `warm imports` is the part of the warm interpreters' imports that the start still waited for (not in
+#: the launcher part).
 DETAILS = {"imports": "process start -> main()", "cluster": "cluster formation",
-           "checkpoint load": "checkpoint load"}
+           "checkpoint load": "checkpoint load", "warm imports": "warm imports the start waited for"}
 #: Steps per epoch of the tiny job: 6 training images, batch 1 on each of 2 ranks.
 STEPS_PER_EPOCH = 3
 

@@ -38,7 +38,7 @@ from launcher.lookahead import Lookahead
 from launcher.plan import LaunchPlan, write_plan
 from launcher.planning.factory import PlanFactory
 from launcher.policy import Action, Decision, decide
-from launcher.recovery import Recovery, rolled_back
+from launcher.recovery import WARM_WAIT, Recovery, rolled_back
 from launcher.resume import (
     CheckpointInfo,
     ResumeChoice,
@@ -606,9 +606,11 @@ class _AttemptRun:
         self.detected_at: Optional[float] = None
         #: When the ranks asked to save and stop must be done (monotonic), once asked.
         self.save_deadline: Optional[float] = None
-        #: Process name -> when it started (its host's clock), whether from a warm interpreter.
+        #: Process name -> when it started (its host's clock), whether from a warm interpreter, and how long
+        #: taking that interpreter took (waiting for its imports to finish included).
         self.started_at: Dict[str, float] = {}
         self.warm: Dict[str, bool] = {}
+        self.warm_s: Dict[str, Tuple[str, float]] = {}
         #: Process name -> the workload's event name -> its time (its host's clock).
         self.workload_events: Dict[str, Dict[str, float]] = {}
 
@@ -702,6 +704,8 @@ class _AttemptRun:
             m = self.attempt.started(names[event.index], int(data["pid"]), int(data["pgid"]), at)
             self.started_at[m.spec.name] = at
             self.warm[m.spec.name] = bool(data.get("warm"))
+            if isinstance(data.get("warm_s"), (int, float)):
+                self.warm_s[m.spec.name] = (host, float(data["warm_s"]))
             self.pending_records.append(ProcessRecord(
                 name=m.spec.name, host=host, pid=m.pid, pgid=m.pgid, state=RankState.RUNNING,
                 rank=m.spec.ranks[0] if m.spec.role == "rank" else None, started=at))
@@ -791,6 +795,11 @@ class _AttemptRun:
             values = [e[key] for e in events if key in e]
             if values:
                 details[label] = max(values)
+        waits: Dict[str, float] = {}
+        for host, seconds in self.warm_s.values():  # a host's agent takes its interpreters one by one
+            waits[host] = waits.get(host, 0.0) + seconds
+        if waits and max(waits.values()) >= 0.005:
+            details[WARM_WAIT] = max(waits.values())
         if details:
             moments["details"] = details
         return moments

@@ -20,6 +20,7 @@ import pytest
 from launcher.agent.session import HostAgent, start_agent
 from launcher.failures import FailureKind
 from launcher.jobs import JobDir
+from launcher.recovery import WARM_WAIT, Recovery
 from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
 from launcher.supervisor import HealthWatch, Supervisor
@@ -145,7 +146,8 @@ class FakeAgent:
             self.procs.append(proc)
             c.started.append((number, name, proc, tuple(p["argv"])))
             c.warm_specs[(number, name)] = p.get("warm")
-            self.event("started", i=i, pid=proc.pid, pgid=proc.pgid)
+            warm = {"warm": True, "warm_s": c.warm_s} if p.get("warm") and number > 1 and c.warm_s else {}
+            self.event("started", i=i, pid=proc.pid, pgid=proc.pgid, **warm)
         self.event("ready")
         if c.lose.get(number) == self.host:
             threading.Timer(0.1, self.lose).start()
@@ -248,6 +250,8 @@ class Cluster:
     stuck: str = ""
     #: The warm entry of each process's document, by (attempt, process name): None when it starts cold.
     warm_specs: Dict[Tuple[int, str], Optional[dict]] = field(default_factory=dict)
+    #: With it, processes of later attempts report starting from a warm interpreter that took this long.
+    warm_s: float = 0.0
 
     def processes(self, attempt: int) -> Dict[str, FakeProcess]:
         return {name: proc for n, name, proc, _ in self.started if n == attempt}
@@ -461,6 +465,19 @@ def test_warm_start_asks_the_agents_for_warm_interpreters_unless_switched_off(tm
     else:
         assert asked == [("warm", ("a", "b"))]
         assert all(spec and spec["main"] == "refinenet.train" for spec in specs.values())
+
+
+def test_the_wait_for_warm_interpreters_is_recorded_per_host_and_left_out_of_the_launchers_part(tmp_path):
+    cluster = Cluster(scripts={(1, "r1"): Script(every=0.02, exit_after=0.1, code=-9),
+                               (2, "r0"): succeed(0.3), (2, "r1"): succeed(0.3)}, warm_s=0.25)
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    recovery = Recovery.from_dict(run.job.read().attempts[0].recovery)
+    # host a takes two interpreters one after the other (the scheduler's and r0's), b one
+    assert recovery.start == "warm" and recovery.details[WARM_WAIT] == pytest.approx(0.5)
+    phases = dict(recovery.phases())
+    parts = phases["detect"] + phases["teardown"] + phases["resume point"] + phases["start"]
+    assert recovery.launcher_s == pytest.approx(parts - min(phases["start"], 0.5))
 
 
 def test_the_resume_point_is_looked_for_while_the_backoff_runs(tmp_path):
