@@ -109,7 +109,7 @@ class RunResult:
             "launcher part": rec["launcher_s"],
             "steps computed again": rec.get("steps_rolled_back"),
             "start recorded": rec.get("start"),
-            **{f"workload: {DETAILS.get(k, k)}": v for k, v in (rec.get("details") or {}).items()},
+            **{f"workload: {label}": (rec.get("details") or {}).get(k, 0.0) for k, label in DETAILS.items()},
             "first attempt (cold): start -> first step": self.cold_start_s,
             "resumed attempt: start -> first step": self.resumed_start_s,
             "resumed / cold start": self.resumed_start_s / self.cold_start_s,
@@ -207,13 +207,14 @@ def one_run(work: Path, train_list: Path, hosts: List[dict], *, mode: str, warm_
     return result
 
 
-def median_figures(results: Sequence[RunResult]) -> Dict[str, Any]:
+def median_figures(results: Sequence[RunResult], keys: Sequence[str]) -> Dict[str, Any]:
+    """Per figure, the median over the runs that have it."""
     rows = [r.figures() for r in results]
     out: Dict[str, Any] = {}
-    for key in rows[0]:
-        values = [row[key] for row in rows]
+    for key in keys:
+        values = [row.get(key) for row in rows]
         numbers = [v for v in values if isinstance(v, (int, float))]
-        out[key] = statistics.median(numbers) if len(numbers) == len(values) else values[0]
+        out[key] = statistics.median(numbers) if numbers else next((v for v in values if v), None)
     return out
 
 
@@ -276,7 +277,8 @@ def main() -> int:
     print(f"\nfailure recovery ({where}, 2 CPU ranks, depth 18, crop 33, {STEPS_PER_EPOCH} steps per epoch, "
           f"mode {args.mode}, {args.checkpoints} checkpoints kept, backoff {args.backoff:g} s, "
           f"{args.rounds} round(s), load average {min(loads):.1f}-{max(loads):.1f}); seconds:")
-    cold, warm = median_figures(results[False]), median_figures(results[True])
+    keys = list(dict.fromkeys(k for rs in results.values() for r in rs for k in r.figures()))
+    cold, warm = median_figures(results[False], keys), median_figures(results[True], keys)
     width = max(map(len, cold))
     print(f"  {'':<{width}}  {'cold restart':>13}  {'warm restart':>13}")
     for key in cold:
