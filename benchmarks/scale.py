@@ -16,7 +16,12 @@ stopped):
    the test key, each host's port and known_hosts) through the same sshd and HOME: pdsh start ->
    every rank's first step line.
 
-For each of the three, the runs of ~/.bashrc it caused are counted (the HOME's startup trace).
+For each of the three, the runs of ~/.bashrc it caused are counted (the HOME's startup trace). The first
+launch's start is split into phases, from outside: launch -> every host agent running (their process
+start times in /proc, found by the login HOME and the agent mode), -> `preflight passed` (the hosts'
+shared state, host checks and preflight, through the agents), -> `job ...` (leases, job folder), ->
+`attempt 1:` (the attempt's plan), -> every process started (job.json, the agents' clocks), -> every
+rank's first step line in job.log (the ranks' own start-up).
 
 "Gone" means no process carrying the job's REFINENET_JOB_ID tag (every host shares this kernel),
 polled in /proc every 20 ms. Lines lost: step numbers missing between a rank's first and last
@@ -37,10 +42,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from refinenet.metrics_log import process_start_time  # noqa: E402
 from tests.harness import standin  # noqa: E402
 from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
 from tests.harness.environment import child_env  # noqa: E402
@@ -55,6 +61,10 @@ from tests.harness.hosts import (  # noqa: E402
 from tests.harness.launched import LaunchedJob  # noqa: E402
 from tests.harness.pdsh import PdshMissing, run_pdsh, stop_pdsh  # noqa: E402
 from tests.harness.procs import gone_after, rank_pids, snapshot  # noqa: E402
+
+#: The phases of a launch's start, in order, each ending at its mark (seconds from the launch).
+PHASES = ("agents up", "checks, preflight", "leases, job folder", "plan", "processes started",
+          "ranks' first step")
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Row:
     kill9_gone_s: Optional[float] = None
     sigint_gone_s: Optional[float] = None
     bashrc_runs: List[int] = field(default_factory=list)
+    phases: Dict[str, Optional[float]] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
 
 
@@ -94,6 +105,44 @@ def proc_usage(pid: int):
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) / 1024
     return threads, fds, rss
+
+
+def agents_started(home: Path) -> List[float]:
+    """Start times (epoch s) of the live host agents whose login HOME is `home`."""
+    found = []
+    marker = f"HOME={home}".encode() + b"\0"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = b"\0" + f.read()
+        except OSError:
+            continue
+        if b"\0" + marker in env and b"agent" in argv and any(b"hostside import program" in a for a in argv):
+            started = process_start_time(entry)
+            if started is not None:
+                found.append(started)
+    return found
+
+
+def start_phases(job: LaunchedJob, up_s: float, agents_up_s: Optional[float]) -> Dict[str, Optional[float]]:
+    """Seconds of each phase of the launch's start (PHASES), from marks seen outside the launcher."""
+    started = None
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        started = max(p["started"] for p in job.record()["attempts"][0]["processes"]) - job.started_wall
+    marks: List[Tuple[str, Optional[float]]] = [
+        ("agents up", agents_up_s), ("checks, preflight", job.stderr_time("preflight passed")),
+        ("leases, job folder", job.stderr_time(f"job {job.job_id} (")),
+        ("plan", job.stderr_time("attempt 1:")), ("processes started", started), ("ranks' first step", up_s)]
+    phases: Dict[str, Optional[float]] = {}
+    previous: Optional[float] = 0.0
+    for name, at in marks:
+        phases[name] = None if at is None or previous is None else at - previous
+        previous = at
+    return phases
 
 
 def rank_log_gaps(job: LaunchedJob, world: int) -> int:
@@ -158,6 +207,10 @@ class Bench:
         job = self.launch(hosts, f"{tag}-a")
         row.up_s.append(job.ranks_up(world, timeout=self.up_timeout(hosts)))
         row.bashrc_runs.append(self.bashrc_runs() - runs_before)
+        agents = agents_started(self.home)
+        if len(agents) != hosts:
+            row.notes.append(f"{len(agents)} host agents found in /proc, {hosts} expected")
+        row.phases = start_phases(job, row.up_s[-1], max(agents) - job.started_wall if agents else None)
         row.preflight_s = job.stderr_time("preflight passed")
         if row.preflight_s is None:
             with contextlib.suppress(OSError, ValueError, KeyError):
@@ -263,8 +316,13 @@ def table(rows: List[Row]) -> str:
         lines.append(f"| {r.hosts} | {r.ranks} | {fmt(r.preflight_s)} | {ups} | {fmt(r.pdsh_s)} | {ratio} "
                      f"| {runs} | {r.threads} | {r.fds} | {fmt(r.rss_mb, 0)} | {rate} | {r.lost} "
                      f"| {fmt(r.kill9_gone_s, 2)} | {fmt(r.sigint_gone_s, 2)} |")
+    phases = ["", "| hosts | " + " | ".join(f"{p} s" for p in PHASES) + " | all ranks up s | pdsh s |",
+              "|" + "---|" * (len(PHASES) + 3)]
+    for r in rows:
+        phases.append(f"| {r.hosts} | " + " | ".join(fmt(r.phases.get(p), 2) for p in PHASES)
+                      + f" | {fmt(r.up_s[0] if r.up_s else None, 2)} | {fmt(r.pdsh_s, 2)} |")
     notes = [f"- {r.hosts} hosts: {n}" for r in rows for n in r.notes]
-    return "\n".join(lines + notes)
+    return "\n".join(lines + phases + notes)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -283,7 +341,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--hosts takes 1..254 hosts, --ranks at least 1")
     limit = raise_file_limit(max(4096, 64 * max(sizes) * args.ranks))
     print(f"file limit {limit}; hosts {sizes}, {args.ranks} ranks per host, "
-          f"a step line every {args.step_s} s", flush=True)
+          f"a step line every {args.step_s} s; load average {os.getloadavg()[0]:.1f} at the start",
+          flush=True)
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

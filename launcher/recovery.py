@@ -15,6 +15,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+#: The detail that says how long the next attempt's start waited for its warm interpreters (slowest host):
+#: their imports, begun after the teardown, that the backoff and the resume point did not cover. The
+#: workload's time, spent in the `start` phase (a cold start spends it in `configure`).
+WARM_WAIT = "warm imports"
+
 #: The bounds in order, and the phase each one closes.
 BOUNDS: Tuple[Tuple[str, str], ...] = (
     ("failed_at", ""),
@@ -43,7 +48,8 @@ class Recovery:
     configured_at: Optional[float] = None
     first_step_at: Optional[float] = None
     steps_rolled_back: Optional[int] = None
-    #: The workload's own durations on the slowest rank: imports, cluster formation, checkpoint load.
+    #: The workload's own durations on the slowest rank: imports, cluster formation, checkpoint load; and
+    #: WARM_WAIT.
     details: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: How the next attempt's processes started: "warm" (interpreters imported ahead), "cold", "mixed".
     start: str = ""
@@ -74,10 +80,12 @@ class Recovery:
     @property
     def launcher_s(self) -> Optional[float]:
         """The launcher's own part: from the failure's detection to the next attempt's processes started,
-        less the backoff it was told to wait."""
+        less the backoff it was told to wait and the warm interpreters' imports it waited for (WARM_WAIT)."""
         values = dict(self.phases())
         parts = [values.get(n) for n in ("detect", "teardown", "resume point", "start")]
-        return None if any(p is None for p in parts) else sum(parts)
+        if any(p is None for p in parts):
+            return None
+        return sum(parts) - min(values["start"], self.details.get(WARM_WAIT, 0.0))
 
     def describe(self) -> str:
         """`23.4 s to the first resumed step (detect 0.1 s, teardown 0.3 s, ...); 3 steps computed again`."""
@@ -98,6 +106,7 @@ class Recovery:
         data["details"] = dict(self.details)
         data["phases"] = {name: seconds for name, seconds in self.phases()}
         data["total_s"] = self.total_s
+        data["launcher_s"] = self.launcher_s
         return data
 
     @classmethod
@@ -118,4 +127,4 @@ def rolled_back(last_epoch_step: Optional[Tuple[int, int]], steps_per_epoch: Opt
     return max(0, (epoch - 1) * steps_per_epoch + step - resume_global_step)
 
 
-__all__ = ["Recovery", "BOUNDS", "rolled_back"]
+__all__ = ["Recovery", "BOUNDS", "WARM_WAIT", "rolled_back"]

@@ -2,7 +2,8 @@
 
 The loop is plain: an attempt runs until it ends (SUCCEEDED, FAILED or STOPPED), the restart policy
 (launcher/policy.py) decides, and the next attempt resumes from the newest checkpoint complete on
-every host (launcher/resume.py), found by scanning the hosts' manifests through their transports.
+every host (launcher/resume.py), found by scanning the hosts' manifests through their transports while
+the restart backoff runs (launcher/lookahead.py).
 
 One attempt: render the plan, start one host agent per host (launcher/agent) through the hosts'
 transports, all hosts at once (bounded width), then read the agents' events from one queue and hand
@@ -34,10 +35,11 @@ from launcher.jobs import JobDir, ProcessRecord
 from launcher.logs.aggregator import LogAggregator
 from launcher.logs.format import rank_source
 from launcher.logs.progress import ProgressRecorder
+from launcher.lookahead import Lookahead
 from launcher.plan import LaunchPlan, write_plan
 from launcher.planning.factory import PlanFactory
 from launcher.policy import Action, Decision, decide
-from launcher.recovery import Recovery, rolled_back
+from launcher.recovery import WARM_WAIT, Recovery, rolled_back
 from launcher.resume import (
     CheckpointInfo,
     ResumeChoice,
@@ -166,6 +168,8 @@ class Supervisor:
         self.recovery: Optional[Recovery] = None
         #: The stacks' verdict of the last attempt's hang (launcher.stacks), for its root cause.
         self._stack_summary = ""
+        #: The next attempt's resume point, looked for during the restart backoff.
+        self._lookahead: Optional[Lookahead[ResumeChoice]] = None
 
     # -- public
 
@@ -213,11 +217,13 @@ class Supervisor:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
                 return JobState.FAILED
-            if self._plan is not None:
+            if self._plan is not None and self.spec.restart.warm_start:
                 self.hosts.warm(self._plan.hosts)
             self.restarts_used += 1
             self.say(f"attempt {number} failed: {failure}; {decision.reason} of the job, "
                      f"in {decision.delay_s:g} s")
+            if self.workload.resumable:
+                self._lookahead = Lookahead(self.find_resume, name="resume-point")
             if self._wait(decision.delay_s) or self.stop_event.is_set() or self._save_asked():
                 self.job.set_state(JobState.STOPPED, "stop requested during backoff")
                 self.say("stop requested during backoff: no further attempt")
@@ -292,7 +298,7 @@ class Supervisor:
         choice: Optional[ResumeChoice] = None
         if (number > self.first_attempt or self.resume_first) and self.workload.resumable:
             try:
-                choice = self.find_resume()
+                choice = self._resume_point()
             except HostError as exc:
                 self.job.begin_attempt(None, stage=self.stage)
                 failure = Failure(FailureKind.SCAN, exc.host, f"cannot read or carry the checkpoints there: "
@@ -437,7 +443,10 @@ class Supervisor:
     def _warm_spec(self, proc) -> Optional[Dict[str, Any]]:
         """How the host's agent may start `proc` from a warm interpreter (launcher/hostside/warm.py): the
         modules it imports ahead, the environment it starts with (job-wide variables: what is read while
-        importing), and the `python -m MODULE ARGS` it runs then; None when it always starts cold."""
+        importing), and the `python -m MODULE ARGS` it runs then; None when it always starts cold (also when
+        the cluster file says `restart.warm_start: false`)."""
+        if not self.spec.restart.warm_start:
+            return None
         modules = self.workload.warm_modules(proc.role)
         argv = list(proc.argv)
         if not (modules and self.backend.warm_starts and len(argv) > 2 and argv[1] == "-m"):
@@ -448,9 +457,29 @@ class Supervisor:
 
     # -- resume
 
-    def find_resume(self) -> ResumeChoice:
+    def _resume_point(self) -> ResumeChoice:
+        """The resume point looked for during the backoff (its messages said now), else looked for now; a
+        host that could not be asked during the backoff is asked again."""
+        ahead, self._lookahead = self._lookahead, None
+        if ahead is not None:
+            try:
+                return ahead.take(self._tell)
+            except HostError:
+                pass
+        return self.find_resume()
+
+    def _tell(self, text: str, note: bool = False) -> None:
+        """Say `text`; with `note`, also into the job's log."""
+        self.say(text)
+        if note:
+            self.logs.note(text)
+
+    def find_resume(self, tell: Optional[Callable[..., None]] = None) -> ResumeChoice:
         """The newest checkpoint complete on every host that saves them (the hosts of the ranks),
-        read through the transports, all hosts at once; `HostError` when a host cannot be asked."""
+        read through the transports, all hosts at once; `HostError` when a host cannot be asked. Its
+        messages go to `tell(text, note=False)` (default: said, and noted in the job's log with `note`).
+        Every process of the last attempt must be gone (the checkpoints no longer change)."""
+        tell = tell or self._tell
         active = {h.name for h in self.spec.hosts}
         ran = {slot.host for slot in (self._plan or self.plan_factory).slots}
         names = sorted(ran & active)
@@ -487,14 +516,14 @@ class Supervisor:
                 for n in gone:
                     scans[n] = [c for c in scans[n] if c.name != item.name]
         for reason in choice.passed_over:
-            self.say(f"checkpoint not used: {reason}")
+            tell(f"checkpoint not used: {reason}")
         if choice.point is None:
-            self.say("no checkpoint complete on every host: the next attempt starts from the beginning")
+            tell("no checkpoint complete on every host: the next attempt starts from the beginning")
         else:
             fallback = " (falling back to an older one)" if choice.passed_over else ""
-            self.say(f"resuming from {choice.point.describe()}{fallback}")
+            tell(f"resuming from {choice.point.describe()}{fallback}")
             if fresh:
-                choice = self._carry_to(choice, names[0], fresh)
+                choice = self._carry_to(choice, names[0], fresh, tell)
         return choice
 
     def _verify(self, point, hosts: Sequence[str]) -> List[Skipped]:
@@ -515,7 +544,8 @@ class Supervisor:
             raise checked.failed[sorted(checked.failed)[0]]
         return [s for s in checked.succeeded.values() if s is not None]
 
-    def _carry_to(self, choice: ResumeChoice, source: str, hosts: Sequence[str]) -> ResumeChoice:
+    def _carry_to(self, choice: ResumeChoice, source: str, hosts: Sequence[str],
+                  tell: Callable[..., None]) -> ResumeChoice:
         """Copy the resume checkpoint from `source` to each of `hosts` (spares that hold none) and verify
         it there; the choice with their paths added. `HostError` naming the host on failure."""
         point = choice.point
@@ -533,8 +563,7 @@ class Supervisor:
             copy = done.succeeded[name]
             self.copies.append(copy)
             paths[name] = copy.path
-            self.say(copy.describe())
-            self.logs.note(copy.describe())
+            tell(copy.describe(), note=True)
         return dataclasses.replace(choice, point=dataclasses.replace(point, paths=paths))
 
     # -- helpers
@@ -578,9 +607,11 @@ class _AttemptRun:
         self.detected_at: Optional[float] = None
         #: When the ranks asked to save and stop must be done (monotonic), once asked.
         self.save_deadline: Optional[float] = None
-        #: Process name -> when it started (its host's clock), whether from a warm interpreter.
+        #: Process name -> when it started (its host's clock), whether from a warm interpreter, and how long
+        #: taking that interpreter took (waiting for its imports to finish included).
         self.started_at: Dict[str, float] = {}
         self.warm: Dict[str, bool] = {}
+        self.warm_s: Dict[str, Tuple[str, float]] = {}
         #: Process name -> the workload's event name -> its time (its host's clock).
         self.workload_events: Dict[str, Dict[str, float]] = {}
 
@@ -677,6 +708,8 @@ class _AttemptRun:
             m = self.attempt.started(names[event.index], int(data["pid"]), int(data["pgid"]), at)
             self.started_at[m.spec.name] = at
             self.warm[m.spec.name] = bool(data.get("warm"))
+            if isinstance(data.get("warm_s"), (int, float)):
+                self.warm_s[m.spec.name] = (host, float(data["warm_s"]))
             self.pending_records.append(ProcessRecord(
                 name=m.spec.name, host=host, pid=m.pid, pgid=m.pgid, state=RankState.RUNNING,
                 rank=m.spec.ranks[0] if m.spec.role == "rank" else None, started=at))
@@ -766,6 +799,11 @@ class _AttemptRun:
             values = [e[key] for e in events if key in e]
             if values:
                 details[label] = max(values)
+        waits: Dict[str, float] = {}
+        for host, seconds in self.warm_s.values():  # a host's agent takes its interpreters one by one
+            waits[host] = waits.get(host, 0.0) + seconds
+        if waits and max(waits.values()) >= 0.005:
+            details[WARM_WAIT] = max(waits.values())
         if details:
             moments["details"] = details
         return moments

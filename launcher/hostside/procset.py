@@ -12,8 +12,9 @@ Frames (written whole by the agent only, so no two processes' lines ever mix)::
     e I N\n BYTES    the same for its stderr
     t J N\n BYTES    whole lines appended to followed file J
 
-Events: started {i, pid, pgid, t}, error {i, message}, exit {i, status, t}, hang {i or tail, silent_s,
-t}, ready {t}, done {t}, note {message}. Exit status: the exit code, or minus the signal number.
+Events: started {i, pid, pgid, t, warm; warm_s: seconds taking its warm interpreter took}, error {i,
+message}, exit {i, status, t}, hang {i or tail, silent_s, t}, ready {t}, done {t}, note {message}. Exit
+status: the exit code, or minus the signal number.
 
 Every process runs in its own session (its process group id is its pid) with the agent's environment
 (the host login's, read once) less BASH_ENV and ENV and with SHLVL at least 1, so no shell startup
@@ -271,10 +272,11 @@ class ProcSet:
     def start(self, p):
         spec = p.spec
         env = process_environment(os.environ, spec.get("env"))
+        began = time.monotonic()
         popen = self.warm(spec["name"], spec) if spec.get("warm") else None
         if popen is not None:
             p.popen = popen
-            self.adopt(p, warm=True)
+            self.adopt(p, warm=True, warm_s=time.monotonic() - began)
             return
         try:
             p.popen = subprocess.Popen(
@@ -290,8 +292,9 @@ class ProcSet:
             return
         self.adopt(p)
 
-    def adopt(self, p, warm=False):
-        """Watch the started process `p.popen`: its pipes, its hang rule; report it started."""
+    def adopt(self, p, warm=False, warm_s=0.0):
+        """Watch the started process `p.popen`: its pipes, its hang rule; report it started (from a warm
+        interpreter: with `warm_s`, how long taking it took, its imports' unfinished part included)."""
         p.pid = p.popen.pid
         for kind, stream in ((b"o", p.popen.stdout), (b"e", p.popen.stderr)):
             fd = stream.fileno()
@@ -301,7 +304,8 @@ class ProcSet:
             p.open_fds[fd] = stream
         if p.spec.get("watch"):
             self.hangs.watch(("p", p.index), self.metrics_mtime(p))
-        self.emit("started", i=p.index, pid=p.pid, pgid=p.pid, t=now(), warm=warm)
+        fields = dict(warm=True, warm_s=round(warm_s, 3)) if warm else dict(warm=False)
+        self.emit("started", i=p.index, pid=p.pid, pgid=p.pid, t=now(), **fields)
 
     @staticmethod
     def metrics_mtime(p):

@@ -488,7 +488,7 @@ def _parse_extra_args(c: Checker, raw: Any, where: str) -> Tuple[str, ...]:
 
 def _parse_restart(c: Checker, raw: Any) -> RestartPolicy:
     r = c.mapping(raw, "restart", ("max_restarts", "backoff_s", "backoff_max_s", "backoff_factor",
-                                   "exclude_after"))
+                                   "exclude_after", "warm_start"))
     d = RestartPolicy()
     backoff = c.number(r.get("backoff_s", d.backoff_s), "restart.backoff_s")
     backoff_max = c.number(r.get("backoff_max_s", max(d.backoff_max_s, backoff)), "restart.backoff_max_s")
@@ -498,7 +498,8 @@ def _parse_restart(c: Checker, raw: Any) -> RestartPolicy:
         max_restarts=c.integer(r.get("max_restarts", d.max_restarts), "restart.max_restarts", lo=0),
         backoff_s=backoff, backoff_max_s=backoff_max,
         backoff_factor=c.number(r.get("backoff_factor", d.backoff_factor), "restart.backoff_factor", lo=1.0),
-        exclude_after=c.integer(r.get("exclude_after", d.exclude_after), "restart.exclude_after", lo=0))
+        exclude_after=c.integer(r.get("exclude_after", d.exclude_after), "restart.exclude_after", lo=0),
+        warm_start=c.boolean(r.get("warm_start", d.warm_start), "restart.warm_start"))
 
 
 def _parse_health(c: Checker, raw: Any) -> HealthPolicy:

@@ -137,6 +137,9 @@ class RestartPolicy:
     backoff_factor: float = 2.0
     #: A host that is the root cause this many failed attempts in a row is replaced by a spare (0: never).
     exclude_after: int = 2
+    #: After a failure each host's agent keeps an interpreter per process slot with the workload imported,
+    #: handed to the next attempt (launcher/hostside/warm.py); False: every attempt starts cold.
+    warm_start: bool = True
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def test_local_host_defaults(tmp_path):
     assert (host.name, host.address, host.ssh, host.devices) == ("127.0.0.1", "127.0.0.1", None, (0, 1))
     assert host.python == sys.executable and host.workdir == str(tmp_path)
     assert spec.master.addr == "127.0.0.1" and spec.master.port == "auto" and spec.master.host == "127.0.0.1"
-    assert spec.timeouts.cluster_s == 60 and spec.restart.max_restarts == 0
+    assert spec.timeouts.cluster_s == 60 and spec.restart.max_restarts == 0 and spec.restart.warm_start
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "x"
     with pytest.raises(TypeError):
@@ -125,6 +125,8 @@ def test_ssh_host_fields():
     (base(job={"extra_args": "a 'b"}), "job.extra_args", "cannot split"),
     (base(restart={"max_restarts": -1}), "restart.max_restarts", "out of range"),
     (base(restart={"backoff_s": 10, "backoff_max_s": 1}), "restart.backoff_max_s", "less than"),
+    (base(restart={"warm_start": "no"}), "restart.warm_start", "true or false"),
+    (base(restart={"warm_start": 0}), "restart.warm_start", "true or false"),
     (base(health={"check_devices": "yes"}), "health.check_devices", "true or false"),
     (base(timeouts={"cluster_s": 0}), "timeouts.cluster_s", "out of range"),
     (base(timeouts={"heartbeat_s": True}), "timeouts.heartbeat_s", "integer"),
@@ -139,6 +141,13 @@ def test_errors_name_the_field(data, field, words):
     assert exc.path == "c.yaml" and exc.field == field and words in exc.problem, str(exc)
     assert str(exc).startswith(f"c.yaml: {field}: ")
     assert exc.exit_code == 2
+
+
+def test_warm_start_can_be_switched_off(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base(restart={"max_restarts": 2, "warm_start": False})))
+    assert load_cluster(path).restart.warm_start is False
+    assert load_cluster(path, dict([parse_override("restart.warm_start=true")])).restart.warm_start is True
 
 
 def test_hosts_may_share_an_address_on_the_dynamic_backend():

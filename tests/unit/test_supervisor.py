@@ -20,6 +20,7 @@ import pytest
 from launcher.agent.session import HostAgent, start_agent
 from launcher.failures import FailureKind
 from launcher.jobs import JobDir
+from launcher.recovery import WARM_WAIT, Recovery
 from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
 from launcher.supervisor import HealthWatch, Supervisor
@@ -144,7 +145,9 @@ class FakeAgent:
                                c.metrics_age.get(rank) if rank else None)
             self.procs.append(proc)
             c.started.append((number, name, proc, tuple(p["argv"])))
-            self.event("started", i=i, pid=proc.pid, pgid=proc.pgid)
+            c.warm_specs[(number, name)] = p.get("warm")
+            warm = {"warm": True, "warm_s": c.warm_s} if p.get("warm") and number > 1 and c.warm_s else {}
+            self.event("started", i=i, pid=proc.pid, pgid=proc.pgid, **warm)
         self.event("ready")
         if c.lose.get(number) == self.host:
             threading.Timer(0.1, self.lose).start()
@@ -245,6 +248,10 @@ class Cluster:
     next_pid: int = 1000
     agents: List[Tuple[str, FakeAgent]] = field(default_factory=list)
     stuck: str = ""
+    #: The warm entry of each process's document, by (attempt, process name): None when it starts cold.
+    warm_specs: Dict[Tuple[int, str], Optional[dict]] = field(default_factory=dict)
+    #: With it, processes of later attempts report starting from a warm interpreter that took this long.
+    warm_s: float = 0.0
 
     def processes(self, attempt: int) -> Dict[str, FakeProcess]:
         return {name: proc for n, name, proc, _ in self.started if n == attempt}
@@ -359,7 +366,7 @@ class Messages:
 
 
 def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None, health=None,
-             wait=None, backoff_s=0.5, grace=0.2) -> Run:
+             wait=None, backoff_s=0.5, grace=0.2, warm_start: Optional[bool] = None) -> Run:
     data = {"name": "fake", "backend": "dynamic", "device": "cpu",
             "hosts": [{"name": h, "address": f"127.0.0.{i + 2}", "ranks": 1, "workdir": f"/w/{h}"}
                       for i, h in enumerate(HOSTS)],
@@ -368,6 +375,8 @@ def make_run(tmp_path, cluster: Cluster, *, max_restarts=2, hang_timeout_s=None,
             "restart": {"max_restarts": max_restarts, "backoff_s": backoff_s, "backoff_max_s": 4 * backoff_s},
             "health": {"hang_timeout_s": hang_timeout_s, "check_devices": False},
             "timeouts": {"stop_grace_s": grace}}
+    if warm_start is not None:
+        data["restart"]["warm_start"] = warm_start
     spec = parse_cluster(data, "fake.yaml", cwd=str(tmp_path), local_python="python3")
     job = JobDir.create(tmp_path / "runs", cluster="fake", stage="r1", spec=data)
     factory = factory_of(spec, "r1", str(job.path), job.job_id)
@@ -439,6 +448,63 @@ def test_a_killed_rank_restarts_the_job_from_the_newest_checkpoint_on_every_host
     assert run.waits == [0.5] and run.supervisor.restarts_used == 1
     assert "resuming from refinenet-2_4.ckpt" in run.said
     assert sorted(h for _, h in cluster.scan_calls) == ["a", "b"]
+
+
+@pytest.mark.parametrize("warm_start", [None, True, False])
+def test_warm_start_asks_the_agents_for_warm_interpreters_unless_switched_off(tmp_path, warm_start):
+    cluster = Cluster(scripts={(1, "r1"): Script(every=0.02, exit_after=0.1, code=-9),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    run = make_run(tmp_path, cluster, warm_start=warm_start)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    asked = [e for e in run.supervisor.hosts.events if e[0] == "warm"]
+    specs = {key: spec for key, spec in cluster.warm_specs.items() if key[1] in ("r0", "r1")}
+    assert set(specs) == {(1, "r0"), (1, "r1"), (2, "r0"), (2, "r1")}
+    if warm_start is False:
+        # no zygote asked for after the failure, and no process may be handed one: every start is cold
+        assert asked == [] and all(spec is None for spec in specs.values())
+    else:
+        assert asked == [("warm", ("a", "b"))]
+        assert all(spec and spec["main"] == "refinenet.train" for spec in specs.values())
+
+
+def test_the_wait_for_warm_interpreters_is_recorded_per_host_and_left_out_of_the_launchers_part(tmp_path):
+    cluster = Cluster(scripts={(1, "r1"): Script(every=0.02, exit_after=0.1, code=-9),
+                               (2, "r0"): succeed(0.3), (2, "r1"): succeed(0.3)}, warm_s=0.25)
+    run = make_run(tmp_path, cluster)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    recovery = Recovery.from_dict(run.job.read().attempts[0].recovery)
+    # host a takes two interpreters one after the other (the scheduler's and r0's), b one
+    assert recovery.start == "warm" and recovery.details[WARM_WAIT] == pytest.approx(0.5)
+    phases = dict(recovery.phases())
+    parts = phases["detect"] + phases["teardown"] + phases["resume point"] + phases["start"]
+    assert recovery.launcher_s == pytest.approx(parts - min(phases["start"], 0.5))
+
+
+def test_the_resume_point_is_looked_for_while_the_backoff_runs(tmp_path):
+    cluster = Cluster(scripts={(1, "r1"): Script(every=0.02, exit_after=0.1, code=-9),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    for host in HOSTS:
+        cluster.scans[(1, host)] = ([ckpt(host, 2), ckpt(host, 1)], "")
+    during_backoff = []
+
+    def backoff(seconds):
+        deadline = time.monotonic() + 10
+        while len(cluster.verify_calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        during_backoff.append((len(cluster.scan_calls), len(cluster.verify_calls), "resuming" in run.said))
+        return False
+
+    run = make_run(tmp_path, cluster, wait=backoff)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    # both hosts scanned and the chosen checkpoint verified on both while waiting; said once, after it
+    assert during_backoff == [(2, 2, False)]
+    assert len(cluster.scan_calls) == 2 and len(cluster.verify_calls) == 2
+    said = [m.split(": ", 1)[1] for m in run.messages]
+    assert [m for m in said if m.startswith("resuming from")] == ["resuming from refinenet-2_4.ckpt "
+                                                                   "(epoch 2, global step 8)"]
+    assert said.index(next(m for m in said if m.startswith("attempt 1 failed"))) < \
+        said.index(next(m for m in said if m.startswith("resuming from")))
+    assert "--resume /w/b/out/r1/ckpt/refinenet-2_4.ckpt" in cluster.commands(2)["r1"]
 
 
 def test_a_newest_checkpoint_refused_on_one_host_falls_back_to_an_older_common_one(tmp_path):

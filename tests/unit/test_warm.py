@@ -35,6 +35,10 @@ MODULES = {
         print("to stderr", file=sys.stderr)
         sys.exit(int(os.environ.get("EXIT_WITH", "0")))
     """,
+    "slow_import.py": """
+        import time
+        time.sleep(float(__import__("os").environ.get("IMPORT_S", "0")))
+    """,
     "crash.py": """
         raise RuntimeError("the command failed")
     """,
@@ -190,3 +194,48 @@ def test_an_agent_can_wait_for_ready_in_its_own_select_loop(modules, start_env, 
     assert z.wait_ready(timeout=0)["event"] == "ready"
     z.close()
     assert z.popen.wait(30) == 0
+
+
+def _agent_attempt(agent, number, document, events):
+    agent.begin_attempt(number, document, [lambda line: None], [], events)
+    assert agent.attempt_done(number).wait(60)
+    found = []
+    while not events.empty():
+        event = events.get()
+        if event.kind == "started":
+            found.append(dict(event.data))
+    return found
+
+
+@pytest.mark.parametrize("pause_s,waited", [(0.0, True), (2.5, False)])
+def test_the_agent_says_how_long_taking_a_warm_interpreter_took(modules, start_env, tmp_path, pause_s,
+                                                                waited):
+    """A restart that comes before the warm interpreter finished importing waits for it; the started event
+    says how long (`warm_s`), so the wait is counted as the imports it is, not as the launcher's start."""
+    import queue
+    import time
+
+    from launcher.agent.session import start_agent
+    from launcher.transport.local import LocalTransport
+
+    env = dict(start_env, IMPORT_S="1.5")
+    document = {"job_id": "warm-test", "host": "local", "grace": 2, "files": [], "tails": [],
+                "processes": [{"name": "r0", "argv": [sys.executable, "-m", "crash"], "env": env,
+                               "cwd": str(tmp_path), "watch": False,
+                               "warm": {"python": sys.executable, "argv": ["-m", "crash"], "main": "crash",
+                                        "modules": ["slow_import"], "start_env": env}}]}
+    agent = start_agent(LocalTransport("local"), sys.executable, {"job_id": "warm-test", "host": "local"})
+    try:
+        events = queue.Queue()
+        (first,) = _agent_attempt(agent, 1, document, events)
+        assert first["warm"] is False and "warm_s" not in first
+        agent.send("warm")
+        time.sleep(pause_s)
+        (second,) = _agent_attempt(agent, 2, document, events)
+    finally:
+        agent.close()
+    assert second["warm"] is True
+    if waited:
+        assert 0.5 < second["warm_s"] < 30
+    else:
+        assert second["warm_s"] < 0.5
