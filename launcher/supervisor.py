@@ -8,9 +8,10 @@ One attempt: render the plan, start one host agent per host (launcher/agent) thr
 transports, all hosts at once (bounded width), then read the agents' events from one queue and hand
 them to the `Attempt` (launcher/attempt.py), which decides. A process that exits non-zero or by a
 signal, a host whose agent or connection is lost, a rank with no progress for
-`health.hang_timeout_s` (checked by each agent on its host's clock), or an unhealthy device fails the
-attempt. Teardown asks every agent at once to stop its processes (the backend's first signal,
-SIGTERM with SIGCONT, grace, SIGKILL of every group and descendant) and waits for all of them.
+`health.hang_timeout_s` (`health.startup_timeout_s` before its first step; checked by each agent on its
+host's clock), or an unhealthy device fails the attempt. Teardown asks every agent at once to stop its
+processes (the backend's first signal, SIGTERM with SIGCONT, grace, SIGKILL of every group and
+descendant) and waits for all of them.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from launcher.resume import (
 from launcher.spec.model import ClusterSpec, HostSpec
 from launcher.states import JobState, RankState
 from launcher.transport.base import HostError, SweepResult, Transport
+from launcher.workload.base import PROGRESS_MARK
 
 #: A process's variables that change between attempts or ranks: a warm interpreter gets them with its
 #: command, never at its start (none of them is read while the workload's modules are imported).
@@ -429,8 +431,10 @@ class Supervisor:
                 tails.append({"path": t.path, "watch": True, "rank": t.rank, "process": p.name})
                 tail_sinks.append(self.logs.rank_sink(t.rank, host))
         files = [{"path": f.path, "content": f.content, "mode": f.mode} for f in plan.files_on(host)]
+        health = self.spec.health
         document = {"job_id": plan.job_id, "attempt": plan.attempt, "host": host,
-                    "grace": self.spec.timeouts.stop_grace_s, "hang_s": self.spec.health.hang_timeout_s,
+                    "grace": self.spec.timeouts.stop_grace_s, "hang_s": health.hang_timeout_s,
+                    "startup_s": health.startup_timeout_s, "progress": PROGRESS_MARK,
                     "files": files, "processes": processes, "tails": tails}
         return document, sinks, tail_sinks
 
