@@ -166,8 +166,10 @@ class Supervisor:
         self._lines_at_start: Dict[str, int] = {}
         #: What the last failure is costing, until the next attempt's first step (launcher.recovery).
         self.recovery: Optional[Recovery] = None
-        #: The stacks' verdict of the last attempt's hang (launcher.stacks), for its root cause.
+        #: The stacks' verdict of the last attempt's hang (launcher.stacks), for its root cause, and the one
+        #: rank (rank, host) it found stuck, if it found exactly one.
         self._stack_summary = ""
+        self._stack_suspect: Optional[Tuple[int, str]] = None
 
     # -- public
 
@@ -380,7 +382,11 @@ class Supervisor:
         self.logs.note(text)
 
     def _complete(self, failure: Failure, attempt: Attempt) -> Failure:
-        """The root cause completed: the rank of a multi-rank process named from its output, the log tail."""
+        """The root cause completed: the rank of a multi-rank process named from its output, the log tail;
+        a hang blamed on the rank the stacks found stuck (the hang check fires on every silent rank, and
+        the ones waiting for it in a collective fall silent with it)."""
+        if failure.kind == FailureKind.HANG and self._stack_summary:
+            failure = self._blame_stuck_rank(failure)
         rank = failure.rank
         member = next((m for m in attempt.members.values() if m.spec.host == failure.host
                        and m.rank == failure.rank and len(m.spec.ranks) > 1), None)
@@ -390,8 +396,6 @@ class Supervisor:
                 if any(mark in line for line in tail for mark in ERROR_MARKS):
                     rank = candidate
                     break
-        if failure.kind == FailureKind.HANG and self._stack_summary:
-            failure = dataclasses.replace(failure, reason=f"{failure.reason}; stacks: {self._stack_summary}")
         log_tail = failure.log_tail
         if not log_tail:
             if rank is not None:
@@ -402,6 +406,16 @@ class Supervisor:
                 if aux is not None:
                     log_tail = tuple(self._attempt_tail(aux.spec.name))
         return dataclasses.replace(failure, rank=rank, log_tail=log_tail)
+
+    def _blame_stuck_rank(self, failure: Failure) -> Failure:
+        reason = f"{failure.reason}; stacks: {self._stack_summary}"
+        suspect = self._stack_suspect
+        if suspect is None or suspect == (failure.rank, failure.host):
+            return dataclasses.replace(failure, reason=reason)
+        checked = f"rank {failure.rank}" if failure.rank is not None else failure.who or "a process"
+        return dataclasses.replace(failure, rank=suspect[0], host=suspect[1], who="", log_tail=(),
+                                   reason=f"{reason} (the hang check fired on {checked} on {failure.host} "
+                                          f"first)")
 
     def _attempt_tail(self, source: str) -> List[str]:
         activity = self.logs.activity().get(source)
@@ -720,7 +734,7 @@ class _AttemptRun:
         """A hang: every rank's Python stack, taken on every host at once before the teardown, saved in
         the job folder (JOB/stacks/), and the rank(s) whose stack differs named in the root cause."""
         sup = self.sup
-        sup._stack_summary = ""
+        sup._stack_summary, sup._stack_suspect = "", None
         cause = self.attempt.root_cause
         if cause is None or cause.kind != FailureKind.HANG:
             return
@@ -728,6 +742,8 @@ class _AttemptRun:
         if report is None:
             return
         sup._stack_summary = report.summary().replace("\n", "; ")
+        if len(report.suspects) == 1:
+            sup._stack_suspect = report.suspects[0]
         sup.say(f"stacks of every rank at the hang ({folder}):")
         for line in report.summary().splitlines():
             sup.say(f"  {line}")

@@ -701,3 +701,18 @@ def test_a_hang_takes_every_ranks_stack_and_names_the_rank_stuck_elsewhere(tmp_p
     assert "stacks: rank 1 on b: in `load_batch` (train.py:7)" in failure.reason
     folders = list((run.job.path / "stacks").iterdir())
     assert len(folders) == 1 and (folders[0] / "summary.txt").read_text().startswith("rank 1 on b")
+
+
+def test_a_hang_is_blamed_on_the_stuck_rank_when_a_waiting_one_fell_silent_first(tmp_path):
+    # r0 is silent from the start, r1 from 0.3 s on: the hang check fires on r0 first
+    cluster = Cluster(scripts={(1, "r0"): Script(lines=[(0.0, "waiting")]),
+                               (1, "r1"): Script(lines=[(0.3, "loading")]),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    cluster.stuck = "r1"
+    run = make_run(tmp_path, cluster, hang_timeout_s=0.4)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    failure = run.job.read().attempts[0].failure
+    assert (failure.kind, failure.rank, failure.host) == (FailureKind.HANG, 1, "b")
+    assert "stacks: rank 1 on b: in `load_batch` (train.py:7)" in failure.reason
+    assert failure.reason.endswith("(the hang check fired on rank 0 on a first)")
+    assert failure.log_tail == ("loading",)
