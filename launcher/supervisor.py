@@ -65,6 +65,8 @@ TAIL_LINES = 20
 SCAN_TIMEOUT_S = 600.0
 #: How often the job record gets the processes started since the last write.
 RECORD_EVERY_S = 0.5
+#: How long after every rank's first progress line the workload's own first-step events are awaited.
+FIRST_STEP_EVENT_WAIT_S = 5.0
 
 
 @dataclass
@@ -777,9 +779,12 @@ class _AttemptRun:
         if ranks and all(f is not None for f in firsts):
             moments["first_step_at"] = max(firsts)
         else:
+            # a workload that reports its phases also reports its first step (a little after its progress
+            # line: the agent forwards metrics records once a second); others are timed by that line
             progress = self.sup._progress()
             seen = [progress.first_seen.get((self.attempt.number, m.rank)) for m in ranks] if progress else []
-            if ranks and seen and all(t is not None for t in seen):
+            if ranks and seen and all(t is not None for t in seen) and (
+                    not any(events) or self.sup.clock() - max(seen) > FIRST_STEP_EVENT_WAIT_S):
                 moments["first_step_at"] = max(seen)
         details = {}
         for key, label in (("main_s", "imports"), ("init_s", "cluster"), ("load_s", "checkpoint load")):
