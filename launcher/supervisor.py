@@ -16,6 +16,7 @@ descendant) and waits for all of them.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import queue
 import sys
 import threading
@@ -82,6 +83,8 @@ class AttemptResult:
     #: Wall-clock moments: the failure reached the launcher, every process was gone.
     detected_at: Optional[float] = None
     gone_at: Optional[float] = None
+    #: The ranks' `saved_on_request` events (their metrics records), one per rank that sent one.
+    saved: Tuple[Mapping[str, Any], ...] = ()
 
 
 class HealthWatch:
@@ -271,8 +274,8 @@ class Supervisor:
         stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
         failure = result.failure
         if self.save_reason:
-            saved = "the ranks saved a checkpoint" if result.state == JobState.SUCCEEDED else \
-                "the ranks did not save (the newest checkpoint stands)"
+            saved = f"the ranks saved {describe_saved(result.saved)}" if result.state == JobState.SUCCEEDED \
+                else "the ranks did not save (the newest checkpoint stands)"
             return Decision(Action.FINISH, JobState.STOPPED,
                             reason=f"stopped on request ({self.save_reason}): {saved}; continue it with "
                                    f"`refinenet-launch resume {self.job.job_id}`")
@@ -345,7 +348,8 @@ class Supervisor:
             self.say(f"attempt {number}: every process stopped {teardown_s:.2f} s after the failure")
         state = attempt.outcome or JobState.STOPPED
         return AttemptResult(number, state, failure, choice, teardown_s, timeline,
-                             detected_at=run.detected_at, gone_at=time.time())
+                             detected_at=run.detected_at, gone_at=time.time(),
+                             saved=tuple(run.saved.values()))
 
     # -- what a failure cost
 
@@ -603,6 +607,8 @@ class _AttemptRun:
         self.warm: Dict[str, bool] = {}
         #: Process name -> the workload's event name -> its time (its host's clock).
         self.workload_events: Dict[str, Dict[str, float]] = {}
+        #: Process name -> its `saved_on_request` event.
+        self.saved: Dict[str, Mapping[str, Any]] = {}
 
     # -- start
 
@@ -724,6 +730,8 @@ class _AttemptRun:
                 for field_name in ("main_s", "init_s", "load_s"):
                     if isinstance(record.get(field_name), (int, float)):
                         events.setdefault(field_name, float(record[field_name]))
+            if record.get("event") == "saved_on_request":
+                self.saved[names[event.index]] = record
         elif kind == "done":
             self.done_hosts.add(host)
         elif kind == "lost":
@@ -906,8 +914,23 @@ def capture_stacks(attempt: Attempt, agents: Mapping[str, HostAgent], job_dir,
     return report, folder
 
 
+def describe_saved(records: Sequence[Mapping[str, Any]]) -> str:
+    """The checkpoint the ranks saved on request, from their `saved_on_request` events: `refinenet-2_4.ckpt
+    after global step 14 (epoch 2 step 4)`; `a checkpoint` when no rank said which."""
+    steps = sorted({r.get("step") for r in records if isinstance(r.get("step"), int)})
+    names = sorted({posixpath.basename(str(r["checkpoint"])) for r in records if r.get("checkpoint")})
+    what = ", ".join(names) if names else "a checkpoint"
+    if len(steps) == 1:
+        first = next(r for r in records if r.get("step") == steps[0])
+        where = f" (epoch {first['epoch']} step {first['epoch_step']})" if "epoch_step" in first else ""
+        return f"{what} after global step {steps[0]}{where}"
+    if steps:
+        return f"{what} after global steps {', '.join(map(str, steps))} (the ranks disagree)"
+    return what
+
+
 class _Skipped(Exception):
     """A host's agent was not started because a stop was requested meanwhile."""
 
 
-__all__ = ["Supervisor", "AttemptResult", "HealthWatch", "PlanFactory"]
+__all__ = ["Supervisor", "AttemptResult", "HealthWatch", "PlanFactory", "describe_saved"]

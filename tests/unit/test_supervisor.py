@@ -22,7 +22,7 @@ from launcher.failures import FailureKind
 from launcher.jobs import JobDir
 from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
-from launcher.supervisor import HealthWatch, Supervisor
+from launcher.supervisor import HealthWatch, Supervisor, describe_saved
 from launcher.transport.base import CommandResult, HostError, HostInfo, SweepResult, Transport
 from tests.harness.specs import factory_of, failure
 
@@ -325,8 +325,8 @@ class FakeHosts:
     def record_exclusion(self, name, reason, job_id, out) -> None:
         self.events.append(("excluded", name))
 
-    def warm(self, names) -> None:
-        self.events.append(("warm", tuple(names)))
+    def warm(self, processes) -> None:
+        self.events.append(("warm", tuple(processes)))
 
 
 def ckpt(host: str, epoch: int, steps: int = 4) -> dict:
@@ -716,3 +716,13 @@ def test_a_hang_is_blamed_on_the_stuck_rank_when_a_waiting_one_fell_silent_first
     assert "stacks: rank 1 on b: in `load_batch` (train.py:7)" in failure.reason
     assert failure.reason.endswith("(the hang check fired on rank 0 on a first)")
     assert failure.log_tail == ("loading",)
+
+
+def test_the_checkpoint_saved_on_request_is_named_with_its_step():
+    writer = {"event": "saved_on_request", "step": 14, "epoch": 2, "epoch_step": 4,
+              "checkpoint": "/w/a/out/r1/ckpt/refinenet-2_4.ckpt"}
+    other = dict(writer, checkpoint=None)
+    assert describe_saved([writer, other]) == "refinenet-2_4.ckpt after global step 14 (epoch 2 step 4)"
+    assert describe_saved([other, dict(other, step=15)]) == \
+        "a checkpoint after global steps 14, 15 (the ranks disagree)"
+    assert describe_saved([]) == "a checkpoint"
