@@ -119,7 +119,7 @@ class HostAccess(Protocol):
 
     def record_exclusion(self, name: str, reason: str, job_id: str, out: IO[str]) -> None: ...
 
-    def warm(self, names: Sequence[str]) -> None: ...
+    def warm(self, processes: Mapping[str, Sequence[Mapping[str, Any]]]) -> None: ...
 
 
 class Supervisor:
@@ -168,6 +168,8 @@ class Supervisor:
         self.results: List[AttemptResult] = []
         self.decisions: List[Decision] = []
         self._plan: Optional[LaunchPlan] = None
+        #: Host -> the process entries (warm specs included) of the last attempt's agent document.
+        self._processes: Dict[str, List[Dict[str, Any]]] = {}
         self._lines_at_start: Dict[str, int] = {}
         #: What the last failure is costing, until the next attempt's first step (launcher.recovery).
         self.recovery: Optional[Recovery] = None
@@ -222,8 +224,8 @@ class Supervisor:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
                 return JobState.FAILED
-            if self._plan is not None:
-                self.hosts.warm(self._plan.hosts)
+            active = {h.name for h in self.spec.hosts}
+            self.hosts.warm({h: procs for h, procs in self._processes.items() if h in active})
             self.restarts_used += 1
             self.say(f"attempt {number} failed: {failure}; {decision.reason} of the job, "
                      f"in {decision.delay_s:g} s")
@@ -615,10 +617,12 @@ class _AttemptRun:
     def start(self) -> None:
         sup = self.sup
         documents = {}
+        sup._processes = {}
         for host in self.plan.hosts:
             if not self.plan.processes_on(host) and not self.plan.files_on(host):
                 continue
             documents[host] = sup.host_document(self.plan, host)
+            sup._processes[host] = documents[host][0]["processes"]
             self.names[host] = [p["name"] for p in documents[host][0]["processes"]]
             self.tails[host] = documents[host][0]["tails"]
 
@@ -876,8 +880,8 @@ class _AttemptRun:
                 self.unsweepable[host] = swept.failed[host].cause
                 sup.say(f"cannot make sure no process of job {job_id} is left on {host} "
                         f"({swept.failed[host].cause}): the host is treated as unreachable")
-            elif swept.succeeded[host].killed or swept.succeeded[host].left:
-                sup.say(swept.succeeded[host].describe())
+            else:
+                sup.say(f"swept {swept.succeeded[host].describe()}")
 
     def record_ends(self) -> None:
         left = self.attempt.mark_stopped(self.sup.clock())
