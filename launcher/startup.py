@@ -18,7 +18,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import IO, Dict, List, Mapping, Optional, Sequence
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence
 
 from launcher.agent.pool import AgentPool
 from launcher.console import say
@@ -58,12 +58,15 @@ class JobHosts:
     def sweep(self, name: str):
         return self.pool.sweep(name)
 
-    def warm(self, names: Sequence[str]) -> None:
-        """Ask the agents of `names` for warm interpreters of their last attempt's processes (a restart
-        comes)."""
-        for name in names:
-            if self.pool.live(name):
-                self.pool.agents[name].send("warm")
+    def warm(self, processes: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        """A restart comes: each host's agent starts warm interpreters for `processes[host]` (the last
+        attempt's process entries there). A host whose agent was lost gets a new one now (after a sweep of
+        the job there), so that its ranks too start warm; one that cannot be reached is left to the next
+        attempt, which says why."""
+        def warm_up(name: str) -> None:
+            self.pool.agent(name).send("warm", processes=list(processes[name]))
+
+        fan_out(warm_up, list(processes), key=str, width=self.spec.launch.fanout, catch=(HostError,))
 
     def take(self, host: HostSpec) -> None:
         """A host joins the job (a spare taking over): its lease first; `HostError` when it cannot."""

@@ -9,13 +9,15 @@ One attempt: render the plan, start one host agent per host (launcher/agent) thr
 transports, all hosts at once (bounded width), then read the agents' events from one queue and hand
 them to the `Attempt` (launcher/attempt.py), which decides. A process that exits non-zero or by a
 signal, a host whose agent or connection is lost, a rank with no progress for
-`health.hang_timeout_s` (checked by each agent on its host's clock), or an unhealthy device fails the
-attempt. Teardown asks every agent at once to stop its processes (the backend's first signal,
-SIGTERM with SIGCONT, grace, SIGKILL of every group and descendant) and waits for all of them.
+`health.hang_timeout_s` (`health.startup_timeout_s` before its first step; checked by each agent on its
+host's clock), or an unhealthy device fails the attempt. Teardown asks every agent at once to stop its
+processes (the backend's first signal, SIGTERM with SIGCONT, grace, SIGKILL of every group and
+descendant) and waits for all of them.
 """
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import queue
 import sys
 import threading
@@ -52,6 +54,7 @@ from launcher.resume import (
 from launcher.spec.model import ClusterSpec, HostSpec
 from launcher.states import JobState, RankState
 from launcher.transport.base import HostError, SweepResult, Transport
+from launcher.workload.base import PROGRESS_MARK
 
 #: A process's variables that change between attempts or ranks: a warm interpreter gets them with its
 #: command, never at its start (none of them is read while the workload's modules are imported).
@@ -65,6 +68,8 @@ TAIL_LINES = 20
 SCAN_TIMEOUT_S = 600.0
 #: How often the job record gets the processes started since the last write.
 RECORD_EVERY_S = 0.5
+#: How long after every rank's first progress line the workload's own first-step events are awaited.
+FIRST_STEP_EVENT_WAIT_S = 5.0
 
 
 @dataclass
@@ -80,6 +85,8 @@ class AttemptResult:
     #: Wall-clock moments: the failure reached the launcher, every process was gone.
     detected_at: Optional[float] = None
     gone_at: Optional[float] = None
+    #: The ranks' `saved_on_request` events (their metrics records), one per rank that sent one.
+    saved: Tuple[Mapping[str, Any], ...] = ()
 
 
 class HealthWatch:
@@ -114,7 +121,7 @@ class HostAccess(Protocol):
 
     def record_exclusion(self, name: str, reason: str, job_id: str, out: IO[str]) -> None: ...
 
-    def warm(self, names: Sequence[str]) -> None: ...
+    def warm(self, processes: Mapping[str, Sequence[Mapping[str, Any]]]) -> None: ...
 
 
 class Supervisor:
@@ -163,11 +170,15 @@ class Supervisor:
         self.results: List[AttemptResult] = []
         self.decisions: List[Decision] = []
         self._plan: Optional[LaunchPlan] = None
+        #: Host -> the process entries (warm specs included) of the last attempt's agent document.
+        self._processes: Dict[str, List[Dict[str, Any]]] = {}
         self._lines_at_start: Dict[str, int] = {}
         #: What the last failure is costing, until the next attempt's first step (launcher.recovery).
         self.recovery: Optional[Recovery] = None
-        #: The stacks' verdict of the last attempt's hang (launcher.stacks), for its root cause.
+        #: The stacks' verdict of the last attempt's hang (launcher.stacks), for its root cause, and the one
+        #: rank (rank, host) it found stuck, if it found exactly one.
         self._stack_summary = ""
+        self._stack_suspect: Optional[Tuple[int, str]] = None
         #: The next attempt's resume point, looked for during the restart backoff.
         self._lookahead: Optional[Lookahead[ResumeChoice]] = None
 
@@ -217,8 +228,9 @@ class Supervisor:
                 return decision.job_state
             if not self._exclude_if_needed(failure):
                 return JobState.FAILED
-            if self._plan is not None and self.spec.restart.warm_start:
-                self.hosts.warm(self._plan.hosts)
+            if self.spec.restart.warm_start:
+                active = {h.name for h in self.spec.hosts}
+                self.hosts.warm({h: procs for h, procs in self._processes.items() if h in active})
             self.restarts_used += 1
             self.say(f"attempt {number} failed: {failure}; {decision.reason} of the job, "
                      f"in {decision.delay_s:g} s")
@@ -271,8 +283,8 @@ class Supervisor:
         stop_asked = self.stop_event.is_set() or self._stop_requested_on_disk()
         failure = result.failure
         if self.save_reason:
-            saved = "the ranks saved a checkpoint" if result.state == JobState.SUCCEEDED else \
-                "the ranks did not save (the newest checkpoint stands)"
+            saved = f"the ranks saved {describe_saved(result.saved)}" if result.state == JobState.SUCCEEDED \
+                else "the ranks did not save (the newest checkpoint stands)"
             return Decision(Action.FINISH, JobState.STOPPED,
                             reason=f"stopped on request ({self.save_reason}): {saved}; continue it with "
                                    f"`refinenet-launch resume {self.job.job_id}`")
@@ -345,7 +357,8 @@ class Supervisor:
             self.say(f"attempt {number}: every process stopped {teardown_s:.2f} s after the failure")
         state = attempt.outcome or JobState.STOPPED
         return AttemptResult(number, state, failure, choice, teardown_s, timeline,
-                             detected_at=run.detected_at, gone_at=time.time())
+                             detected_at=run.detected_at, gone_at=time.time(),
+                             saved=tuple(run.saved.values()))
 
     # -- what a failure cost
 
@@ -384,7 +397,11 @@ class Supervisor:
         self.logs.note(text)
 
     def _complete(self, failure: Failure, attempt: Attempt) -> Failure:
-        """The root cause completed: the rank of a multi-rank process named from its output, the log tail."""
+        """The root cause completed: the rank of a multi-rank process named from its output, the log tail;
+        a hang blamed on the rank the stacks found stuck (the hang check fires on every silent rank, and
+        the ones waiting for it in a collective fall silent with it)."""
+        if failure.kind == FailureKind.HANG and self._stack_summary:
+            failure = self._blame_stuck_rank(failure)
         rank = failure.rank
         member = next((m for m in attempt.members.values() if m.spec.host == failure.host
                        and m.rank == failure.rank and len(m.spec.ranks) > 1), None)
@@ -394,8 +411,6 @@ class Supervisor:
                 if any(mark in line for line in tail for mark in ERROR_MARKS):
                     rank = candidate
                     break
-        if failure.kind == FailureKind.HANG and self._stack_summary:
-            failure = dataclasses.replace(failure, reason=f"{failure.reason}; stacks: {self._stack_summary}")
         log_tail = failure.log_tail
         if not log_tail:
             if rank is not None:
@@ -406,6 +421,16 @@ class Supervisor:
                 if aux is not None:
                     log_tail = tuple(self._attempt_tail(aux.spec.name))
         return dataclasses.replace(failure, rank=rank, log_tail=log_tail)
+
+    def _blame_stuck_rank(self, failure: Failure) -> Failure:
+        reason = f"{failure.reason}; stacks: {self._stack_summary}"
+        suspect = self._stack_suspect
+        if suspect is None or suspect == (failure.rank, failure.host):
+            return dataclasses.replace(failure, reason=reason)
+        checked = f"rank {failure.rank}" if failure.rank is not None else failure.who or "a process"
+        return dataclasses.replace(failure, rank=suspect[0], host=suspect[1], who="", log_tail=(),
+                                   reason=f"{reason} (the hang check fired on {checked} on {failure.host} "
+                                          f"first)")
 
     def _attempt_tail(self, source: str) -> List[str]:
         activity = self.logs.activity().get(source)
@@ -435,8 +460,10 @@ class Supervisor:
                 tails.append({"path": t.path, "watch": True, "rank": t.rank, "process": p.name})
                 tail_sinks.append(self.logs.rank_sink(t.rank, host))
         files = [{"path": f.path, "content": f.content, "mode": f.mode} for f in plan.files_on(host)]
+        health = self.spec.health
         document = {"job_id": plan.job_id, "attempt": plan.attempt, "host": host,
-                    "grace": self.spec.timeouts.stop_grace_s, "hang_s": self.spec.health.hang_timeout_s,
+                    "grace": self.spec.timeouts.stop_grace_s, "hang_s": health.hang_timeout_s,
+                    "startup_s": health.startup_timeout_s, "progress": PROGRESS_MARK,
                     "files": files, "processes": processes, "tails": tails}
         return document, sinks, tail_sinks
 
@@ -614,16 +641,20 @@ class _AttemptRun:
         self.warm_s: Dict[str, Tuple[str, float]] = {}
         #: Process name -> the workload's event name -> its time (its host's clock).
         self.workload_events: Dict[str, Dict[str, float]] = {}
+        #: Process name -> its `saved_on_request` event.
+        self.saved: Dict[str, Mapping[str, Any]] = {}
 
     # -- start
 
     def start(self) -> None:
         sup = self.sup
         documents = {}
+        sup._processes = {}
         for host in self.plan.hosts:
             if not self.plan.processes_on(host) and not self.plan.files_on(host):
                 continue
             documents[host] = sup.host_document(self.plan, host)
+            sup._processes[host] = documents[host][0]["processes"]
             self.names[host] = [p["name"] for p in documents[host][0]["processes"]]
             self.tails[host] = documents[host][0]["tails"]
 
@@ -737,6 +768,8 @@ class _AttemptRun:
                 for field_name in ("main_s", "init_s", "load_s"):
                     if isinstance(record.get(field_name), (int, float)):
                         events.setdefault(field_name, float(record[field_name]))
+            if record.get("event") == "saved_on_request":
+                self.saved[names[event.index]] = record
         elif kind == "done":
             self.done_hosts.add(host)
         elif kind == "lost":
@@ -749,7 +782,7 @@ class _AttemptRun:
         """A hang: every rank's Python stack, taken on every host at once before the teardown, saved in
         the job folder (JOB/stacks/), and the rank(s) whose stack differs named in the root cause."""
         sup = self.sup
-        sup._stack_summary = ""
+        sup._stack_summary, sup._stack_suspect = "", None
         cause = self.attempt.root_cause
         if cause is None or cause.kind != FailureKind.HANG:
             return
@@ -757,6 +790,8 @@ class _AttemptRun:
         if report is None:
             return
         sup._stack_summary = report.summary().replace("\n", "; ")
+        if len(report.suspects) == 1:
+            sup._stack_suspect = report.suspects[0]
         sup.say(f"stacks of every rank at the hang ({folder}):")
         for line in report.summary().splitlines():
             sup.say(f"  {line}")
@@ -790,9 +825,12 @@ class _AttemptRun:
         if ranks and all(f is not None for f in firsts):
             moments["first_step_at"] = max(firsts)
         else:
+            # a workload that reports its phases also reports its first step (a little after its progress
+            # line: the agent forwards metrics records once a second); others are timed by that line
             progress = self.sup._progress()
             seen = [progress.first_seen.get((self.attempt.number, m.rank)) for m in ranks] if progress else []
-            if ranks and seen and all(t is not None for t in seen):
+            if ranks and seen and all(t is not None for t in seen) and (
+                    not any(events) or self.sup.clock() - max(seen) > FIRST_STEP_EVENT_WAIT_S):
                 moments["first_step_at"] = max(seen)
         details = {}
         for key, label in (("main_s", "imports"), ("init_s", "cluster"), ("load_s", "checkpoint load")):
@@ -881,8 +919,8 @@ class _AttemptRun:
                 self.unsweepable[host] = swept.failed[host].cause
                 sup.say(f"cannot make sure no process of job {job_id} is left on {host} "
                         f"({swept.failed[host].cause}): the host is treated as unreachable")
-            elif swept.succeeded[host].killed or swept.succeeded[host].left:
-                sup.say(swept.succeeded[host].describe())
+            else:
+                sup.say(f"swept {swept.succeeded[host].describe()}")
 
     def record_ends(self) -> None:
         left = self.attempt.mark_stopped(self.sup.clock())
@@ -919,8 +957,23 @@ def capture_stacks(attempt: Attempt, agents: Mapping[str, HostAgent], job_dir,
     return report, folder
 
 
+def describe_saved(records: Sequence[Mapping[str, Any]]) -> str:
+    """The checkpoint the ranks saved on request, from their `saved_on_request` events: `refinenet-2_4.ckpt
+    after global step 14 (epoch 2 step 4)`; `a checkpoint` when no rank said which."""
+    steps = sorted({r.get("step") for r in records if isinstance(r.get("step"), int)})
+    names = sorted({posixpath.basename(str(r["checkpoint"])) for r in records if r.get("checkpoint")})
+    what = ", ".join(names) if names else "a checkpoint"
+    if len(steps) == 1:
+        first = next(r for r in records if r.get("step") == steps[0])
+        where = f" (epoch {first['epoch']} step {first['epoch_step']})" if "epoch_step" in first else ""
+        return f"{what} after global step {steps[0]}{where}"
+    if steps:
+        return f"{what} after global steps {', '.join(map(str, steps))} (the ranks disagree)"
+    return what
+
+
 class _Skipped(Exception):
     """A host's agent was not started because a stop was requested meanwhile."""
 
 
-__all__ = ["Supervisor", "AttemptResult", "HealthWatch", "PlanFactory"]
+__all__ = ["Supervisor", "AttemptResult", "HealthWatch", "PlanFactory", "describe_saved"]

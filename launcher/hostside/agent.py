@@ -28,8 +28,9 @@ each an operation ``{"op": ..., "id": ...}``:
     attempt {doc}                          -> the attempt's frames and events (procset.py), done {a}
     stop {sig}, signal {sig}               the current attempt's processes
     save {path}                            -> saving {path, error}
-    warm                                   -> warming {names}: warm interpreters for the last attempt's
-                                              processes (launcher/hostside/warm.py), taken by the next one
+    warm {processes?}                      -> warming {names}: warm interpreters for the last attempt's
+                                              processes, or those given (launcher/hostside/warm.py), taken
+                                              by the next one
     stacks {id, pids, timeout}             -> stacks {id, records}
     exit                                   tear down and exit 0
 
@@ -322,12 +323,14 @@ class Agent:
     # -- warm interpreters
 
     def op_warm(self, op):
-        """Start a warm interpreter for every process of the last attempt that can have one, so that the
-        next attempt's processes skip their imports (their output pipes are made now)."""
+        """Start a warm interpreter for every process of the last attempt (or of `processes`, the last
+        attempt's entries as the launcher kept them: an agent started after its host's agent was lost has
+        run none) that can have one, so that the next attempt's processes skip their imports (their output
+        pipes are made now)."""
         from launcher.hostside import warm
 
         started = []
-        for spec in (self.last_doc or {}).get("processes", ()):
+        for spec in op.get("processes") or (self.last_doc or {}).get("processes", ()):
             plan = spec.get("warm")
             if not plan or spec["name"] in self.zygotes:
                 continue

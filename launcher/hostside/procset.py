@@ -22,6 +22,9 @@ file runs for it (see `process_environment`); the document's `env` is laid over 
 dies with the agent (parent-death signal SIGKILL); descendants that leave their group are re-parented
 to the agent (a child subreaper), so none outlives a teardown. Hang check (`HangRule`), on the host's
 clock: a watched process with no output line and no change of its metrics file for `hang_s` seconds.
+With `startup_s` in the document, a source that has not made its first step yet (no output line holding
+the document's `progress` mark, no `first_step` event in its metrics file) may be silent for `startup_s`
+instead: imports, cluster formation and the first graph compile print nothing for a while.
 
 Stop (`StopPhase`): the backend's first signal to every group, grace; SIGTERM and SIGCONT to every
 group and descendant, grace; SIGKILL to all, then at most `KILL_WAIT_S` for them to go.
@@ -88,20 +91,34 @@ class StopPhase:
 
 class HangRule:
     """A watched source (a process or a followed file) is hung when it gave no output line and its
-    metrics file did not change for `hang_s` seconds; each is reported once. Pure: `clock` (monotonic
-    seconds) is injected and file times are handed in."""
+    metrics file did not change for `hang_s` seconds; each is reported once. With `startup_s`, a source
+    is starting until its first step (`progressed`), and a starting source may be silent for `startup_s`
+    (at least `hang_s`). Pure: `clock` (monotonic seconds) is injected and file times are handed in."""
 
-    def __init__(self, hang_s, clock):
+    def __init__(self, hang_s, clock, startup_s=None):
         self.hang_s = float(hang_s) if hang_s else None
+        self.startup_s = max(float(startup_s), self.hang_s) if startup_s and self.hang_s else None
         self.clock = clock
         self.last = {}
         self.mtimes = {}
         self.reported = set()
+        self.starting = set()
 
     def watch(self, key, mtime=None):
         """Start the silence clock of `key` now; `mtime` is its metrics file's time now (None: none yet)."""
         self.last[key] = self.clock()
         self.mtimes[key] = mtime
+        if self.startup_s is not None:
+            self.starting.add(key)
+
+    def is_starting(self, key):
+        """Whether `key` is watched and has not made its first step yet (start-up allowance only)."""
+        return key in self.starting
+
+    def progressed(self, key):
+        """`key` made a step: a sign of life, and its start-up is over."""
+        self.output(key)
+        self.starting.discard(key)
 
     def output(self, key):
         """`key` gave an output line."""
@@ -118,14 +135,17 @@ class HangRule:
         """`key` ended: no longer watched."""
         self.last.pop(key, None)
         self.mtimes.pop(key, None)
+        self.starting.discard(key)
 
     def hung(self):
-        """[(key, silent seconds)] of the sources silent for longer than `hang_s`, each reported once."""
+        """[(key, silent seconds)] of the sources silent for longer than their limit (`hang_s`; `startup_s`
+        while starting), each reported once."""
         if self.hang_s is None:
             return []
         now, found = self.clock(), []
         for key, last in self.last.items():
-            if key not in self.reported and now - last > self.hang_s:
+            limit = self.startup_s if key in self.starting else self.hang_s
+            if key not in self.reported and now - last > limit:
                 self.reported.add(key)
                 found.append((key, round(now - last, 1)))
         return found
@@ -159,18 +179,18 @@ class Tail:
         self.rest = b""
 
     def poll(self, out):
-        """Frame what the file gained into `out`; whether it gained anything."""
+        """Frame what the file gained into `out`; the bytes it gained (empty: nothing)."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read(READ_CHUNK * 4)
         except OSError:
-            return False
+            return b""
         if not data:
-            return False
+            return b""
         self.offset += len(data)
         self.rest = whole_lines(b"t", self.index, self.rest, data, out)
-        return True
+        return data
 
     def close(self, out):
         self.poll(out)
@@ -230,7 +250,9 @@ class ProcSet:
         self.doc = doc
         self.attempt = doc.get("attempt")
         self.grace = float(doc.get("grace", 5.0))
-        self.hangs = HangRule(doc.get("hang_s"), time.monotonic)
+        self.hangs = HangRule(doc.get("hang_s"), time.monotonic, doc.get("startup_s"))
+        #: What marks a progress line (a step done) in a process's output: its start-up is over.
+        self.progress_mark = (doc.get("progress") or "").encode("utf-8")
         self.procs = [Proc(i, p) for i, p in enumerate(doc.get("processes", ()))]
         self.tails = [Tail(i, t) for i, t in enumerate(doc.get("tails", ()))]
         for t in self.tails:
@@ -334,8 +356,17 @@ class ProcSet:
             del self.by_fd[fd]
             p.open_fds.pop(fd).close()
             return
-        self.hangs.output(("p", p.index))
+        self.saw(("p", p.index), self.buffers[fd], data)
         self.buffers[fd] = whole_lines(kind, p.index, self.buffers[fd], data, self.out)
+
+    def saw(self, key, before, data):
+        """Output `data` (after `before`, the unfinished line so far) of source `key`: a sign of life, and
+        the end of its start-up when it holds the progress mark."""
+        mark = self.progress_mark
+        if mark and self.hangs.is_starting(key) and mark in before[-len(mark):] + data:
+            self.hangs.progressed(key)
+        else:
+            self.hangs.output(key)
 
     # -- exits
 
@@ -386,6 +417,8 @@ class ProcSet:
         for i, tail in self.metrics.items():
             if index is None or i == index:
                 for record in tail.poll():
+                    if record.get("event") == "first_step":
+                        self.hangs.progressed(("p", i))
                     self.emit("workload", i=i, record=record)
 
     # -- stopping
@@ -475,8 +508,10 @@ class ProcSet:
         if self.tails and mono >= self.next_tail:
             self.next_tail = mono + TAIL_POLL_S
             for t in self.tails:
-                if t.poll(self.out):
-                    self.hangs.output(("t", t.index))
+                before = t.rest
+                data = t.poll(self.out)
+                if data:
+                    self.saw(("t", t.index), before, data)
         if mono >= self.next_hang:
             self.next_hang = mono + HANG_POLL_S
             self.check_hangs()

@@ -503,13 +503,15 @@ def _parse_restart(c: Checker, raw: Any) -> RestartPolicy:
 
 
 def _parse_health(c: Checker, raw: Any) -> HealthPolicy:
-    h = c.mapping(raw, "health", ("interval_s", "hang_timeout_s", "min_free_disk_gb", "check_devices",
-                                  "preflight", "straggler_factor", "straggler_window"))
+    h = c.mapping(raw, "health", ("interval_s", "hang_timeout_s", "startup_timeout_s", "min_free_disk_gb",
+                                  "check_devices", "preflight", "straggler_factor", "straggler_window"))
     d = HealthPolicy()
     hang = h.get("hang_timeout_s")
     return HealthPolicy(
         interval_s=c.number(h.get("interval_s", d.interval_s), "health.interval_s", strict=True),
         hang_timeout_s=None if hang is None else c.number(hang, "health.hang_timeout_s", strict=True),
+        startup_timeout_s=c.number(h.get("startup_timeout_s", d.startup_timeout_s),
+                                   "health.startup_timeout_s", strict=True),
         min_free_disk_gb=c.number(h.get("min_free_disk_gb", d.min_free_disk_gb), "health.min_free_disk_gb"),
         check_devices=c.boolean(h.get("check_devices", d.check_devices), "health.check_devices"),
         preflight=c.boolean(h.get("preflight", d.preflight), "health.preflight"),

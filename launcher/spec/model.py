@@ -144,7 +144,9 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class HealthPolicy:
-    """Preflight and periodic health checks; `hang_timeout_s` None disables hang detection.
+    """Preflight and periodic health checks; `hang_timeout_s` None disables hang detection. A rank that
+    has not made its first step (start-up: imports, cluster formation, first graph compile) may be silent
+    for `startup_timeout_s` (at least `hang_timeout_s`) instead.
 
     A rank whose step time stays above `straggler_factor` times the median of the others for
     `straggler_window` consecutive steps is reported as a straggler.
@@ -152,6 +154,7 @@ class HealthPolicy:
 
     interval_s: float = 10.0
     hang_timeout_s: Optional[float] = None
+    startup_timeout_s: float = 600.0
     min_free_disk_gb: float = 1.0
     check_devices: bool = True
     preflight: bool = True

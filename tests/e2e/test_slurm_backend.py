@@ -4,7 +4,9 @@ Inside an allocation (`salloc -N2 refinenet-launch ...`): r1 with one rank on ea
 folders (`workdir: .../{node}`), a rank SIGKILLed after the first checkpoint and the job restarted in the
 same allocation from that checkpoint. Through `submit`: status and `logs --follow` until SUCCEEDED on
 shared storage (one checkpoint writer), `stop` of a running and of a queued job, the time limit named when
-it ends a job, and the inputs refused with exit 2 before anything is submitted or started. Also files,
+it ends a job, SIGUSR1 to the batch script (as `--signal=B:USR1@S` sends it before the time limit) saving
+and stopping the job and `resume` finishing it in a new allocation, and the inputs refused with exit 2
+before anything is submitted or started. Also files,
 commands and signals on a node through srun, and an Ascend rank table from hccn.conf read on each node.
 """
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import List
 
 import pytest
 
+from tests.harness import metrics
 from tests.harness.checkpoints import saved_epochs as saved
 from tests.harness.cli import cli, launcher_argv
 from tests.harness.clusters import TINY_R1, cluster_file
+from tests.harness.environment import REPO
 from tests.harness.launched import LaunchedJob
 from tests.harness.procs import cmdline, tagged
 from tests.harness.waiting import wait_until
@@ -176,6 +180,45 @@ def test_the_time_limit_is_named_when_it_ends_the_job(tmp_path, train_list, slur
     assert "time limit" in cli("status", "limited", "--runs-dir", str(runs), env=env, cwd=tmp_path).stdout
     wait_for("Slurm to end the job", lambda: no_slurm_jobs(slurm_cluster), 60)
     assert tagged("limited") == []
+
+
+def test_sigusr1_to_the_batch_script_saves_and_resume_finishes_in_a_new_allocation(
+        tmp_path, train_list, slurm_cluster, env):
+    cluster = slurm_cluster_file(tmp_path, train_list, epochs=1)
+    runs, job_id, steps = tmp_path / "runs", "usr1", 40
+    program = [sys.executable, str(REPO / "docs" / "examples" / "train_any.py"), "--steps", str(steps),
+               "--save-every", "10", "--step-s", "0.2"]
+    out = cli("submit", "--cluster", str(cluster), "--runs-dir", str(runs), "--job-id", job_id, "--",
+              *program, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    slurm_id = record(runs / job_id)["slurm"]["job_id"]
+    files = [tmp_path / "nodes" / node / "out" / "command" / "metrics" / f"rank_{rank}.jsonl"
+             for rank, node in enumerate(("n1", "n2"))]
+    wait_for("step 12 on both nodes", lambda: all(metrics.steps(f)[-1:] and metrics.steps(f)[-1]["step"] >= 12
+                                                  for f in files))
+    # What Slurm does at `--signal=B:USR1@S` (submit asks for it, slurm.save_before_s), now.
+    assert slurm_cluster.run("scancel", "--batch", "--signal=USR1", slurm_id).returncode == 0
+    wait_for("the job to stop", lambda: record(runs / job_id).get("state") in FINAL, timeout=120)
+    stopped = record(runs / job_id)
+    assert stopped["state"] == "STOPPED", stopped["message"]
+    assert "SIGUSR1 received (the Slurm allocation's time limit is near)" in stopped["message"]
+    saved = [metrics.events(f, "saved_on_request") for f in files]
+    assert all(len(events) == 1 for events in saved), saved
+    step = saved[0][0]["step"]
+    assert saved[1][0]["step"] == step and 12 <= step < steps, saved
+    name = f"refinenet-{(step - 1) // 10 + 1}_{(step - 1) % 10 + 1}.ckpt"
+    assert f"the ranks saved {name} after global step {step}" in stopped["message"], stopped["message"]
+    wait_for("Slurm to end the job", lambda: no_slurm_jobs(slurm_cluster), 60)
+
+    resumed = cli("resume", job_id, "--runs-dir", str(runs), env=env, cwd=tmp_path, timeout=300,
+                  wrap=salloc(2))
+    assert resumed.returncode == 0, resumed.stderr
+    final = record(runs / job_id)
+    assert final["state"] == "SUCCEEDED" and len(final["attempts"]) == 2, final["message"]
+    assert final["slurm"]["job_id"] != slurm_id, final["slurm"]
+    for f in files:  # every step computed once: up to the saved one, then from the next one on
+        assert [r["step"] for r in metrics.steps(f)] == list(range(1, steps + 1)), f
+    assert tagged(job_id) == []
 
 
 def test_refused_before_anything_is_submitted_or_started(tmp_path, train_list, slurm_cluster, env):

@@ -8,7 +8,7 @@ is merged over those values (`quick=False`: none of them).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -18,6 +18,18 @@ TIMEOUTS = {"cluster_s": 60, "heartbeat_s": 10, "stop_grace_s": 3}
 #: r1 of a ResNet-18 RefineNet small enough for CPU tests: crop 33, batch 1 per rank, 3 epochs.
 TINY_R1 = {"depth": 18, "crop-size": 33, "batch-size": 1, "epochs": 3, "save-epochs": 1, "seed": 1,
            "workers": 1, "base-lr": 0.002, "mode": "pynative"}
+
+
+def stage_args(overrides: Mapping[str, Any]) -> List[str]:
+    """`job.stage_overrides` of a stage as the launcher passes them to its ranks: `--name value`, a bare
+    `--name` for true, nothing for false or null (a training rank's own command line, e.g. a reference
+    run of the same configuration without the launcher)."""
+    args: List[str] = []
+    for name, value in overrides.items():
+        if value is None or value is False:
+            continue
+        args += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return args
 
 
 def local_host(workdir: Union[str, Path], *, name: str = "local", ranks: int = 1,

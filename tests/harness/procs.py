@@ -82,6 +82,21 @@ def tagged(job_id: str) -> List[int]:
     return found
 
 
+def ssh_server(pid: int) -> Optional[str]:
+    """The address of the SSH server whose login started the process (its inherited SSH_CONNECTION: a
+    simulated host's agent and everything it starts have one), None for a process of no SSH login."""
+    for item in (_environ(pid) or b"").split(b"\0"):
+        if item.startswith(b"SSH_CONNECTION="):
+            fields = item.split(b"=", 1)[1].split()
+            return fields[2].decode() if len(fields) == 4 else None
+    return None
+
+
+def tagged_on(job_id: str, address: str) -> List[int]:
+    """The job's live processes on the simulated SSH host at `address`."""
+    return [pid for pid in tagged(job_id) if ssh_server(pid) == address]
+
+
 def snapshot(job_id: str) -> Set[Identity]:
     """Identities of the job's live processes."""
     return {i for i in map(identity, tagged(job_id)) if i}

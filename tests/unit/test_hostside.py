@@ -72,6 +72,42 @@ def test_no_hang_s_means_no_hang_and_a_forgotten_source_is_never_hung():
     assert rule.hung() == []
 
 
+def test_before_its_first_step_a_source_has_the_start_up_allowance():
+    clock = Clock()
+    rule = agent.HangRule(5, clock, startup_s=60)
+    rule.watch("a")
+    rule.watch("b")
+    clock.now += 30
+    rule.output("a")  # a line that is no step: still starting
+    assert rule.hung() == [] and rule.is_starting("a")
+    rule.progressed("b")
+    clock.now += 5.5
+    assert rule.hung() == [("b", 5.5)]
+    clock.now += 55
+    assert rule.hung() == [("a", 60.5)]
+    short = agent.HangRule(5, clock, startup_s=1)  # never below the hang timeout
+    short.watch("c")
+    clock.now += 4
+    assert short.hung() == []
+    assert agent.HangRule(None, clock, startup_s=60).startup_s is None
+
+
+def test_a_progress_line_or_first_step_event_ends_the_start_up(tmp_path):
+    metrics = tmp_path / "rank_1.jsonl"
+    doc = {"attempt": 1, "hang_s": 2, "startup_s": 100, "progress": "loss is",
+           "processes": [{"name": "r0", "argv": ["true"], "watch": True},
+                         {"name": "r1", "argv": ["true"], "watch": True, "metrics": str(metrics)}]}
+    procs = agent.ProcSet(doc, [])
+    for key in (("p", 0), ("p", 1)):
+        procs.hangs.watch(key)
+    procs.saw(("p", 0), b"epoch: 1 step: 1, los", b"s is 0.5\n")
+    assert not procs.hangs.is_starting(("p", 0)) and procs.hangs.is_starting(("p", 1))
+    metrics.write_text(json.dumps({"event": "first_step", "time": 1.0}) + "\n")
+    procs.forward_metrics()
+    assert not procs.hangs.is_starting(("p", 1))
+    assert b'"event": "workload"' in procs.out[-1]
+
+
 def test_stop_phases_have_names():
     phases = {agent.StopPhase.FIRST_SIGNAL, agent.StopPhase.TERM, agent.StopPhase.KILL}
     assert len(phases) == 3 and all(isinstance(p, str) and p for p in phases)

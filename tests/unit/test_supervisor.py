@@ -23,7 +23,7 @@ from launcher.jobs import JobDir
 from launcher.recovery import WARM_WAIT, Recovery
 from launcher.spec.load import parse_cluster
 from launcher.states import JobState, RankState
-from launcher.supervisor import HealthWatch, Supervisor
+from launcher.supervisor import HealthWatch, Supervisor, describe_saved
 from launcher.transport.base import CommandResult, HostError, HostInfo, SweepResult, Transport
 from tests.harness.specs import factory_of, failure
 
@@ -332,8 +332,8 @@ class FakeHosts:
     def record_exclusion(self, name, reason, job_id, out) -> None:
         self.events.append(("excluded", name))
 
-    def warm(self, names) -> None:
-        self.events.append(("warm", tuple(names)))
+    def warm(self, processes) -> None:
+        self.events.append(("warm", tuple(processes)))
 
 
 def ckpt(host: str, epoch: int, steps: int = 4) -> dict:
@@ -674,13 +674,13 @@ def test_a_host_that_cannot_be_scanned_costs_a_restart_not_the_progress(tmp_path
     cluster = Cluster(scripts={(1, "r0"): Script(exit_after=0.05, code=1),
                                (3, "r0"): succeed(), (3, "r1"): succeed()},
                       unreachable_scan={"b"})
+    cluster.scans[(1, "a")] = ([ckpt("a", 1)], "")
+    cluster.scans[(1, "b")] = ([ckpt("b", 1)], "")
     run = make_run(tmp_path, cluster, max_restarts=2)
 
-    def heal(seconds):
+    def heal(seconds):  # b can be reached again (the resume point is looked for during, or after, this wait)
         if len(run.waits) == 2:
             cluster.unreachable_scan.clear()
-            cluster.scans[(1, "a")] = ([ckpt("a", 1)], "")
-            cluster.scans[(1, "b")] = ([ckpt("b", 1)], "")
         return False
 
     run.supervisor._wait = lambda s: (run.waits.append(s), heal(s))[1]
@@ -767,3 +767,28 @@ def test_a_hang_takes_every_ranks_stack_and_names_the_rank_stuck_elsewhere(tmp_p
     assert "stacks: rank 1 on b: in `load_batch` (train.py:7)" in failure.reason
     folders = list((run.job.path / "stacks").iterdir())
     assert len(folders) == 1 and (folders[0] / "summary.txt").read_text().startswith("rank 1 on b")
+
+
+def test_a_hang_is_blamed_on_the_stuck_rank_when_a_waiting_one_fell_silent_first(tmp_path):
+    # r0 is silent from the start, r1 from 0.3 s on: the hang check fires on r0 first
+    cluster = Cluster(scripts={(1, "r0"): Script(lines=[(0.0, "waiting")]),
+                               (1, "r1"): Script(lines=[(0.3, "loading")]),
+                               (2, "r0"): succeed(), (2, "r1"): succeed()})
+    cluster.stuck = "r1"
+    run = make_run(tmp_path, cluster, hang_timeout_s=0.4)
+    assert run_to_end(run) == JobState.SUCCEEDED
+    failure = run.job.read().attempts[0].failure
+    assert (failure.kind, failure.rank, failure.host) == (FailureKind.HANG, 1, "b")
+    assert "stacks: rank 1 on b: in `load_batch` (train.py:7)" in failure.reason
+    assert failure.reason.endswith("(the hang check fired on rank 0 on a first)")
+    assert failure.log_tail == ("loading",)
+
+
+def test_the_checkpoint_saved_on_request_is_named_with_its_step():
+    writer = {"event": "saved_on_request", "step": 14, "epoch": 2, "epoch_step": 4,
+              "checkpoint": "/w/a/out/r1/ckpt/refinenet-2_4.ckpt"}
+    other = dict(writer, checkpoint=None)
+    assert describe_saved([writer, other]) == "refinenet-2_4.ckpt after global step 14 (epoch 2 step 4)"
+    assert describe_saved([other, dict(other, step=15)]) == \
+        "a checkpoint after global steps 14, 15 (the ranks disagree)"
+    assert describe_saved([]) == "a checkpoint"
