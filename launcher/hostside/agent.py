@@ -89,12 +89,9 @@ class Command:
 
     def read(self, fd):
         stream, chunks = self.fds[fd]
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
+        data = procs.read_ready(fd, READ_CHUNK)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             stream.close()
             del self.fds[fd]
@@ -530,24 +527,13 @@ class Agent:
         self.lease = self.ticket = None
 
 
-def read_document():
-    data = b""
-    while b"\n" not in data:
-        chunk = os.read(0, 1 << 20)
-        if not chunk:
-            raise SystemExit("refinenet-agent: stdin closed before the job document")
-        data += chunk
-    line, rest = data.split(b"\n", 1)
-    return json.loads(line.decode("utf-8")), rest
-
-
 def agent_mode(args):
     """`agent`: the host agent of the job document that follows on stdin; 0 once everything is gone."""
     if args:
         os.write(2, b"usage: agent  (job document on stdin)\n")
         return 2
     procs.become_subreaper()
-    job, rest = read_document()
+    job, rest = procs.read_json_line(0, "refinenet-agent: the job document")
     agent = Agent(job)
     agent.control = rest
     return agent.run()

@@ -26,7 +26,6 @@ Mode `kill PGID SIGNAL [NAME=VALUE]`: send SIGNAL to process group PGID; with NA
 live process of the group has exactly that variable in its environment. Exit 0 when signalled, 1
 when there is no such (tagged) group, 4 when not permitted, 2 for bad usage.
 """
-import json
 import os
 import select
 import signal
@@ -204,25 +203,13 @@ class Guard:
         return exit_status(status)
 
 
-def read_header():
-    """The first line of stdin as JSON, and the bytes read past it."""
-    data = b""
-    while b"\n" not in data:
-        chunk = os.read(0, 65536)
-        if not chunk:
-            raise SystemExit("refinenet exec: stdin closed before the command header")
-        data += chunk
-    line, rest = data.split(b"\n", 1)
-    return json.loads(line.decode("utf-8")), rest
-
-
 def exec_mode(args):
     """`exec`: run the command of the header on stdin under supervision; the guard's exit code."""
     if args:
         sys.stderr.write("usage: exec  (header on stdin)\n")
         return USAGE
     procs.become_subreaper()
-    header, rest = read_header()
+    header, rest = procs.read_json_line(0, "refinenet exec: the command header")
     guard = Guard(header)
     wake_r, wake_w = os.pipe()
     for fd in (wake_r, wake_w):

@@ -3,6 +3,7 @@
 One copy of each helper for every program that runs on a host (the guard, the agent, the sweep).
 Linux /proc; where it is missing `process_table` says so with None and callers fall back on signals.
 """
+import json
 import os
 import signal
 import time
@@ -160,3 +161,26 @@ def write_all(fd, data):
             view = view[os.write(fd, view):]
         except InterruptedError:
             continue
+
+
+def read_ready(fd, size=1 << 16):
+    """What a non-blocking `fd` has now: bytes, b"" at its end (or a read error), None when nothing yet."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
+def read_json_line(fd, what):
+    """The first line read from `fd` as JSON, and the bytes read past it; SystemExit naming `what` when
+    the stream ends before it."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            raise SystemExit(f"{what}: stdin closed before it")
+        data += chunk
+    line, rest = data.split(b"\n", 1)
+    return json.loads(line.decode("utf-8")), rest

@@ -343,12 +343,9 @@ class ProcSet:
 
     def read_fd(self, fd):
         p, kind = self.by_fd[fd]
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
+        data = procs.read_ready(fd, READ_CHUNK)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             rest = self.buffers.pop(fd, b"")
             if rest:
