@@ -16,6 +16,7 @@ import sys
 import time
 from typing import IO, Dict, Optional
 
+from launcher.commands.args import count, seconds
 from launcher.errors import BadInput
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -30,31 +31,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--cluster", required=True, metavar="FILE",
                         help="cluster file (YAML) or the name of a shipped one, e.g. ssh-cpu")
     parser.add_argument("--json", action="store_true", help="one JSON object (with --watch: one per line)")
-    parser.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_S, type=_seconds, metavar="SECONDS",
+    parser.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_S, type=seconds, metavar="SECONDS",
                         help=f"read again every SECONDS (default {DEFAULT_WATCH_S:g}) until Ctrl-C")
-    parser.add_argument("--iterations", type=_count, metavar="N",
+    parser.add_argument("--iterations", type=count, metavar="N",
                         help="with --watch: stop after N readings")
     return parser
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds > 0")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is less than 1")
-    return value
 
 
 def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:

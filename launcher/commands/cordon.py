@@ -20,6 +20,7 @@ import sys
 import time
 from typing import IO, Any, Dict, Optional
 
+from launcher.commands.args import seconds
 from launcher.errors import BadInput, HostError
 
 DESCRIPTIONS = {
@@ -39,20 +40,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     if name in ("cordon", "drain"):
         parser.add_argument("--reason", metavar="TEXT", help="why (shown to everyone who meets the cordon)")
     if name == "drain":
-        parser.add_argument("--timeout", type=_seconds, metavar="S",
+        parser.add_argument("--timeout", type=seconds, metavar="S",
                             help="give up waiting after S seconds (exit 1; the host stays cordoned)")
     parser.set_defaults(action=name)
     return parser
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds > 0")
-    return value
 
 
 def run(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:

@@ -18,7 +18,7 @@ import pytest
 
 from launcher.hostside import hoststate
 from tests.harness.procs import alive, gone_within
-from tests.harness.sharing import SharedHosts, make_machine, overlaps, remove, shared_root
+from tests.harness.sharing import SharedHosts, overlaps, shared_hosts
 
 pytestmark = pytest.mark.e2e
 
@@ -28,13 +28,8 @@ FREE_WITHIN_S = 2.0
 
 @pytest.fixture(scope="module")
 def shared():
-    root = shared_root("sharing-faults-")
-    machines = [make_machine(root, "laptop"), make_machine(root, "desktop")]
-    try:
-        with SharedHosts(root, machines, base="127.0.6.") as hosts:
-            yield hosts
-    finally:
-        remove(root)
+    with shared_hosts("sharing-faults-", "127.0.6.") as hosts:
+        yield hosts
 
 
 def records_of(shared: SharedHosts, job_id: str, event: str = "start"):

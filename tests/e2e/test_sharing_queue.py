@@ -23,7 +23,7 @@ import time
 import pytest
 
 from tests.harness.procs import tagged
-from tests.harness.sharing import SharedHosts, make_machine, overlaps, remove, shared_root
+from tests.harness.sharing import SharedHosts, overlaps, shared_hosts
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +32,8 @@ HOSTS = ("host-1", "host-2", "host-3")
 
 @pytest.fixture(scope="module")
 def shared():
-    root = shared_root("sharing-queue-")
-    machines = [make_machine(root, "laptop"), make_machine(root, "desktop")]
-    try:
-        with SharedHosts(root, machines, base="127.0.5.") as hosts:
-            yield hosts
-    finally:
-        remove(root)
+    with shared_hosts("sharing-queue-", "127.0.5.") as hosts:
+        yield hosts
 
 
 def held_by(shared: SharedHosts, job_id: str):

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.harness.sharing import SharedHosts, make_machine, overlaps, remove, shared_root
+from tests.harness.sharing import SharedHosts, overlaps, shared_hosts
 from tests.harness.users import login_user
 
 pytestmark = pytest.mark.e2e
@@ -25,13 +25,9 @@ USER = "rnl-carol"
 
 @pytest.fixture(scope="module")
 def shared():
-    root = shared_root("sharing-users-")
-    machines = [make_machine(root, "root-laptop"), make_machine(root, "carol-laptop", user=login_user(USER))]
-    try:
-        with SharedHosts(root, machines, base="127.0.7.") as hosts:
-            yield hosts
-    finally:
-        remove(root)
+    machines = (("root-laptop", None), ("carol-laptop", login_user(USER)))
+    with shared_hosts("sharing-users-", "127.0.7.", machines) as hosts:
+        yield hosts
 
 
 def starts_of(shared: SharedHosts, job_id: str):

@@ -13,6 +13,7 @@ time) to one records file: `overlaps` finds two jobs on one device at once.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import itertools
 import json
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from launcher.hostside import hoststate
 from tests.harness.clusters import cluster_file
@@ -231,3 +232,17 @@ def shared_root(prefix: str) -> Path:
 
 def remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def shared_hosts(prefix: str, base: str, machines: Sequence[Tuple[str, Optional[User]]] = (
+        ("laptop", None), ("desktop", None))) -> Iterator[SharedHosts]:
+    """`SharedHosts` on addresses `base`1.. for launcher machines (name, user; None: this process's),
+    under a new folder that goes with them."""
+    root = shared_root(prefix)
+    try:
+        made = [make_machine(root, name, user) for name, user in machines]
+        with SharedHosts(root, made, base=base) as hosts:
+            yield hosts
+    finally:
+        remove(root)
