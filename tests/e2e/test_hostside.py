@@ -256,10 +256,11 @@ def test_a_copy_whose_pipe_cannot_log_in_goes_through_the_launcher(tmp_path):
 
 
 class DiskFull(LocalTransport):
-    """A host whose writer fails half-way."""
+    """A host whose writer fails half-way: after the host program (on its stdin first) and 100 kB."""
 
     def program_command(self, mode, *args):
-        return ["sh", "-c", "head -c 100000 >/dev/null; echo 'No space left on device' >&2; exit 3"]
+        taken = len(host_stdin()) + 100000
+        return ["sh", "-c", f"head -c {taken} >/dev/null; echo 'No space left on device' >&2; exit 3"]
 
 
 def test_a_piped_copy_names_the_writer_when_it_failed_first(tmp_path):
