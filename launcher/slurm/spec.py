@@ -6,6 +6,7 @@ import re
 from typing import Any, Tuple
 
 from launcher.backends.traits import ALLOCATION_RANK_BACKENDS, traits
+from launcher.slurm.text import time_limit_seconds
 from launcher.spec.fields import NAME, Checker, LocalDefaults, abs_path, kind, parse_devices, sub
 from launcher.spec.model import DEFAULT_HCCN_CONF, HostSpec, SlurmSpec
 
@@ -57,6 +58,13 @@ def parse_slurm(c: Checker, top: dict, device: str, defaults: LocalDefaults) -> 
         if device != "ascend":
             raise c.fail("slurm.hccn_conf", "only for device ascend")
         hccn_conf = abs_path(c, s["hccn_conf"], "slurm.hccn_conf")
+    save_before_s = c.integer(s.get("save_before_s", 300), "slurm.save_before_s", lo=0, hi=86400)
+    limit_s = None if time_limit is None else time_limit_seconds(time_limit)
+    if save_before_s and limit_s is not None and save_before_s >= limit_s:
+        given = "" if "save_before_s" in s else " (its default)"
+        raise c.fail("slurm.save_before_s", f"{save_before_s} s{given} is not less than slurm.time_limit "
+                                            f"{time_limit} ({limit_s} s): the save would be asked for at the "
+                                            f"start; set it lower, or 0 for no save before the time limit")
     return SlurmSpec(
         nodes=nodes, devices=devices, ranks_with=ranks_with,
         python=c.string(s.get("python", defaults.python), "slurm.python"), workdir=workdir,
@@ -67,8 +75,7 @@ def parse_slurm(c: Checker, top: dict, device: str, defaults: LocalDefaults) -> 
                                                                "an account name"),
         sbatch_options=option_list(c, s.get("sbatch_options"), "slurm.sbatch_options"),
         srun_options=option_list(c, s.get("srun_options"), "slurm.srun_options"),
-        hccn_conf=hccn_conf,
-        save_before_s=c.integer(s.get("save_before_s", 300), "slurm.save_before_s", lo=0, hi=86400))
+        hccn_conf=hccn_conf, save_before_s=save_before_s)
 
 
 def option_list(c: Checker, raw: Any, where: str) -> Tuple[str, ...]:

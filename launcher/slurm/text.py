@@ -207,3 +207,18 @@ def parse_sbatch_job_id(text: str) -> int:
         if match:
             return int(match.group(1))
     raise ValueError(f"no job id in sbatch output: {text.strip()[:200]!r}")
+
+
+def time_limit_seconds(text: str) -> Optional[int]:
+    """A time limit as sbatch `--time` takes it, in seconds: MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS,
+    DAYS-HOURS, DAYS-HOURS:MINUTES, DAYS-HOURS:MINUTES:SECONDS; None for UNLIMITED or infinite."""
+    text = text.strip()
+    if text in ("UNLIMITED", "infinite"):
+        return None
+    days, dash, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if dash:
+        units = (3600, 60, 1)[:len(parts)]  # after a day count: hours, then minutes, then seconds
+        return int(days) * 86400 + sum(p * u for p, u in zip(parts, units))
+    units = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(parts)]
+    return sum(p * u for p, u in zip(parts, units))

@@ -91,8 +91,9 @@ def test_the_report_renders_in_a_browser_with_every_section(finished_job, child_
     assert made.returncode == 0, made.stderr
     html_path = Path(made.stdout.strip())
     assert html_path == out / "report.html"
-    assert sorted(p.name for p in out.glob("*.png")) == [
-        "attempts.png", "eval_iou.png", "health.png", "loss.png", "step_time.png", "throughput.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [  # recovery_1: what attempt 1's failure cost
+        "attempts.png", "eval_iou.png", "health.png", "loss.png", "recovery_1.png", "step_time.png",
+        "throughput.png"]
 
     dom = _chromium("--dump-dom", html_path.as_uri(), user_dir=tmp_path / "chrome-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -105,6 +106,9 @@ def test_the_report_renders_in_a_browser_with_every_section(finished_job, child_
     assert "batch size is not set" not in found["throughput"]
     assert "FAILED" in found["attempts"] and "rank 0 on local" in found["attempts"]
     assert "exit code 3" in found["attempts"] and "rank 0 fails once" in found["attempts"]
+    # the attempts' timeline, and attempt 1's failure phase by phase (a figure and a table)
+    assert len(re.findall(r"<img ", found["attempts"])) == 2
+    assert all(f"<td>{phase}</td>" in found["attempts"] for phase in ("detect", "teardown", "first step"))
     assert "local" in found["stragglers"] and "mean IoU 0.42" in found["eval"]
 
     shot = tmp_path / "report.png"

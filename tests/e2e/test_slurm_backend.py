@@ -166,7 +166,7 @@ def test_stop_of_a_running_and_of_a_queued_submitted_job(tmp_path, train_list, s
 
 
 def test_the_time_limit_is_named_when_it_ends_the_job(tmp_path, train_list, slurm_cluster, env):
-    cluster = slurm_cluster_file(tmp_path, train_list, epochs=1, time_limit="1")
+    cluster = slurm_cluster_file(tmp_path, train_list, epochs=1, time_limit="1", save_before_s=0)
     runs = tmp_path / "runs"
     sleeper = [sys.executable, "-c", "import time; print('rank up', flush=True); time.sleep(600)"]
     out = cli("submit", "--cluster", str(cluster), "--runs-dir", str(runs), "--job-id",

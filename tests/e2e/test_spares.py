@@ -5,7 +5,8 @@ by. b's `python` kills its training process as soon as the attempt has written i
 there, every time. With `restart.exclude_after: 2`, b is the root cause twice, is excluded, and the
 third attempt runs on a and c: the checkpoint it resumes from is copied from a to c through the
 transports and verified on c. The job ends 0, its final checkpoint on c equals (bit for bit) the one
-an uninterrupted run of the same job writes, and `status` shows b excluded with the reason.
+an uninterrupted run of the same job writes, and `status` shows b excluded with the reason. Restarts
+start cold: a warm interpreter would run b's training without b's `python`.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def cluster(path: Path, hosts, spares, out: str, data: Path) -> Path:
     return cluster_file(path, hosts, spares=spares, name="spares",
                         job={"data": str(data), "output_dir": out, "stage_overrides": {"r1": dict(TINY_R1)}},
                         restart={"max_restarts": 3, "backoff_s": 0.5, "backoff_max_s": 0.5,
-                                 "exclude_after": 2},
+                                 "exclude_after": 2, "warm_start": False},
                         health={"interval_s": 10})
 
 

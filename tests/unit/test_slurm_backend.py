@@ -78,6 +78,16 @@ def test_slurm_section_gives_placeholder_hosts_and_the_rank_backend():
         ),
         ({"slurm": {"nodes": 2, "ranks_per_node": 1, "workdir": "/x/{host}"}}, "slurm.workdir", "{node}"),
         (
+            {"slurm": {"nodes": 2, "ranks_per_node": 1, "time_limit": "5"}},
+            "slurm.save_before_s",
+            "300 s (its default) is not less than slurm.time_limit 5 (300 s)",
+        ),
+        (
+            {"slurm": {"nodes": 2, "ranks_per_node": 1, "time_limit": "0:01:30", "save_before_s": 120}},
+            "slurm.save_before_s",
+            "120 s is not less than slurm.time_limit 0:01:30 (90 s)",
+        ),
+        (
             {"slurm": {"nodes": 2, "ranks_per_node": 1, "ranks_with": "rank_table"}},
             "slurm.ranks_with",
             "ascend",

@@ -16,6 +16,7 @@ from launcher.slurm.text import (
     parse_sbatch_job_id,
     parse_task_failures,
     time_limit_hit,
+    time_limit_seconds,
 )
 
 SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "slurm"
@@ -167,3 +168,9 @@ def test_parse_sbatch_job_id(text, job_id):
 def test_parse_sbatch_job_id_refuses_other_text(text):
     with pytest.raises(ValueError):
         parse_sbatch_job_id(text)
+
+
+def test_time_limits_in_every_sbatch_form():
+    forms = {"30": 1800, "2:30": 150, "1:00:05": 3605, "1-0": 86400, "1-2": 93600, "1-2:3": 93780,
+             "2-0:0:7": 172807, "UNLIMITED": None, "infinite": None}
+    assert {text: time_limit_seconds(text) for text in forms} == forms
