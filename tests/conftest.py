@@ -30,3 +30,22 @@ def child_env() -> dict:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+def _machine_state() -> set:
+    from launcher.spec.model import DEFAULT_STATE_DIR
+
+    try:
+        return {p.name for p in Path(DEFAULT_STATE_DIR).iterdir()}
+    except OSError:
+        return set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_state_untouched():
+    """No test leaves leases, cordons or excluded hosts in this machine's default state directory, where
+    they would hold back the user's own jobs (tests give their hosts a state directory of their own)."""
+    before = _machine_state()
+    yield
+    left = sorted(_machine_state() - before)
+    assert not left, f"tests left records in the machine's host state: {left}"

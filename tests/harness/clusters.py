@@ -58,7 +58,8 @@ def cluster_file(path: Path, hosts: Sequence[Mapping[str, Any]] = (), *, name: s
     """Write the cluster file `path` and return it. `job` defaults to `train.lst` into `out`; `lists` are
     input files written into each host's workdir, made if missing (a stand-in reads none, the host check
     wants them); `top` adds or replaces other top-level sections (`master`, `launch`, `slurm`, ...).
-    `quick=False` writes the sections given and nothing else (the launcher's own defaults apply)."""
+    `quick=False` writes the sections given and nothing else (the launcher's own defaults apply, the
+    hosts' state in the machine's default `sharing.state_dir` among them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     entries, lists = [dict(h) for h in hosts], tuple(lists)
@@ -81,6 +82,8 @@ def cluster_file(path: Path, hosts: Sequence[Mapping[str, Any]] = (), *, name: s
     for section, value in (("job", job), ("restart", restart), ("health", health), ("timeouts", timeouts)):
         if value is not None:
             data[section] = dict(value)
+    if quick:  # the hosts' shared state (leases, cordons, excluded hosts) of this test, not the machine's
+        data["sharing"] = {"state_dir": str(path.parent / "host-state"), **(top.pop("sharing", None) or {})}
     data.update(top)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
