@@ -1,8 +1,9 @@
 """Choose where a restarted attempt resumes: the newest checkpoint that every host holds complete.
 
-Hosts share no filesystem: each host's checkpoint folder is scanned on that host
-(`python -m refinenet.manifest scan DIR --verify`, see docs/workload-contract.md) and the scans
-are intersected here. Pure functions, no I/O.
+Hosts share no filesystem: each host's checkpoint folder is scanned on that host (`python -m
+refinenet.manifest scan DIR`: manifests and sizes; see docs/workload-contract.md), the scans are
+intersected here, and only the chosen checkpoint is then verified against the digest recorded when it
+was written (`verify`). Pure functions, no I/O.
 """
 from __future__ import annotations
 
