@@ -346,8 +346,12 @@ def start_agent(transport: Transport, python: str, job: Mapping[str, Any]) -> Ho
     stream = transport.start_agent(agent_argv(python), agent_stdin(job))
     agent = HostAgent(transport.host, stream)
     if not agent.hello.wait(HELLO_TIMEOUT_S) or agent.ended.is_set():
+        silent = not agent.ended.is_set()
         agent.close()
-        detail = agent.lost_detail or f"no answer within {HELLO_TIMEOUT_S:g} s"
+        agent.wait(2.0)  # what it printed, if anything, is in lost_detail once its stream has ended
+        detail = agent.lost_detail or "it ended"
+        if silent:
+            detail = f"no answer within {HELLO_TIMEOUT_S:g} s ({detail})"
         raise HostError(transport.host, f"cannot start the host agent: {detail}")
     return agent
 

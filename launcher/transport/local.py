@@ -18,6 +18,7 @@ import time
 from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from launcher.hostside import files
+from launcher.hostside.procs import write_all
 from launcher.transport.base import CommandResult, HostError, HostInfo, SweepResult, Transport
 from launcher.transport.hostprog import host_argv, host_stdin
 from launcher.transport.modes import (
@@ -66,7 +67,7 @@ class LocalTransport(Transport):
             raise HostError(self.host, f"cannot start the host agent: {exc}") from exc
         stream = _PipeStream(proc)
         try:
-            proc.stdin.write(stdin)
+            stream.write(stdin)
         except OSError as exc:
             stream.close()
             raise HostError(self.host, f"cannot start the host agent: {exc}") from exc
@@ -178,7 +179,8 @@ class _PipeStream:
         return os.read(self._out, n)
 
     def write(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
+        # unbuffered: a pipe may take a large write in parts (a signal during it), so write the rest too
+        write_all(self.proc.stdin.fileno(), data)
 
     def close(self) -> None:
         try:
