@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.harness import standin  # noqa: E402
+from tests.harness.benchrun import run_in_folder  # noqa: E402
 from tests.harness.cli import launcher_argv  # noqa: E402
 from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
 from tests.harness.environment import child_env  # noqa: E402
@@ -178,28 +177,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     sizes = [int(k) for k in args.hosts.split(",") if k.strip()]
     if not sizes or min(sizes) < 1 or max(sizes) > 254 or min(args.ranks, args.repeat, args.launches) < 1:
         parser.error("--hosts takes 1..254 hosts; --ranks, --repeat and --launches at least 1")
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    root = Path(tempfile.mkdtemp(prefix="refinenet-cluster-view-"))
-    bench = Bench(args, root)
     rows: List[Row] = []
-    try:
+
+    def measure(bench: Bench) -> None:
         bench.start_servers(max(sizes))
         for hosts in sizes:
             rows.append(bench.measure(hosts))
             print(table(rows[-1:]), flush=True)
-    except KeyboardInterrupt:
-        print("interrupted: cleaning up", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        bench.cleanup()
-        if args.keep:
-            print(f"kept {root}", flush=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+
+    interrupted = run_in_folder("refinenet-cluster-view-", args.keep, lambda root: Bench(args, root), measure,
+                                Bench.cleanup)
+    if interrupted is not None:
+        return interrupted
     print("\n" + table(rows))
     return 0
 

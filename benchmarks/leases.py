@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from launcher.hostside import hoststate  # noqa: E402
 from tests.harness import standin  # noqa: E402
+from tests.harness.benchrun import load_line, raise_file_limit, run_in_folder  # noqa: E402
 from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
 from tests.harness.environment import child_env  # noqa: E402
 from tests.harness.hosts import ClientKey, login_home, start_servers, startup_trace, stop_servers  # noqa: E402
@@ -182,22 +180,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.hosts <= 254 or args.ranks < 1 or args.repeat < 1:
         parser.error("--hosts takes 1..254, --ranks and --repeat at least 1")
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max(4096, 64 * args.hosts * args.ranks)
-    wanted = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    root = Path(tempfile.mkdtemp(prefix="refinenet-leases-"))
-    bench = Bench(args, root)
+    raise_file_limit(max(4096, 64 * args.hosts * args.ranks))
     launches: List[Launch] = []
     pdsh: List[float] = []
-    try:
+
+    def measure(bench: Bench) -> None:
         bench.start()
         for number in range(1, args.repeat + 1):
             for leases in ((True, False) if number % 2 else (False, True)):
@@ -205,19 +192,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(report(launches[-1:], [], args).split("\n\n")[0].splitlines()[-1], flush=True)
             pdsh.append(bench.pdsh(number))
             print(f"pdsh round {number}: {pdsh[-1]:.2f} s", flush=True)
-    except KeyboardInterrupt:
-        print("interrupted: cleaning up", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        bench.cleanup()
-        if args.keep:
-            print(f"kept {root}", flush=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+
+    interrupted = run_in_folder("refinenet-leases-", args.keep, lambda root: Bench(args, root), measure,
+                                Bench.cleanup)
+    if interrupted is not None:
+        return interrupted
     print("\n" + report(launches, pdsh, args))
-    with contextlib.suppress(OSError):
-        load = os.getloadavg()
-        print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {os.cpu_count()} CPUs")
+    print("\n" + load_line())
     return 0
 
 

@@ -33,12 +33,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from refinenet.metrics_log import process_start_time  # noqa: E402
 from tests.harness import standin  # noqa: E402
+from tests.harness.benchrun import load_line, raise_file_limit, run_in_folder  # noqa: E402
 from tests.harness.clusters import cluster_file, ssh_host  # noqa: E402
 from tests.harness.environment import child_env  # noqa: E402
 from tests.harness.hosts import (  # noqa: E402
@@ -85,14 +83,6 @@ class Row:
     bashrc_runs: List[int] = field(default_factory=list)
     phases: Dict[str, Optional[float]] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
-
-
-def raise_file_limit(wanted: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def proc_usage(pid: int):
@@ -343,15 +333,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"file limit {limit}; hosts {sizes}, {args.ranks} ranks per host, "
           f"a step line every {args.step_s} s; load average {os.getloadavg()[0]:.1f} at the start",
           flush=True)
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    root = Path(tempfile.mkdtemp(prefix="refinenet-scale-"))
-    bench = Bench(args, root)
     rows: List[Row] = []
-    try:
+
+    def measure(bench: Bench) -> None:
         bench.start_servers(max(sizes))
         for hosts in sizes:
             started = time.monotonic()
@@ -360,21 +344,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{hosts} hosts x {args.ranks} ranks measured in {time.monotonic() - started:.0f} s",
                   flush=True)
             print(table([row]), flush=True)
-    except KeyboardInterrupt:
-        print("interrupted: cleaning up", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        bench.cleanup()
-        if args.keep:
-            print(f"kept {root}", flush=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+
+    interrupted = run_in_folder("refinenet-scale-", args.keep, lambda root: Bench(args, root), measure,
+                                Bench.cleanup)
+    if interrupted is not None:
+        return interrupted
     print("\n" + table(rows))
-    try:
-        load = os.getloadavg()
-        print(f"\nload average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {os.cpu_count()} CPUs")
-    except OSError:
-        pass
+    print("\n" + load_line())
     return 0
 
 
