@@ -109,7 +109,7 @@ PHASE_COLORS = ("#e57373", "#ffb74d", "#bdbdbd", "#64b5f6", "#4db6ac", "#9575cd"
 def recovery_timeline(recovery: Mapping[str, Any]) -> Figure:
     """One failure's recovery as a bar of its phases, from the failure to the first resumed step."""
     phases = [(name, seconds) for name, seconds in (recovery.get("phases") or {}).items()]
-    fig = Figure(figsize=(10, 1.6))
+    fig = Figure(figsize=(10, 2.2))
     ax = fig.subplots()
     left = 0.0
     for (name, seconds), color in zip(phases, PHASE_COLORS):
@@ -126,8 +126,9 @@ def recovery_timeline(recovery: Mapping[str, Any]) -> Figure:
     if rolled is not None:
         title += f", {rolled} step(s) computed again"
     ax.set_title(title)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=4, fontsize=8, frameon=False)
-    fig.subplots_adjust(bottom=0.55, top=0.8)
+    # the phases' legend along the figure's bottom edge, below the axis label
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.5, top=0.82)
     return fig
 
 
