@@ -68,6 +68,8 @@ class LocalTransport(Transport):
         stream = _PipeStream(proc)
         try:
             stream.write(stdin)
+        except BrokenPipeError:
+            pass  # it ended before reading it all: what it printed says why
         except OSError as exc:
             stream.close()
             raise HostError(self.host, f"cannot start the host agent: {exc}") from exc

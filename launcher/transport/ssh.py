@@ -241,15 +241,18 @@ class SshTransport(Transport):
 
     def _launch(self, argv: Sequence[str], stdin: bytes, *, combine_stderr: bool = False,
                 window: Optional[int] = None, packet: Optional[int] = None) -> paramiko.Channel:
-        """A channel running `argv` (a host program command line) with `stdin` already sent."""
+        """A channel running `argv` (a host program command line) with `stdin` already sent.
+
+        A command that ends before it has read all of `stdin` (no such Python there, say) still gives its
+        channel: what it printed and its exit code say why, not the closed socket."""
         chan = self._channel(window, packet)
         try:
             chan.set_combine_stderr(combine_stderr)
             chan.exec_command(" ".join(shlex.quote(str(a)) for a in argv))
-            chan.sendall(stdin)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             chan.close()
             raise HostError(self.host, f"cannot start {' '.join(argv[4:5]) or argv[0]}: {exc}") from exc
+        _send(chan, stdin)
         return chan
 
     def _start(self, mode: str, *args: str, payload: bytes = b"", **channel) -> paramiko.Channel:

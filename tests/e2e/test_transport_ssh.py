@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.agent.session import start_agent
 from launcher.transport.base import HostError
 from launcher.transport.factory import open_transport
 from tests.harness.agents import start_attempt
@@ -150,3 +151,13 @@ def test_the_guard_needs_only_a_bare_python_on_the_host(ssh_hosts):
         result = transport.exec([bare, "-c", "import launcher"], cwd="/")
         assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
         assert run_agent(transport, bare, ["sh", "-c", "echo bare; exit 5"]) == (5, ["bare"])
+
+
+def test_a_missing_python_is_named_even_when_it_ends_before_reading_its_input(ssh_hosts):
+    """The host's shell ends at once; the sources and a large job document cannot all be sent, and the
+    error is the shell's own message, not the closed channel."""
+    host = ssh_hosts[0]
+    job = {"job_id": "t", "host": host.name, "pad": "x" * (8 << 20)}
+    with open_transport(host) as transport, pytest.raises(HostError) as caught:
+        start_agent(transport, "/nonexistent/bin/python3", job)
+    assert "/nonexistent/bin/python3" in str(caught.value) and "closed" not in str(caught.value)
