@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Optional, Sequence
 
 from launcher.commands import SUBCOMMANDS
+from launcher.commands.args import non_negative, wait_seconds
 from launcher.errors import BadInput
 from launcher.jobs import RUNS_DIR_ENV
 from launcher.plan import PLAN_FILE, LaunchPlan, write_plan
@@ -43,7 +44,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--job-id", help="job id (default: <cluster>-<stage>-<time>-<hex>)")
     parser.add_argument("--runs-dir", metavar="DIR",
                         help=f"where job directories live (default: ${RUNS_DIR_ENV} or ./runs)")
-    parser.add_argument("--max-restarts", type=_non_negative, metavar="N",
+    parser.add_argument("--max-restarts", type=non_negative, metavar="N",
                         help="restarts after a failure (default: restart.max_restarts of the cluster file)")
     parser.add_argument("--ranks", metavar="LIST",
                         help="show only these ranks in the log stream, e.g. 0,3 or 0-3")
@@ -59,7 +60,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--exclude-host", action="append", default=[], metavar="NAME",
                         help="a host known to be bad: its ranks go to a spare of the cluster file from the "
                              "start (repeatable)")
-    parser.add_argument("--wait", nargs="?", const="", type=_wait, metavar="SECONDS",
+    parser.add_argument("--wait", nargs="?", const="", type=wait_seconds, metavar="SECONDS",
                         help="when the devices or slots are held by other jobs, queue for them (first come, "
                              "first served) instead of exiting 2; at most SECONDS when given")
     parser.add_argument("--hccn-conf-dir", metavar="DIR",
@@ -76,29 +77,6 @@ def _stages(text: str) -> str:
         return ",".join(parse_stages(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _wait(text: str) -> str:
-    """`--wait` without a value (for ever) or with a number of seconds >= 0."""
-    if text == "":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
-    return text
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
