@@ -30,7 +30,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.harness.benchrun import run_in_folder  # noqa: E402
 from tests.harness.cli import launcher_argv  # noqa: E402
 from tests.harness.clusters import TINY_R1, cluster_file, local_host, ssh_host  # noqa: E402
 from tests.harness.data import TRAIN_LIST, make_dataset  # noqa: E402
@@ -243,8 +243,8 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (job folders, logs)")
     args = p.parse_args()
     results: Dict[bool, List[RunResult]] = {False: [], True: []}
-    work = Path(tempfile.mkdtemp(prefix="failure-recovery-"))
-    try:
+
+    def measure(work: Path) -> None:
         train_list = make_dataset(work / "data") / TRAIN_LIST
 
         def rounds(hosts: List[dict]) -> None:
@@ -267,11 +267,10 @@ def main() -> int:
                 rounds([local_host(local, python=sys.executable), ssh_host(server.host())])
         else:
             rounds([local_host(local, ranks=2, python=sys.executable)])
-    finally:
-        if args.keep:
-            print(f"kept {work}", flush=True)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+
+    interrupted = run_in_folder("failure-recovery-", args.keep, lambda root: root, measure, lambda root: None)
+    if interrupted is not None:
+        return interrupted
     where = "rank 1 on an SSH host" if args.ssh else "local"
     loads = [r.load[0] for rs in results.values() for r in rs]
     print(f"\nfailure recovery ({where}, 2 CPU ranks, depth 18, crop 33, {STEPS_PER_EPOCH} steps per epoch, "
