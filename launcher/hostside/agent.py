@@ -312,7 +312,6 @@ class Agent:
             names = [name for name, _ in self.cold]
             self.emit("note", message="{} started cold, without a warm interpreter: {}".format(
                 ", ".join(names), self.cold[0][1]))
-        self.cold = []
 
     def other_children(self):
         return list(self.commands) + [z.pid for z, _ in self.zygotes.values()]
